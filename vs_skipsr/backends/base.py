@@ -1,0 +1,43 @@
+"""What every backend gives the pipeline: the two networks, nothing else.
+
+The pipeline (upsample, keep set, gather, sampling loop, scatter) is backend-free; a backend
+only evaluates ``mask(lr)`` and ``sr(base, state, coords, t, partitions)`` on its device. So
+torch, onnxruntime and TensorRT can be swapped without touching the data flow, and every
+backend must give the same numbers within its precision.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ..models.sr import SRConfig
+from ..tokens import Partition
+
+__all__ = ["Runner"]
+
+
+class Runner(Protocol):
+    """A loaded backend, ready to run windows."""
+
+    name: str
+    device: torch.device
+    sr_config: SRConfig
+    has_mask: bool
+
+    def mask(self, lr: Tensor) -> Tensor:
+        """LR frames [T, 3, h, w] float32 on ``device`` -> score map [T, 1, h, w] float32."""
+        ...
+
+    def sr(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        t: Tensor,
+        partitions: tuple[Partition, Partition],
+    ) -> Tensor:
+        """Velocity [K, 3p²] float32 for kept tokens (base/state [K, 3p²], coords [K, 3])."""
+        ...

@@ -1,0 +1,79 @@
+"""The torch backend: eager (or compiled) PyTorch on the CPU or a CUDA GPU."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..models.attention import padded_window_attention, varlen_available, varlen_window_attention
+from ..models.mask import MaskNet
+from ..models.sr import SRTransformer
+from ..tokens import Partition
+
+__all__ = ["TorchBackend", "TorchRunner"]
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchBackend:
+    """PyTorch on ``device``. ``attention``: 'varlen' (CUDA flash varlen, half precision only),
+    'padded' (windows padded to the longest, runs anywhere) or 'auto' (varlen where it can)."""
+
+    device: str = "cpu"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    attention: Literal["auto", "padded", "varlen"] = "auto"
+
+    def load(self, *, sr: SRTransformer, mask: MaskNet | None) -> TorchRunner:
+        log.info("torch backend: device=%s dtype=%s attention=%s", self.device, self.dtype, self.attention)
+        return TorchRunner(self, sr=sr, mask=mask)
+
+
+class TorchRunner:
+    def __init__(self, spec: TorchBackend, *, sr: SRTransformer, mask: MaskNet | None) -> None:
+        self.name = "torch"
+        self.device = torch.device(spec.device)
+        self.dtype = DTYPES[spec.dtype]
+        self.sr_config = sr.config
+        self.sr_net = sr.to(self.device, self.dtype).eval()
+        self.mask_net = None if mask is None else mask.to(self.device).eval()
+        self.has_mask = mask is not None
+        want_varlen = spec.attention in ("auto", "varlen")
+        half = self.dtype != torch.float32
+        if spec.attention == "varlen" and not (varlen_available(self.device) and half):
+            raise ValueError(
+                f"attention='varlen' needs CUDA varlen attention and fp16/bf16; "
+                f"got device={spec.device}, dtype={spec.dtype}"
+            )
+        self.use_varlen = want_varlen and half and varlen_available(self.device)
+
+    @torch.inference_mode()
+    def mask(self, lr: Tensor) -> Tensor:
+        if self.mask_net is None:
+            raise RuntimeError("this runner has no mask net")
+        return self.mask_net(lr.float()).float()
+
+    @torch.inference_mode()
+    def sr(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        t: Tensor,
+        partitions: tuple[Partition, Partition],
+    ) -> Tensor:
+        if self.use_varlen:
+            attends = tuple(
+                (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in partitions
+            )
+        else:
+            attends = tuple(
+                (lambda q, k, v, p=p: padded_window_attention(q, k, v, p.part)) for p in partitions
+            )
+        return self.sr_net.forward_attend(base, state, coords, t, attends)

@@ -1,0 +1,111 @@
+"""The mask predictor: which tokens are worth the SR transformer.
+
+Both scorers read only the LR frames and give a score map at LR resolution [T, 1, h, w]:
+- :class:`MaskNet`, a light CNN trained to rank tokens by the SR net's gain over the base
+  upsample (labels come from the trained SR net; see scripts/train_mask.py);
+- :func:`gradient_energy`, the no-training fallback and baseline: local gradient energy of
+  the LR luma (textured regions gain most from SR).
+:func:`token_scores` pools either map onto the token grid; :func:`keep_by_threshold` and
+:func:`keep_by_ratio` turn scores into a keep set, optionally dilated by one token so a kept
+region carries a margin of context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MaskConfig",
+    "MaskNet",
+    "dilate_keep",
+    "gradient_energy",
+    "keep_by_ratio",
+    "keep_by_threshold",
+    "token_scores",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskConfig:
+    width: int = 32
+    depth: int = 4
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> MaskConfig:
+        return cls(**d)  # type: ignore[arg-type]
+
+
+class MaskNet(nn.Module):
+    """A few 3x3 convs on the LR frame (and its neighbours' difference, for motion)."""
+
+    def __init__(self, config: MaskConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        layers: list[nn.Module] = [nn.Conv2d(6, w, 3, padding=1), nn.SiLU()]
+        for i in range(config.depth - 2):
+            layers += [nn.Conv2d(w, w, 3, padding=1 + i % 2, dilation=1 + i % 2), nn.SiLU()]
+        layers.append(nn.Conv2d(w, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, lr: Tensor) -> Tensor:
+        """lr [T, 3, h, w] in [0, 1] -> score map [T, 1, h, w] (higher = more SR gain)."""
+        prev = torch.cat((lr[:1], lr[:-1]), dim=0)  # [T, 3, h, w], frame 0 repeats itself
+        x = torch.cat((lr - 0.5, lr - prev), dim=1)  # [T, 6, h, w]
+        return self.net(x)
+
+
+def gradient_energy(lr: Tensor) -> Tensor:
+    """Mean squared gradient of BT.601 luma over a 3x3 neighbourhood: [T,3,h,w] -> [T,1,h,w]."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=lr.dtype, device=lr.device)
+    y = (lr * w[None, :, None, None]).sum(dim=1, keepdim=True)  # [T, 1, h, w]
+    yp = F.pad(y, (0, 1, 0, 1), mode="replicate")
+    gx = yp[..., :-1, 1:] - yp[..., :-1, :-1]
+    gy = yp[..., 1:, :-1] - yp[..., :-1, :-1]
+    energy = gx * gx + gy * gy
+    return F.avg_pool2d(energy, 3, stride=1, padding=1, count_include_pad=False)
+
+
+def token_scores(score_map: Tensor, *, scale: int, patch: int, grid: tuple[int, int]) -> Tensor:
+    """Average an LR score map over each token's footprint: [T,1,h,w] -> [T, Hp, Wp].
+
+    A token covers patch/scale LR pixels (fractional for scale 3), so the map is first
+    repeated to output resolution and padded like the frames, then averaged per p x p patch.
+    """
+    hp, wp = grid
+    hr = F.interpolate(score_map.float(), scale_factor=scale, mode="nearest")  # [T,1,H,W]
+    ph, pw = hp * patch - hr.shape[-2], wp * patch - hr.shape[-1]
+    if ph or pw:
+        hr = F.pad(hr, (0, pw, 0, ph), mode="replicate")
+    return F.avg_pool2d(hr, patch)[:, 0]  # [T, Hp, Wp]
+
+
+def keep_by_threshold(scores: Tensor, *, threshold: float) -> Tensor:
+    """Keep tokens scoring above ``threshold``: [T, Hp, Wp] -> bool."""
+    return scores > threshold
+
+
+def keep_by_ratio(scores: Tensor, *, skip_ratio: float) -> Tensor:
+    """Skip the ``skip_ratio`` fraction of lowest-scoring tokens of the window (ties by order)."""
+    n = scores.numel()
+    n_keep = n - int(round(skip_ratio * n))
+    keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if n_keep > 0:
+        keep[torch.topk(scores.reshape(-1), n_keep, sorted=False).indices] = True
+    return keep.reshape(scores.shape)
+
+
+def dilate_keep(keep: Tensor, *, radius: int = 1) -> Tensor:
+    """Grow the kept set by ``radius`` tokens in y and x (per frame)."""
+    if radius <= 0:
+        return keep
+    k = 2 * radius + 1
+    grown = F.max_pool2d(keep[:, None].float(), k, stride=1, padding=radius)
+    return grown[:, 0] > 0

@@ -1,0 +1,261 @@
+"""The SR transformer: a timestep-conditioned velocity net over kept p x p tokens.
+
+Read top to bottom: configuration and presets, embedders, rotary positions, the block, the
+final layer, the model. It is trained as rectified flow on the residual r = HR - base, where
+base is the bicubic upsample: the state at time t is x_t = t * noise + (1 - t) * r and the net
+predicts the velocity v = noise - r. One Euler step from t = 1 gives r directly; N steps reuse
+the same kept tokens and partitions.
+
+Tokens carry their original (t, y, x) grid coordinates, so a kept token sees its neighbours
+where they really are whatever was dropped around it, and attention runs inside 3D windows
+over kept tokens only (see ``attention.py``). Nothing in the net mixes tokens except attention,
+so the output for a kept token depends only on kept tokens of its windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .attention import Attend, padded_window_attention
+
+__all__ = ["PRESETS", "SRConfig", "SRTransformer"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SRConfig:
+    """Sizes of the SR net. ``window`` is (frames, token rows, token cols) of one attention
+    window; the shifted partition is offset by half of it."""
+
+    patch: int = 16
+    channels: int = 3
+    dim: int = 192
+    depth: int = 6
+    heads: int = 6
+    mlp_ratio: float = 2.0
+    window: tuple[int, int, int] = (5, 8, 8)
+    noise_std: float = 0.25
+    rope_base: float = 64.0
+
+    @property
+    def token_dim(self) -> int:
+        return self.channels * self.patch * self.patch
+
+    @property
+    def shift(self) -> tuple[int, int, int]:
+        return tuple(w // 2 for w in self.window)  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> SRConfig:
+        d = dict(d)
+        d["window"] = tuple(d["window"])  # type: ignore[arg-type]
+        return cls(**d)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, SRConfig] = {
+    # shipped default: small enough for a CPU demo, trained on real imagery
+    "default": SRConfig(),
+    # unit tests: a few thousand parameters, same code paths
+    "tiny": SRConfig(dim=32, depth=2, heads=2, window=(2, 4, 4), mlp_ratio=2.0),
+    # DESIGN.md's measured GPU shape: 12 blocks, width 384
+    "large": SRConfig(dim=384, depth=12, heads=6, mlp_ratio=4.0),
+    # production scale (SeedVR2-3B shape), random weights, benchmarks only
+    "seedvr2_3b": SRConfig(dim=2560, depth=32, heads=20, mlp_ratio=4.0, window=(4, 8, 8)),
+}
+
+
+# --- embedders -------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 like DiT): [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = (t.float() * 1000.0)[:, None] * freqs[None]  # [B, half]
+    return torch.cat((torch.cos(args), torch.sin(args)), dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, dim: int, freq_dim: int = 128) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:  # [1] -> [1, C]
+        return self.mlp(timestep_embedding(t, self.freq_dim))
+
+
+# --- rotary positions over (t, y, x) ---------------------------------------------------------
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Rotation pairs given to t, y, x: rows and columns get equal shares, time the rest."""
+    pairs = head_dim // 2
+    yx = pairs // 3
+    return pairs - 2 * yx, yx, yx
+
+
+def rope_tables(coords: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos/sin [K, 1, D/2] from integer coords [K, 3]; relative by construction."""
+    parts = []
+    for axis, n in enumerate(rope_split(head_dim)):
+        if n == 0:
+            continue
+        freqs = base ** (-torch.arange(n, dtype=torch.float32, device=coords.device) / n)
+        parts.append(coords[:, axis : axis + 1].float() * freqs[None])  # [K, n]
+    ang = torch.cat(parts, dim=1)[:, None, :]  # [K, 1, D/2]
+    return torch.cos(ang), torch.sin(ang)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate [K, H, D] by the tables (half-split pairs)."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # [K, H, D/2] each
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.to(x.dtype)
+
+
+# --- the block -------------------------------------------------------------------------------
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attend: Attend) -> Tensor:
+        n, c = x.shape  # [K, C]
+        q, k, v = self.qkv(x).reshape(n, 3, self.heads, c // self.heads).unbind(1)  # [K, H, D]
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = attend(q, k, v)  # [K, H, D]
+        return self.proj(out.reshape(n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero timestep modulation (DiT)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = WindowAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: Tensor, temb: Tensor, rope: tuple[Tensor, Tensor], attend: Attend) -> Tensor:
+        s1, g1, a1, s2, g2, a2 = self.ada(temb).chunk(6, dim=-1)  # [1, C] each
+        x = x + a1 * self.attn(modulate(self.norm1(x), s1, g1), rope, attend)  # [K, C]
+        x = x + a2 * self.mlp(modulate(self.norm2(x), s2, g2))  # [K, C]
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, out_dim)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        shift, scale = self.ada(temb).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+class SRTransformer(nn.Module):
+    """Velocity net over kept tokens: (base patches, state patches, coords, t) -> velocity."""
+
+    def __init__(self, config: SRConfig) -> None:
+        super().__init__()
+        if config.dim % config.heads or (config.dim // config.heads) % 2:
+            raise ValueError(
+                f"SRConfig dim={config.dim}, heads={config.heads}: dim must split into heads "
+                "of an even size (rotary positions rotate pairs)"
+            )
+        self.config = config
+        d = config.token_dim
+        self.embed = nn.Linear(2 * d, config.dim)
+        self.t_embed = TimestepEmbedder(config.dim)
+        self.blocks = nn.ModuleList(
+            Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
+        )
+        self.final = FinalLayer(config.dim, d)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier linears, then zero every modulation gate and the output layer: a fresh
+        block is the identity and a fresh net predicts v = 0, which keeps early training
+        stable (adaLN-Zero)."""
+
+        def _xavier(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        self.apply(_xavier)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.ada[-1].weight)
+            nn.init.zeros_(blk.ada[-1].bias)
+        nn.init.zeros_(self.final.ada[-1].weight)
+        nn.init.zeros_(self.final.ada[-1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+
+    @property
+    def head_dim(self) -> int:
+        return self.config.dim // self.config.heads
+
+    def forward_attend(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        t: Tensor,
+        attends: Sequence[Attend],
+    ) -> Tensor:
+        """The net with attention supplied per partition (block i uses attends[i % len])."""
+        cfg = self.config
+        x = torch.cat(((base - 0.5), state / cfg.noise_std), dim=1)  # [K, 2*3p²]
+        x = self.embed(x.to(self.embed.weight.dtype))  # [K, C]
+        temb = self.t_embed(t.reshape(1))  # [1, C]
+        rope = rope_tables(coords, self.head_dim, cfg.rope_base)  # [K, 1, D/2] x2
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, temb, rope, attends[i % len(attends)])  # [K, C]
+        v = self.final(x, temb)  # [K, 3p²]
+        return v.float() * cfg.noise_std
+
+    def forward(
+        self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, part0: Tensor, part1: Tensor
+    ) -> Tensor:
+        """Exportable form: windows as padded index tensors [nW, L] (-1 = padding).
+
+        base, state: [K, 3p²] float; coords: [K, 3] int64; t: [1] float in [0, 1].
+        Returns the velocity [K, 3p²] (float32).
+        """
+        attends = (
+            lambda q, k, v: padded_window_attention(q, k, v, part0),
+            lambda q, k, v: padded_window_attention(q, k, v, part1),
+        )
+        return self.forward_attend(base, state, coords, t, attends)
+

@@ -1,0 +1,224 @@
+"""upscale_window(): SkipSR's data flow for one window of T frames, free of VapourSynth.
+
+    LR [T,3,h,w] -> base = bicubic upsample [T,3,H,W], padded to the token grid
+    LR -> scorer (mask net or gradient heuristic) -> token scores [T,Hp,Wp] -> keep set
+    kept tokens of base (+ their t,y,x) -> SR net, 1..N flow steps, one keep set
+    residuals scattered into zeros; out = base + residual; skipped tokens = base exactly
+
+This module is where tokens are dropped (``select_tokens``) and brought back
+(``scatter_tokens``); windows of frames are cut in ``windows.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backends.base import Runner
+from .models.mask import (
+    dilate_keep,
+    gradient_energy,
+    keep_by_ratio,
+    keep_by_threshold,
+    token_scores,
+)
+from .tokens import (
+    bucket_size,
+    build_partition,
+    pad_to_grid,
+    patchify,
+    scatter_tokens,
+    token_coords,
+    unpatchify,
+)
+
+__all__ = ["WindowOutput", "WindowStats", "select_tokens", "upscale_window", "upsample"]
+
+Scorer = Literal["learned", "gradient"]
+
+NOISE_ROWS = 8191  # prime: token rows of the noise table wrap with no short period
+
+
+@dataclass
+class WindowStats:
+    """What a window cost and how much of it was skipped."""
+
+    kept: int
+    total: int
+    bucket: int
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kept_ratio(self) -> float:
+        return self.kept / self.total if self.total else 0.0
+
+
+@dataclass
+class WindowOutput:
+    frames: Tensor  # [T, 3, H, W] float32 in [0, 1]
+    keep: Tensor  # [T, Hp, Wp] bool
+    stats: WindowStats
+
+
+class _Timer:
+    """Per-stage wall times; synchronizes CUDA only when asked, since a sync stalls the queue."""
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.times: dict[str, float] = {}
+        self.sync = enabled and device.type == "cuda"
+        self.device = device
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+def upsample(lr: Tensor, *, scale: int) -> Tensor:
+    """The cheap path every skipped token takes: bicubic x scale, clamped to [0, 1]."""
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
+@lru_cache(maxsize=8)
+def _noise_table(dim: int, device: torch.device) -> Tensor:
+    """A fixed [NOISE_ROWS, dim] standard-normal table; token i of a window with seed s draws
+    row (i + 104729 s) mod NOISE_ROWS. The noise of a token then depends on its position and
+    the seed only, never on which other tokens are kept, and costs a gather, not a dense draw."""
+    g = torch.Generator(device="cpu").manual_seed(0x5EED)
+    return torch.randn(NOISE_ROWS, dim, generator=g).to(device)
+
+
+def token_noise(index: Tensor, *, dim: int, seed: int) -> Tensor:
+    """Unit normal noise [K, dim] for flat token indices [K]."""
+    table = _noise_table(dim, index.device)
+    return table[(index + 104729 * seed) % NOISE_ROWS]
+
+
+def select_tokens(
+    lr: Tensor,
+    *,
+    runner: Runner,
+    scale: int,
+    grid: tuple[int, int, int],
+    scorer: Scorer,
+    threshold: float | None,
+    skip_ratio: float | None,
+    dilate: int,
+) -> Tensor:
+    """The keep set [T, Hp, Wp] bool: where SkipSR decides which tokens get the SR net."""
+    patch = runner.sr_config.patch
+    if scorer == "learned":
+        score_map = runner.mask(lr)
+    elif scorer == "gradient":
+        score_map = gradient_energy(lr)
+    else:
+        raise ValueError(f"scorer must be 'learned' or 'gradient', not {scorer!r}")
+    scores = token_scores(score_map, scale=scale, patch=patch, grid=grid[1:])
+    if skip_ratio is not None:
+        keep = keep_by_ratio(scores, skip_ratio=skip_ratio)
+    elif threshold is not None:
+        keep = keep_by_threshold(scores, threshold=threshold)
+    else:
+        raise ValueError("select_tokens needs threshold or skip_ratio")
+    return dilate_keep(keep, radius=dilate)
+
+
+@torch.inference_mode()
+def upscale_window(
+    lr: Tensor,
+    *,
+    scale: int,
+    runner: Runner,
+    scorer: Scorer = "gradient",
+    threshold: float | None = None,
+    skip_ratio: float | None = None,
+    keep: Tensor | None = None,
+    dilate: int = 0,
+    steps: int = 1,
+    seed: int = 0,
+    buckets: tuple[int, ...] | bool = True,
+    timing: bool = False,
+) -> WindowOutput:
+    """Super-resolve one window ``lr`` [T, 3, h, w] (float RGB in [0, 1], on the runner's
+    device) by ``scale``; returns [T, 3, h*scale, w*scale].
+
+    The keep set comes from ``keep`` ([T, Hp, Wp] bool) if given, else from the scorer with
+    ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
+    kept and the mask is not evaluated (the dense path). ``steps`` Euler steps of the flow all
+    reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
+    bucket (True: multiples of 256) so compiled graphs and engine profiles are reused; padding
+    never changes the result.
+    """
+    device = lr.device
+    cfg = runner.sr_config
+    patch = cfg.patch
+    timer = _Timer(device, timing)
+    t_count, _, h, w = lr.shape
+    out_h, out_w = h * scale, w * scale
+
+    with timer.stage("upsample"):
+        base = pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)  # [T, 3, Hg, Wg]
+    grid = (t_count, base.shape[-2] // patch, base.shape[-1] // patch)
+    total = grid[0] * grid[1] * grid[2]
+
+    with timer.stage("mask"):
+        if keep is None and (threshold is not None or skip_ratio is not None):
+            keep = select_tokens(
+                lr.float(),
+                runner=runner,
+                scale=scale,
+                grid=grid,
+                scorer=scorer,
+                threshold=threshold,
+                skip_ratio=skip_ratio,
+                dilate=dilate,
+            )
+        elif keep is None:
+            keep = torch.ones(grid, dtype=torch.bool, device=device)
+        elif tuple(keep.shape) != grid:
+            raise ValueError(f"keep has shape {tuple(keep.shape)}, the token grid is {grid}")
+
+    with timer.stage("gather"):
+        index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [K]
+        n_keep = int(index.numel())
+        n_bucket = n_keep
+        if buckets and n_keep:
+            n_bucket = bucket_size(n_keep, buckets=buckets if isinstance(buckets, tuple) else None)
+            n_bucket = min(max(n_bucket, n_keep), max(total, n_keep))
+        tokens = patchify(base, patch=patch)  # [N, 3p²] (a view where possible)
+        padded = F.pad(index, (0, n_bucket - n_keep))  # [Kb], padding points at token 0
+        base_tok = tokens[padded]  # [Kb, 3p²]
+        coords = token_coords(padded, grid=grid)  # [Kb, 3]
+        parts = tuple(
+            build_partition(coords, grid=grid, window=cfg.window, shift=s, valid=n_keep)
+            for s in ((0, 0, 0), cfg.shift)
+        )
+        state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std  # [Kb, 3p²]
+
+    with timer.stage("sr"):
+        if n_keep:
+            for i in range(steps):
+                t = torch.full((1,), 1.0 - i / steps, device=device)
+                v = runner.sr(base_tok, state, coords, t, parts)  # [Kb, 3p²]
+                state = state - v / steps
+        residual = state[:n_keep]  # [K, 3p²]
+
+    with timer.stage("scatter"):
+        res = scatter_tokens(residual.float(), index, total=total)  # [N, 3p²]
+        res = unpatchify(res, grid=grid, patch=patch)  # [T, 3, Hg, Wg]
+        out = (base + res)[..., :out_h, :out_w].clamp_(0, 1)
+
+    stats = WindowStats(kept=n_keep, total=total, bucket=n_bucket, times=timer.times)
+    return WindowOutput(frames=out, keep=keep, stats=stats)
