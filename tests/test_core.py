@@ -1,0 +1,214 @@
+"""The SkipSR core: skipping must be exact where it promises to be, and equal to the dense
+model restricted to kept tokens everywhere else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vs_skipsr.backends import TorchBackend
+from vs_skipsr.models import PRESETS, MaskConfig, MaskNet, SRTransformer
+from vs_skipsr.models.attention import masked_dense_attention, padded_window_attention
+from vs_skipsr.pipeline import token_noise, upsample, upscale_window
+from vs_skipsr.tokens import (
+    build_partition,
+    pad_to_grid,
+    patchify,
+    token_coords,
+    unpatchify,
+)
+
+torch.set_num_threads(2)
+
+
+def _random_sr(seed: int = 0, preset: str = "tiny") -> SRTransformer:
+    """A tiny SR net with every weight random (a fresh net is the identity by design)."""
+    g = torch.Generator().manual_seed(seed)
+    net = SRTransformer(PRESETS[preset])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return TorchBackend(device="cpu").load(sr=_random_sr(), mask=MaskNet(MaskConfig(width=8)))
+
+
+def _lr(t: int = 3, h: int = 21, w: int = 29, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(t, 3, h, w, generator=g)
+
+
+def _random_keep(grid, frac: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(grid, generator=g) < frac
+
+
+def _grid(lr: torch.Tensor, scale: int, patch: int) -> tuple[int, int, int]:
+    t, _, h, w = lr.shape
+    return (t, -(-h * scale // patch), -(-w * scale // patch))
+
+
+def test_patchify_round_trips_odd_sizes():
+    x = torch.rand(2, 3, 48, 80)
+    tok = patchify(x, patch=16)
+    assert tok.shape == (2 * 3 * 5, 3 * 256)
+    assert torch.equal(unpatchify(tok, grid=(2, 3, 5), patch=16), x)
+    odd = pad_to_grid(torch.rand(2, 3, 37, 51), patch=16)
+    assert odd.shape[-2:] == (48, 64)
+
+
+def test_token_coords_follow_raster_order():
+    grid = (2, 3, 5)
+    c = token_coords(torch.arange(30), grid=grid)
+    assert c[0].tolist() == [0, 0, 0]
+    assert c[7].tolist() == [0, 1, 2]
+    assert c[29].tolist() == [1, 2, 4]
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (1, 2, 2)])
+def test_partition_puts_each_kept_token_in_exactly_one_window(shift):
+    grid = (3, 7, 9)
+    keep = _random_keep(grid, 0.4, seed=3).reshape(-1)
+    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
+    p = build_partition(coords, grid=grid, window=(2, 4, 4), shift=shift)
+    members = p.part[p.part >= 0]
+    assert sorted(members.tolist()) == list(range(coords.shape[0]))
+    for row in p.part:
+        idx = row[row >= 0]
+        win = (coords[idx] + torch.tensor(shift)) // torch.tensor([2, 4, 4])
+        assert (win == win[0]).all(), "a window mixes tokens of different 3D windows"
+    assert int(p.cu_seqlens[-1]) == coords.shape[0]
+    assert p.max_len == int((p.part >= 0).sum(1).max())
+
+
+def test_keep_all_equals_dense_path(runner):
+    lr = _lr()
+    dense = upscale_window(lr, scale=2, runner=runner)
+    keep_all = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.0)
+    assert keep_all.stats.kept == keep_all.stats.total
+    assert torch.equal(dense.frames, keep_all.frames)
+
+
+def _reference_kept_velocity(net, lr, keep, scale, seed=0):
+    """Dense model over ALL tokens with attention explicitly masked to kept tokens of the same
+    window (one [N, N] mask per partition); returns velocities of the kept tokens."""
+    cfg = net.config
+    base = pad_to_grid(upsample(lr, scale=scale), patch=cfg.patch)
+    grid = (lr.shape[0], base.shape[-2] // cfg.patch, base.shape[-1] // cfg.patch)
+    n = grid[0] * grid[1] * grid[2]
+    all_idx = torch.arange(n)
+    coords = token_coords(all_idx, grid=grid)
+    kept = keep.reshape(-1)
+    attends = []
+    for shift in ((0, 0, 0), cfg.shift):
+        win = (coords + torch.tensor(shift)) // torch.tensor(cfg.window)  # [N, 3]
+        same = (win[:, None, :] == win[None, :, :]).all(-1)  # [N, N]
+        allowed = same & kept[:, None] & kept[None, :]
+        attends.append(lambda q, k, v, a=allowed: masked_dense_attention(q, k, v, a))
+    tokens = patchify(base, patch=cfg.patch)
+    state = token_noise(all_idx, dim=cfg.token_dim, seed=seed) * cfg.noise_std
+    v = net.forward_attend(tokens, state, coords, torch.ones(1), attends)
+    return base, grid, v[kept], state[kept]
+
+
+@pytest.mark.parametrize("frac,seed", [(0.15, 0), (0.5, 1), (0.85, 2)])
+def test_fast_path_equals_masked_dense_reference(runner, frac, seed):
+    lr = _lr(h=24, w=40, seed=seed + 10)  # x2 -> 48 x 80: whole tokens, nothing cropped
+    net = runner.sr_net
+    grid = _grid(lr, 2, net.config.patch)
+    keep = _random_keep(grid, frac, seed)
+    out = upscale_window(lr, scale=2, runner=runner, keep=keep, buckets=False)
+    base, grid, v_ref, state_ref = _reference_kept_velocity(net, lr, keep, 2)
+    assert v_ref.abs().max() > 1e-3, "the reference must not be trivially zero"
+    kept = keep.reshape(-1)
+    got = patchify(out.frames, patch=16)[kept]
+    want = (patchify(base, patch=16)[kept] + state_ref - v_ref).clamp(0, 1)  # one Euler step
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+
+
+def test_padded_attention_equals_masked_dense_on_random_windows():
+    g = torch.Generator().manual_seed(5)
+    grid = (3, 6, 7)
+    keep = torch.rand(grid, generator=g).reshape(-1) < 0.6
+    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
+    k = coords.shape[0]
+    q, kk, v = (torch.randn(k, 2, 8, generator=g) for _ in range(3))
+    p = build_partition(coords, grid=grid, window=(2, 3, 3), shift=(1, 1, 1))
+    win = (coords + 1) // torch.tensor([2, 3, 3])
+    allowed = (win[:, None] == win[None]).all(-1)
+    torch.testing.assert_close(
+        padded_window_attention(q, kk, v, p.part),
+        masked_dense_attention(q, kk, v, allowed),
+        atol=1e-6,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_skipped_tokens_equal_base_bit_for_bit(runner, steps):
+    lr = _lr(seed=7)
+    out = upscale_window(lr, scale=3, runner=runner, skip_ratio=0.6, steps=steps)
+    base = upsample(lr, scale=3)
+    pad = pad_to_grid(base, patch=16)
+    skipped = ~out.keep.reshape(-1)
+    assert 0 < skipped.sum() < skipped.numel()
+    got = patchify(pad_to_grid(out.frames, patch=16), patch=16)[skipped]
+    want = patchify(pad, patch=16)[skipped]
+    assert torch.equal(got, want)
+    kept = ~skipped
+    got_k = patchify(pad_to_grid(out.frames, patch=16), patch=16)[kept]
+    assert not torch.equal(got_k, patchify(pad, patch=16)[kept]), "kept tokens must change"
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("size", [(17, 23), (32, 48), (9, 41)])
+def test_odd_sizes_and_scales_round_trip(runner, scale, size):
+    lr = _lr(t=2, h=size[0], w=size[1], seed=scale)
+    out = upscale_window(lr, scale=scale, runner=runner, skip_ratio=0.5)
+    assert out.frames.shape == (2, 3, size[0] * scale, size[1] * scale)
+    assert torch.isfinite(out.frames).all()
+    assert out.frames.min() >= 0 and out.frames.max() <= 1
+    # nothing kept -> the base upsample exactly
+    none = upscale_window(lr, scale=scale, runner=runner, keep=torch.zeros_like(out.keep))
+    assert torch.equal(none.frames, upsample(lr, scale=scale))
+
+
+def test_bucket_padding_changes_nothing(runner):
+    lr = _lr(seed=11)
+    grid = _grid(lr, 2, 16)
+    keep = _random_keep(grid, 0.4, seed=4)
+    exact = upscale_window(lr, scale=2, runner=runner, keep=keep, buckets=False)
+    padded = upscale_window(lr, scale=2, runner=runner, keep=keep, buckets=(64, 128, 4096))
+    assert exact.stats.bucket == exact.stats.kept < padded.stats.bucket
+    torch.testing.assert_close(exact.frames, padded.frames, atol=1e-6, rtol=0)
+
+
+def test_steps_reuse_one_keep_set_and_change_the_result(runner):
+    lr = _lr(seed=12)
+    one = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.5, steps=1)
+    four = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.5, steps=4)
+    assert torch.equal(one.keep, four.keep)
+    assert not torch.equal(one.frames, four.frames)
+
+
+def test_same_seed_same_output_other_seed_other_noise(runner):
+    lr = _lr(seed=13)
+    a = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.3, seed=5)
+    b = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.3, seed=5)
+    c = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.3, seed=6)
+    assert torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.frames, c.frames)
+
+
+def test_learned_scorer_runs_mask_net(runner):
+    lr = _lr(seed=14)
+    out = upscale_window(lr, scale=2, runner=runner, scorer="learned", skip_ratio=0.7)
+    assert out.stats.kept == out.stats.total - round(0.7 * out.stats.total)
+
+
+def test_keep_with_wrong_shape_is_refused(runner):
+    with pytest.raises(ValueError, match="token grid"):
+        upscale_window(_lr(), scale=2, runner=runner, keep=torch.ones(1, 2, 3, dtype=torch.bool))
