@@ -212,3 +212,73 @@ def test_learned_scorer_runs_mask_net(runner):
 def test_keep_with_wrong_shape_is_refused(runner):
     with pytest.raises(ValueError, match="token grid"):
         upscale_window(_lr(), scale=2, runner=runner, keep=torch.ones(1, 2, 3, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen attention needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_varlen_attention_equals_padded_on_cuda(dtype):
+    from vs_skipsr.models.attention import varlen_available, varlen_window_attention
+
+    dev = torch.device("cuda")
+    if not varlen_available(dev):
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    g = torch.Generator().manual_seed(8)
+    grid = (5, 20, 30)
+    keep = torch.rand(grid, generator=g).reshape(-1) < 0.5
+    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid).to(dev)
+    p = build_partition(coords, grid=grid, window=(5, 8, 8), shift=(2, 4, 4))
+    q, k, v = (torch.randn(coords.shape[0], 6, 32, generator=g).to(dev, dtype) for _ in range(3))
+    ref = padded_window_attention(q.float(), k.float(), v.float(), p.part)
+    got = varlen_window_attention(q, k, v, p).float()
+    err = (got - ref).norm() / ref.norm()
+    assert err < 1e-2, f"relative error {err:.2e}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_half_pipeline_matches_cpu_fp32():
+    net = _random_sr(seed=3)
+    cpu = TorchBackend(device="cpu").load(sr=net, mask=None)
+    lr = _lr(seed=21)
+    ref = upscale_window(lr, scale=2, runner=cpu, skip_ratio=0.5)
+    gpu = TorchBackend(device="cuda", dtype="bf16").load(sr=_random_sr(seed=3), mask=None)
+    got = upscale_window(lr.cuda(), scale=2, runner=gpu, skip_ratio=0.5)
+    assert torch.equal(got.keep.cpu(), ref.keep)
+    err = (got.frames.cpu() - ref.frames).norm() / ref.frames.norm()
+    assert err < 1e-2, f"relative error {err:.2e}"
+
+
+def test_pad_partition_keeps_real_windows_and_covers_every_row():
+    from vs_skipsr.tokens import pad_partition
+
+    grid = (3, 7, 9)
+    keep = _random_keep(grid, 0.5, seed=9).reshape(-1)
+    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
+    k = coords.shape[0]
+    p = build_partition(coords, grid=grid, window=(2, 4, 4), shift=(1, 2, 2))
+    padded = pad_partition(p, tokens=k + 45, windows=p.part.shape[0] + 8, window_volume=32)
+    assert sorted(padded.order.tolist()) == list(range(k + 45))
+    assert padded.part.shape == (p.part.shape[0] + 8, 32)
+    assert int(padded.cu_seqlens[-1]) == k + 45
+    g = torch.Generator().manual_seed(0)
+    q, kk, v = (torch.randn(k + 45, 2, 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(
+        padded_window_attention(q, kk, v, padded.part)[:k],
+        padded_window_attention(q[:k], kk[:k], v[:k], p.part),
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        pad_partition(p, tokens=k, windows=1, window_volume=32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_equal_eager_and_are_reused():
+    eager = TorchBackend(device="cuda", dtype="bf16").load(sr=_random_sr(seed=4), mask=None)
+    graphed = TorchBackend(device="cuda", dtype="bf16", cuda_graphs=True).load(
+        sr=_random_sr(seed=4), mask=None
+    )
+    lr = _lr(t=2, h=80, w=112, seed=22).cuda()  # 280 tokens: 30% -> bucket 128, 60% -> 256
+    for ratio in (0.7, 0.4, 0.7):
+        a = upscale_window(lr, scale=2, runner=eager, skip_ratio=ratio, buckets=(128, 256))
+        b = upscale_window(lr, scale=2, runner=graphed, skip_ratio=ratio, buckets=(128, 256))
+        err = (a.frames - b.frames).abs().max()
+        assert err < 2e-2, f"graph differs from eager by {err}"
+    assert graphed.graphs.captures == 2

@@ -140,3 +140,33 @@ def build_partition(
     part = torch.full((max(n_w, 1), length), -1, dtype=torch.long, device=device)
     part[row, pos] = order
     return Partition(part=part, order=order, cu_seqlens=cu, max_len=max_len)
+
+
+def pad_partition(p: Partition, *, tokens: int, windows: int, window_volume: int) -> Partition:
+    """The same partition with static shapes, for CUDA graphs and engine profiles.
+
+    Bucket-padding tokens (indices ``len(p.order)`` .. ``tokens``-1) are packed into extra
+    segments of at most ``window_volume`` tokens, so the packed form covers every row exactly
+    once; the rest of the ``windows`` slots are empty segments. The padded form grows to
+    [windows, window_volume] with -1. Real tokens' windows are unchanged, so padding changes
+    no real token's result.
+    """
+    dev = p.order.device
+    valid = p.order.shape[0]
+    n_pad = tokens - valid
+    chunks = [window_volume] * (n_pad // window_volume)
+    if n_pad % window_volume:
+        chunks.append(n_pad % window_volume)
+    n_w = p.cu_seqlens.shape[0] - 1
+    if n_w + len(chunks) > windows or p.max_len > window_volume:
+        raise ValueError(
+            f"partition of {n_w} windows (+{len(chunks)} padding) x {p.max_len} does not fit "
+            f"{windows} x {window_volume}"
+        )
+    order = torch.cat((p.order, torch.arange(valid, tokens, device=dev)))
+    ends = valid + torch.cumsum(torch.tensor(chunks, dtype=torch.int64), 0).to(dev, torch.int32)
+    cu = torch.cat((p.cu_seqlens, ends))
+    cu = torch.cat((cu, cu[-1:].expand(windows + 1 - cu.shape[0])))
+    part = torch.full((windows, window_volume), -1, dtype=torch.long, device=dev)
+    part[: p.part.shape[0], : p.part.shape[1]] = p.part
+    return Partition(part=part, order=order, cu_seqlens=cu, max_len=window_volume)

@@ -13,6 +13,7 @@ from ..models.attention import padded_window_attention, varlen_available, varlen
 from ..models.mask import MaskNet
 from ..models.sr import SRTransformer
 from ..tokens import Partition
+from .cuda_graphs import GraphCache
 
 __all__ = ["TorchBackend", "TorchRunner"]
 
@@ -24,14 +25,16 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @dataclass(frozen=True, kw_only=True)
 class TorchBackend:
     """PyTorch on ``device``. ``attention``: 'varlen' (CUDA flash varlen, half precision only),
-    'padded' (windows padded to the longest, runs anywhere) or 'auto' (varlen where it can)."""
+    'padded' (windows padded to the longest, runs anywhere) or 'auto' (varlen where it can).
+    ``cuda_graphs`` replays the SR net as one CUDA graph per token/window bucket."""
 
     device: str = "cpu"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     attention: Literal["auto", "padded", "varlen"] = "auto"
+    cuda_graphs: bool = False
 
     def load(self, *, sr: SRTransformer, mask: MaskNet | None) -> TorchRunner:
-        log.info("torch backend: device=%s dtype=%s attention=%s", self.device, self.dtype, self.attention)
+        log.info("torch backend: %s", self)
         return TorchRunner(self, sr=sr, mask=mask)
 
 
@@ -52,6 +55,12 @@ class TorchRunner:
                 f"got device={spec.device}, dtype={spec.dtype}"
             )
         self.use_varlen = want_varlen and half and varlen_available(self.device)
+        self.graphs: GraphCache | None = None
+        if spec.cuda_graphs:
+            if self.device.type != "cuda":
+                raise ValueError(f"cuda_graphs=True needs a CUDA device, not {spec.device!r}")
+            window_volume = sr.config.window[0] * sr.config.window[1] * sr.config.window[2]
+            self.graphs = GraphCache(self._graph_fn, window_volume=window_volume)
 
     @torch.inference_mode()
     def mask(self, lr: Tensor) -> Tensor:
@@ -61,6 +70,26 @@ class TorchRunner:
 
     @torch.inference_mode()
     def sr(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        t: Tensor,
+        partitions: tuple[Partition, Partition],
+    ) -> Tensor:
+        if self.graphs is not None:
+            return self.graphs(base, state, coords, t, partitions)
+        return self._eager(base, state, coords, t, partitions)
+
+    def _graph_fn(self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor) -> Tensor:
+        v = self.graphs.window_volume  # type: ignore[union-attr]
+        parts = tuple(
+            Partition(order=flat[i], cu_seqlens=flat[i + 1], part=flat[i + 2], max_len=v)
+            for i in range(0, len(flat), 3)
+        )
+        return self._eager(base, state, coords, t, parts)  # type: ignore[arg-type]
+
+    def _eager(
         self,
         base: Tensor,
         state: Tensor,

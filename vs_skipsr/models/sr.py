@@ -90,8 +90,10 @@ class TimestepEmbedder(nn.Module):
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
-    def forward(self, t: Tensor) -> Tensor:  # [1] -> [1, C]
-        return self.mlp(timestep_embedding(t, self.freq_dim))
+    def forward(self, t: Tensor) -> Tensor:  # [B] -> [B, C]
+        # the sinusoid is computed in fp32 (t * 1000 needs it); cast to the net's dtype so a
+        # half-precision net (torch fp16/bf16, or an ONNX exported in fp16/bf16) runs
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 # --- rotary positions over (t, y, x) ---------------------------------------------------------
@@ -238,7 +240,7 @@ class SRTransformer(nn.Module):
         cfg = self.config
         x = torch.cat(((base - 0.5), state / cfg.noise_std), dim=1)  # [K, 2*3p²]
         x = self.embed(x.to(self.embed.weight.dtype))  # [K, C]
-        temb = self.t_embed(t.reshape(1))  # [1, C]
+        temb = self.t_embed(t.reshape(-1))  # [1, C], or [K, C] for per-token t (training)
         rope = rope_tables(coords, self.head_dim, cfg.rope_base)  # [K, 1, D/2] x2
         for i, blk in enumerate(self.blocks):
             x = blk(x, temb, rope, attends[i % len(attends)])  # [K, C]

@@ -1,0 +1,145 @@
+"""Pieces the training and evaluation scripts share: a batch of windows as one token set.
+
+B windows of T frames are packed into one token set by offsetting each window's frame
+coordinate by ``FRAME_GAP`` * b: no attention window (regular or shifted) can then span two
+samples, rotary positions only see differences, and the model runs exactly as at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vs_skipsr.models.mask import gradient_energy, token_scores  # noqa: E402
+from vs_skipsr.models.sr import SRConfig  # noqa: E402
+from vs_skipsr.pipeline import upsample  # noqa: E402
+from vs_skipsr.tokens import Partition, build_partition, patchify, token_coords  # noqa: E402
+
+FRAME_GAP = 64
+
+
+@dataclass
+class TokenBatch:
+    base: Tensor  # [K, 3p²] kept tokens of the bicubic base
+    target: Tensor  # [K, 3p²] HR - base on kept tokens
+    coords: Tensor  # [K, 3]
+    sample: Tensor  # [K] which window each token came from
+    parts: tuple[Partition, Partition]
+    keep: Tensor  # [B, T, Hp, Wp] bool
+    base_frames: Tensor  # [B, T, 3, H, W]
+
+
+def make_batch(lr: Tensor, hr: Tensor, *, scale: int, cfg: SRConfig, keep: Tensor | None) -> TokenBatch:
+    """lr [B,T,3,h,w], hr [B,T,3,H,W] (H, W multiples of the patch) -> kept tokens of all B."""
+    b, t = lr.shape[:2]
+    p = cfg.patch
+    base = upsample(lr.flatten(0, 1), scale=scale)  # [B*T, 3, H, W]
+    assert base.shape[-2] % p == 0 and base.shape[-1] % p == 0, "crop HR to whole tokens"
+    hp, wp = base.shape[-2] // p, base.shape[-1] // p
+    grid = (b * FRAME_GAP, hp, wp)
+    base_tok = patchify(base, patch=p).reshape(b, t * hp * wp, -1)  # [B, N, 3p²]
+    hr_tok = patchify(hr.flatten(0, 1), patch=p).reshape(b, t * hp * wp, -1)
+    if keep is None:
+        keep = torch.ones(b, t, hp, wp, dtype=torch.bool, device=lr.device)
+    flat = keep.reshape(b, -1)
+    bi, ni = torch.nonzero(flat, as_tuple=True)  # [K] each
+    local = token_coords(ni, grid=(t, hp, wp))  # [K, 3]
+    coords = local.clone()
+    coords[:, 0] += bi * FRAME_GAP
+    parts = tuple(
+        build_partition(coords, grid=grid, window=cfg.window, shift=s)
+        for s in ((0, 0, 0), cfg.shift)
+    )
+    base_k = base_tok[bi, ni]
+    return TokenBatch(
+        base=base_k,
+        target=hr_tok[bi, ni] - base_k,
+        coords=coords,
+        sample=bi,
+        parts=parts,  # type: ignore[arg-type]
+        keep=keep,
+        base_frames=base.reshape(b, t, *base.shape[1:]),
+    )
+
+
+def training_keep(lr: Tensor, *, scale: int, patch: int, generator: torch.Generator) -> Tensor:
+    """Keep sets like the ones inference makes: for each window either all tokens (30%) or the
+    top fraction f ~ U(0.15, 0.9) of a jittered gradient-energy score, so the SR net learns to
+    work with textured regions whose flat neighbours were dropped."""
+    b, t, _, h, w = lr.shape
+    hp, wp = h * scale // patch, w * scale // patch
+    emap = gradient_energy(lr.flatten(0, 1))  # [B*T, 1, h, w]
+    scores = token_scores(emap, scale=scale, patch=patch, grid=(hp, wp)).reshape(b, -1)
+    dev = lr.device
+    u = torch.rand(b, 2, generator=generator, device=dev)
+    jitter = torch.rand(scores.shape, generator=generator, device=dev)
+    ranks = scores.argsort(dim=1).argsort(dim=1).float() / scores.shape[1]  # [B, N] in [0, 1)
+    mixed = 0.7 * ranks + 0.3 * jitter
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    for i in range(b):
+        if u[i, 0] < 0.3:
+            continue
+        frac = 0.15 + 0.75 * float(u[i, 1])
+        n_keep = max(1, round(frac * scores.shape[1]))
+        keep[i] = False
+        keep[i, torch.topk(mixed[i], n_keep).indices] = True
+    return keep.reshape(b, t, hp, wp)
+
+
+def cosine_lr(base_lr: float, progress: float, warmup: float = 0.03) -> float:
+    """Linear warm-up then cosine decay to 5%, on the fraction of the (time) budget spent."""
+    if progress < warmup:
+        return base_lr * progress / warmup
+    q = (progress - warmup) / (1 - warmup)
+    return base_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(q, 1.0))))
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    mse = torch.mean((a.float() - b.float()) ** 2).clamp_min(1e-12)
+    return float(10 * torch.log10(1.0 / mse))
+
+
+class CurveLog:
+    """Loss curve as JSON lines (survives interruption), plus a PNG at the end."""
+
+    def __init__(self, path: Path, *, append: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.f = path.open("a" if append else "w")
+        self.t0 = time.time()
+
+    def log(self, **row: float) -> None:
+        row["wall_s"] = round(time.time() - self.t0, 2)
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def plot(self, png: Path, keys: tuple[str, ...]) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
+        for ax, k in zip(axes if len(keys) > 1 else [axes], keys, strict=True):
+            pts = [(r["step"], r[k]) for r in rows if k in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True))
+            ax.set_xlabel("step")
+            ax.set_title(k)
+            if k.startswith("loss"):
+                ax.set_yscale("log")
+        fig.tight_layout()
+        fig.savefig(png, dpi=90)
+        plt.close(fig)

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Train the SR transformer: rectified flow on the residual HR - bicubic, with token skipping.
+
+Each step samples B windows of T frames (photos with sub-pixel camera motion and real clip
+runs, scales 2-4), drops tokens as inference would (training_keep), and regresses the
+velocity v = noise - r at t ~ {1 (half the time: the one-step default), U(0, 1)} on kept
+tokens only. The budget is wall time (--minutes), so a run fits a device lease; --resume
+continues from the checkpoint. bf16 autocast on CUDA.
+
+    python scripts/train_sr.py --pack data/pack --minutes 6 --out out/train_sr \
+        --weights vs_skipsr/weights/sr_default.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from train_common import CurveLog, cosine_lr, make_batch, psnr, training_keep  # noqa: E402
+from train_data import WindowSampler  # noqa: E402
+
+from vs_skipsr.models import PRESETS, SRTransformer  # noqa: E402
+from vs_skipsr.models.weights import save_weights  # noqa: E402
+from vs_skipsr.tokens import unpatchify  # noqa: E402
+
+log = logging.getLogger("train_sr")
+
+
+def velocity_loss(model, batch, *, generator, one_step_frac: float) -> torch.Tensor:
+    cfg = model.config
+    k = batch.base.shape[0]
+    dev = batch.base.device
+    b = int(batch.sample.max()) + 1
+    t_s = torch.rand(b, generator=generator, device=dev)
+    t_s = torch.where(torch.rand(b, generator=generator, device=dev) < one_step_frac, 1.0, t_s)
+    t_tok = t_s[batch.sample]  # [K]
+    noise = torch.randn(k, cfg.token_dim, generator=generator, device=dev) * cfg.noise_std
+    state = t_tok[:, None] * noise + (1 - t_tok[:, None]) * batch.target
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        v = model(batch.base, state, batch.coords, t_tok, batch.parts[0].part, batch.parts[1].part)
+    return F.mse_loss(v.float(), noise - batch.target)
+
+
+@torch.no_grad()
+def one_step_psnr(model, lr, hr, scale) -> tuple[float, float]:
+    """PSNR of bicubic and of the one-step model (all tokens kept) on a fixed batch."""
+    cfg = model.config
+    batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=None)
+    g = torch.Generator(device=lr.device).manual_seed(0)
+    noise = torch.randn(batch.base.shape, generator=g, device=lr.device) * cfg.noise_std
+    t = torch.ones(batch.base.shape[0], device=lr.device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lr.is_cuda):
+        v = model(batch.base, noise, batch.coords, t, batch.parts[0].part, batch.parts[1].part)
+    res = (noise - v.float())
+    b, tt = lr.shape[:2]
+    hp, wp = hr.shape[-2] // cfg.patch, hr.shape[-1] // cfg.patch
+    res = unpatchify(res, grid=(b * tt, hp, wp), patch=cfg.patch).reshape(hr.shape)
+    out = (batch.base_frames + res).clamp(0, 1)
+    return psnr(batch.base_frames, hr), psnr(out, hr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pack", type=Path, default=Path("data/pack"))
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--minutes", type=float, default=6.0)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--hr-size", type=int, default=192)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--one-step-frac", type=float, default=0.5)
+    ap.add_argument("--scale4-frac", type=float, default=0.5, help="share of steps at scale 4")
+    ap.add_argument("--out", type=Path, default=Path("out/train_sr"))
+    ap.add_argument("--weights", type=Path, default=None, help="where to write the final safetensors")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = PRESETS[args.preset]
+    frames = cfg.window[0]
+    model = SRTransformer(cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ckpt = args.out / "ckpt.pt"
+    step, spent = 0, 0.0
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=dev)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, spent = state["step"], state["spent_s"]
+        log.info("resumed at step %d (%.0f s spent)", step, spent)
+    budget = args.minutes * 60.0 + spent
+    curve = CurveLog(args.out / "curve.jsonl", append=args.resume)
+    sampler = WindowSampler(pack_dir=args.pack, frames=frames, hr_size=args.hr_size, device=str(dev), seed=args.seed + step)
+    held = WindowSampler(pack_dir=args.pack, frames=frames, hr_size=args.hr_size, device=str(dev), seed=12345)
+    val_lr, val_hr, val_s = held.sample(8, scale=4)
+    g = torch.Generator(device=dev).manual_seed(args.seed + 1 + step)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("SR net %s: %.2f M params, %s, budget %.1f min", args.preset, n_params / 1e6, dev, args.minutes)
+
+    t_start = time.time() - spent
+    ema = None
+    while True:
+        elapsed = time.time() - t_start
+        if elapsed >= budget:
+            break
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(args.lr, elapsed / budget)
+        use4 = torch.rand(1, generator=g, device=dev).item() < args.scale4_frac
+        lr, hr, scale = sampler.sample(args.batch, scale=4 if use4 else None)
+        keep = training_keep(lr, scale=scale, patch=cfg.patch, generator=g)
+        batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=keep)
+        loss = velocity_loss(model, batch, generator=g, one_step_frac=args.one_step_frac)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 50 == 0:
+            curve.log(step=step, loss=loss.item(), loss_ema=ema, lr=opt.param_groups[0]["lr"])
+        if step % 500 == 0:
+            model.eval()
+            p_bic, p_sr = one_step_psnr(model, val_lr, val_hr, val_s)
+            model.train()
+            curve.log(step=step, psnr_bicubic=p_bic, psnr_sr=p_sr, gain_db=p_sr - p_bic)
+            log.info("step %d loss %.5f  x4 held-out: bicubic %.2f dB, SR %.2f dB (%+.2f)  %.0f s",
+                     step, ema, p_bic, p_sr, p_sr - p_bic, elapsed)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "spent_s": time.time() - t_start}, ckpt)
+
+    model.eval()
+    p_bic, p_sr = one_step_psnr(model, val_lr, val_hr, val_s)
+    curve.log(step=step, psnr_bicubic=p_bic, psnr_sr=p_sr, gain_db=p_sr - p_bic)
+    log.info("done: %d steps, x4 held-out bicubic %.2f dB, SR %.2f dB (%+.2f)", step, p_bic, p_sr, p_sr - p_bic)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                "spent_s": time.time() - t_start}, ckpt)
+    curve.plot(args.out / "curve_sr.png", ("loss_ema", "gain_db"))
+    if args.weights:
+        save_weights(model, args.weights, extra={"steps": str(step), "trained_on": "data/pack"})
+        log.info("wrote %s", args.weights)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""CUDA graphs of the SR net, one per (token bucket, window bucket) shape.
+
+A small net on a GPU spends more time launching kernels than running them; skipping makes
+each launch smaller still, so eager mode stops scaling with the kept count. A captured graph
+replays the whole net as one launch. Shapes must be static: the pipeline already pads K to a
+bucket, and :func:`~vs_skipsr.tokens.pad_partition` pads the partitions to a window bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..tokens import Partition, bucket_size, pad_partition
+
+__all__ = ["GraphCache"]
+
+log = logging.getLogger(__name__)
+
+
+class _Graph:
+    def __init__(self, fn: Callable[..., Tensor], inputs: list[Tensor], pool) -> None:
+        self.inputs = [x.clone() for x in inputs]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: lazy init and autotuning stay out of the graph
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.output = fn(*self.inputs)
+
+    def __call__(self, inputs: list[Tensor]) -> Tensor:
+        for dst, src in zip(self.inputs, inputs, strict=True):
+            dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.output.clone()
+
+
+class GraphCache:
+    """Captures and replays graphs of ``fn(base, state, coords, t, order0, cu0, part0, order1,
+    cu1, part1)``; at most ``max_graphs`` are kept (least recently used go)."""
+
+    def __init__(self, fn: Callable[..., Tensor], *, window_volume: int, max_graphs: int = 12,
+                 window_multiple: int = 32) -> None:
+        self.fn = fn
+        self.window_volume = window_volume
+        self.max_graphs = max_graphs
+        self.window_multiple = window_multiple
+        self.graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.captures = 0
+
+    def _windows(self, p: Partition, tokens: int) -> int:
+        n_pad = tokens - p.order.shape[0]
+        need = p.cu_seqlens.shape[0] - 1 + -(-n_pad // self.window_volume)
+        return bucket_size(need, multiple=self.window_multiple)
+
+    def __call__(self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor,
+                 partitions: tuple[Partition, ...]) -> Tensor:
+        k = base.shape[0]
+        padded = [
+            pad_partition(p, tokens=k, windows=self._windows(p, k), window_volume=self.window_volume)
+            for p in partitions
+        ]
+        key = (k, *(p.part.shape[0] for p in padded))
+        inputs = [base, state, coords, t.reshape(1)]
+        for p in padded:
+            inputs += [p.order, p.cu_seqlens, p.part]
+        graph = self.graphs.get(key)
+        if graph is None:
+            log.info("capturing a CUDA graph for %d tokens, %s windows", k, key[1:])
+            graph = _Graph(self.fn, inputs, self.pool)
+            self.captures += 1
+            self.graphs[key] = graph
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        return graph(inputs)
