@@ -74,11 +74,15 @@ def time_sr(runner, keep: torch.Tensor, *, reps: int, buckets: bool) -> tuple[fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--attention", default="auto", choices=["auto", "padded", "varlen"])
-    ap.add_argument("--preset", default=None, help="random-weight preset instead of the shipped weights")
+    ap.add_argument(
+        "--preset", default=None, help="random-weight preset instead of the shipped weights"
+    )
     ap.add_argument("--size", default="640x360", help="output frame size WxH")
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0")
@@ -107,8 +111,10 @@ def main() -> None:
     p = net.config.patch
     grid = (args.frames, -(-h // p), -(-w // p))
     fracs = [float(f) for f in args.fractions.split(",")]
-    device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
-        f"CPU, {torch.get_num_threads()} threads"
+    device_name = (
+        torch.cuda.get_device_name(runner.device)
+        if runner.device.type == "cuda"
+        else (f"CPU, {torch.get_num_threads()} threads")
     )
     rows = []
     for f in fracs:
@@ -118,7 +124,9 @@ def main() -> None:
     dense = next(r for r in rows if r["fraction"] == 1.0)["ms"] if 1.0 in fracs else rows[-1]["ms"]
     attn = "varlen" if getattr(runner, "use_varlen", False) else "padded"
     print(f"\nSR net alone, {label}, {args.dtype}, attention {attn}, {device_name}")
-    print(f"window {args.frames} x {w}x{h} output, {grid[0] * grid[1] * grid[2]} tokens of {p} px, one step")
+    print(
+        f"window {args.frames} x {w}x{h} output, {grid[0] * grid[1] * grid[2]} tokens of {p} px, one step"
+    )
     print(f"{'kept':>5} {'K':>7} {'ms':>10} {'t/t_dense':>10} {'ideal':>6} {'vs linear':>10}")
     for r in rows:
         rel = r["ms"] / dense
@@ -131,8 +139,18 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"device": device_name, "label": label, "dtype": args.dtype, "attention": attn,
-                        "size": args.size, "frames": args.frames, "rows": rows}, indent=1)
+            json.dumps(
+                {
+                    "device": device_name,
+                    "label": label,
+                    "dtype": args.dtype,
+                    "attention": attn,
+                    "size": args.size,
+                    "frames": args.frames,
+                    "rows": rows,
+                },
+                indent=1,
+            )
         )
 
 

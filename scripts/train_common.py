@@ -38,7 +38,9 @@ class TokenBatch:
     base_frames: Tensor  # [B, T, 3, H, W]
 
 
-def make_batch(lr: Tensor, hr: Tensor, *, scale: int, cfg: SRConfig, keep: Tensor | None) -> TokenBatch:
+def make_batch(
+    lr: Tensor, hr: Tensor, *, scale: int, cfg: SRConfig, keep: Tensor | None
+) -> TokenBatch:
     """lr [B,T,3,h,w], hr [B,T,3,H,W] (H, W multiples of the patch) -> kept tokens of all B."""
     b, t = lr.shape[:2]
     p = cfg.patch

@@ -59,7 +59,9 @@ def predicted_scores(mask: MaskNet, lr: torch.Tensor, scale: int, patch: int) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pack", type=Path, default=Path("data/pack"))
     ap.add_argument("--sr-weights", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=2.0)
@@ -77,10 +79,20 @@ def main() -> None:
     p = sr.config.patch
     mask = MaskNet(MaskConfig()).to(dev)
     opt = torch.optim.AdamW(mask.parameters(), lr=args.lr, weight_decay=1e-4)
-    sampler = WindowSampler(pack_dir=args.pack, frames=sr.config.window[0], hr_size=args.hr_size,
-                            device=str(dev), seed=args.seed)
-    held = WindowSampler(pack_dir=args.pack, frames=sr.config.window[0], hr_size=args.hr_size,
-                         device=str(dev), seed=54321)
+    sampler = WindowSampler(
+        pack_dir=args.pack,
+        frames=sr.config.window[0],
+        hr_size=args.hr_size,
+        device=str(dev),
+        seed=args.seed,
+    )
+    held = WindowSampler(
+        pack_dir=args.pack,
+        frames=sr.config.window[0],
+        hr_size=args.hr_size,
+        device=str(dev),
+        seed=54321,
+    )
     val_lr, val_hr, val_s = held.sample(8, scale=4)
     val_target = token_gain(sr, val_lr, val_hr, val_s)
     curve = CurveLog(args.out / "curve.jsonl", append=False)
@@ -104,14 +116,22 @@ def main() -> None:
             with torch.no_grad():
                 vp = predicted_scores(mask, val_lr, val_s, p).flatten()
                 vt = val_target.flatten()
-                rank = torch.corrcoef(torch.stack([vp.argsort().argsort().float(),
-                                                   vt.argsort().argsort().float()]))[0, 1]
+                rank = torch.corrcoef(
+                    torch.stack([vp.argsort().argsort().float(), vt.argsort().argsort().float()])
+                )[0, 1]
             curve.log(step=step, spearman=float(rank))
             log.info("step %d loss %.4f held-out spearman %.3f", step, loss.item(), float(rank))
     curve.plot(args.out / "curve_mask.png", ("loss", "spearman"))
     if args.weights:
-        save_weights(mask.eval(), args.weights, extra={"steps": str(step), "target": "log10 per-pixel MSE gain",
-                                                      "sr_weights": args.sr_weights.name})
+        save_weights(
+            mask.eval(),
+            args.weights,
+            extra={
+                "steps": str(step),
+                "target": "log10 per-pixel MSE gain",
+                "sr_weights": args.sr_weights.name,
+            },
+        )
         log.info("wrote %s after %d steps", args.weights, step)
 
 

@@ -60,7 +60,7 @@ def one_step_psnr(model, lr, hr, scale) -> tuple[float, float]:
     t = torch.ones(batch.base.shape[0], device=lr.device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lr.is_cuda):
         v = model(batch.base, noise, batch.coords, t, batch.parts[0].part, batch.parts[1].part)
-    res = (noise - v.float())
+    res = noise - v.float()
     b, tt = lr.shape[:2]
     hp, wp = hr.shape[-2] // cfg.patch, hr.shape[-1] // cfg.patch
     res = unpatchify(res, grid=(b * tt, hp, wp), patch=cfg.patch).reshape(hr.shape)
@@ -69,7 +69,9 @@ def one_step_psnr(model, lr, hr, scale) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pack", type=Path, default=Path("data/pack"))
     ap.add_argument("--preset", default="default")
     ap.add_argument("--minutes", type=float, default=6.0)
@@ -79,7 +81,9 @@ def main() -> None:
     ap.add_argument("--one-step-frac", type=float, default=0.5)
     ap.add_argument("--scale4-frac", type=float, default=0.5, help="share of steps at scale 4")
     ap.add_argument("--out", type=Path, default=Path("out/train_sr"))
-    ap.add_argument("--weights", type=Path, default=None, help="where to write the final safetensors")
+    ap.add_argument(
+        "--weights", type=Path, default=None, help="where to write the final safetensors"
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -101,12 +105,26 @@ def main() -> None:
         log.info("resumed at step %d (%.0f s spent)", step, spent)
     budget = args.minutes * 60.0 + spent
     curve = CurveLog(args.out / "curve.jsonl", append=args.resume)
-    sampler = WindowSampler(pack_dir=args.pack, frames=frames, hr_size=args.hr_size, device=str(dev), seed=args.seed + step)
-    held = WindowSampler(pack_dir=args.pack, frames=frames, hr_size=args.hr_size, device=str(dev), seed=12345)
+    sampler = WindowSampler(
+        pack_dir=args.pack,
+        frames=frames,
+        hr_size=args.hr_size,
+        device=str(dev),
+        seed=args.seed + step,
+    )
+    held = WindowSampler(
+        pack_dir=args.pack, frames=frames, hr_size=args.hr_size, device=str(dev), seed=12345
+    )
     val_lr, val_hr, val_s = held.sample(8, scale=4)
     g = torch.Generator(device=dev).manual_seed(args.seed + 1 + step)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("SR net %s: %.2f M params, %s, budget %.1f min", args.preset, n_params / 1e6, dev, args.minutes)
+    log.info(
+        "SR net %s: %.2f M params, %s, budget %.1f min",
+        args.preset,
+        n_params / 1e6,
+        dev,
+        args.minutes,
+    )
 
     t_start = time.time() - spent
     ema = None
@@ -134,17 +152,44 @@ def main() -> None:
             p_bic, p_sr = one_step_psnr(model, val_lr, val_hr, val_s)
             model.train()
             curve.log(step=step, psnr_bicubic=p_bic, psnr_sr=p_sr, gain_db=p_sr - p_bic)
-            log.info("step %d loss %.5f  x4 held-out: bicubic %.2f dB, SR %.2f dB (%+.2f)  %.0f s",
-                     step, ema, p_bic, p_sr, p_sr - p_bic, elapsed)
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "spent_s": time.time() - t_start}, ckpt)
+            log.info(
+                "step %d loss %.5f  x4 held-out: bicubic %.2f dB, SR %.2f dB (%+.2f)  %.0f s",
+                step,
+                ema,
+                p_bic,
+                p_sr,
+                p_sr - p_bic,
+                elapsed,
+            )
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "spent_s": time.time() - t_start,
+                },
+                ckpt,
+            )
 
     model.eval()
     p_bic, p_sr = one_step_psnr(model, val_lr, val_hr, val_s)
     curve.log(step=step, psnr_bicubic=p_bic, psnr_sr=p_sr, gain_db=p_sr - p_bic)
-    log.info("done: %d steps, x4 held-out bicubic %.2f dB, SR %.2f dB (%+.2f)", step, p_bic, p_sr, p_sr - p_bic)
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                "spent_s": time.time() - t_start}, ckpt)
+    log.info(
+        "done: %d steps, x4 held-out bicubic %.2f dB, SR %.2f dB (%+.2f)",
+        step,
+        p_bic,
+        p_sr,
+        p_sr - p_bic,
+    )
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "spent_s": time.time() - t_start,
+        },
+        ckpt,
+    )
     curve.plot(args.out / "curve_sr.png", ("loss_ema", "gain_db"))
     if args.weights:
         save_weights(model, args.weights, extra={"steps": str(step), "trained_on": "data/pack"})
