@@ -3,8 +3,8 @@
 
 Each step samples B windows of T frames (photos with sub-pixel camera motion and real clip
 runs, scales 2-4), drops tokens as inference would (training_keep), and regresses the
-velocity v = noise - r at t ~ {1 (half the time: the one-step default), U(0, 1)} on kept
-tokens only. The budget is wall time (--minutes), so a run fits a device lease; --resume
+residual estimate behind the velocity (v = (x_t - r_hat) / t) at t ~ {1 (half the time: the
+one-step default), U(0, 1)} on kept tokens only. The budget is wall time (--minutes), so a run fits a device lease; --resume
 continues from the checkpoint. bf16 autocast on CUDA.
 
     python scripts/train_sr.py --pack data/pack --minutes 6 --out out/train_sr \
@@ -47,7 +47,8 @@ def velocity_loss(model, batch, *, generator, one_step_frac: float) -> torch.Ten
     state = t_tok[:, None] * noise + (1 - t_tok[:, None]) * batch.target
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         v = model(batch.base, state, batch.coords, t_tok, batch.parts[0].part, batch.parts[1].part)
-    return F.mse_loss(v.float(), noise - batch.target)
+    r_hat = state - t_tok[:, None] * v.float()  # the net's residual estimate
+    return F.mse_loss(r_hat, batch.target)
 
 
 @torch.no_grad()

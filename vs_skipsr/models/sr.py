@@ -3,8 +3,9 @@
 Read top to bottom: configuration and presets, embedders, rotary positions, the block, the
 final layer, the model. It is trained as rectified flow on the residual r = HR - base, where
 base is the bicubic upsample: the state at time t is x_t = t * noise + (1 - t) * r and the net
-predicts the velocity v = noise - r. One Euler step from t = 1 gives r directly; N steps reuse
-the same kept tokens and partitions.
+predicts the velocity v = noise - r, parameterised through its estimate of r: v = (x_t - r_hat) / t.
+One Euler step from t = 1 gives r_hat directly; N steps reuse the same kept tokens and
+partitions.
 
 Tokens carry their original (t, y, x) grid coordinates, so a kept token sees its neighbours
 where they really are whatever was dropped around it, and attention runs inside 3D windows
@@ -244,8 +245,10 @@ class SRTransformer(nn.Module):
         rope = rope_tables(coords, self.head_dim, cfg.rope_base)  # [K, 1, D/2] x2
         for i, blk in enumerate(self.blocks):
             x = blk(x, temb, rope, attends[i % len(attends)])  # [K, C]
-        v = self.final(x, temb)  # [K, 3p²]
-        return v.float() * cfg.noise_std
+        r_hat = self.final(x, temb).float() * cfg.noise_std  # [K, 3p²] predicted residual
+        # velocity from the residual prediction (x0-parameterisation): the net never has to
+        # copy the noise through its C-wide bottleneck, and one step from t = 1 lands on r_hat
+        return (state.float() - r_hat) / t.float().reshape(-1, 1).clamp_min(1e-3)  # [K, 3p²]
 
     def forward(
         self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, part0: Tensor, part1: Tensor
@@ -253,7 +256,7 @@ class SRTransformer(nn.Module):
         """Exportable form: windows as padded index tensors [nW, L] (-1 = padding).
 
         base, state: [K, 3p²] float; coords: [K, 3] int64; t: [1] float in [0, 1].
-        Returns the velocity [K, 3p²] (float32).
+        Returns the velocity [K, 3p²] (float32); (state - t * velocity) is the residual estimate.
         """
         attends = (
             lambda q, k, v: padded_window_attention(q, k, v, part0),
