@@ -3,8 +3,8 @@
 Every form takes q, k, v as [K, H, D] (one row per kept token, rotary positions already
 applied) and returns [K, H, D]. A token attends only to kept tokens of its own window.
 
-- :func:`padded_window_attention`: windows gathered to [nW, L] with a key mask. Exports to
-  ONNX (Gather, Attention/MatMul+Softmax, ScatterND-add) and runs anywhere; costs L_max per
+- :func:`padded_window_attention`: windows laid out as [nW, L] with a key mask. Exports to
+  ONNX (ScatterND, Gather, MatMul+Softmax) and runs anywhere; costs L_max per
   window.
 - :func:`varlen_window_attention`: tokens sorted window by window and handed to torch's
   variable-length flash attention (CUDA, fp16/bf16): no padding work at all.
@@ -33,23 +33,37 @@ __all__ = [
 
 
 def padded_window_attention(q: Tensor, k: Tensor, v: Tensor, part: Tensor) -> Tensor:
-    """Attention inside windows given as ``part`` [nW, L] (indices into K, -1 = padding)."""
+    """Attention inside windows given as ``part`` [nW, L] (indices into K, -1 = padding).
+
+    Tokens move into the [nW, L] layout and back through ``slot`` [K], each token's place in
+    that layout, so both moves touch every token once. Gathering with every pad aimed at one
+    zero row would make the backward (and an accumulating scatter back) serialise on that row
+    on a GPU. No NonZero either: TensorRT-RTX parses it only as a plugin.
+    """
     n_k, heads, dim = q.shape
+    n_w, length = part.shape
     pad = part < 0  # [nW, L]
-    idx = torch.where(pad, torch.full_like(part, n_k), part)  # [nW, L], pad -> zero row K
-    zero = q.new_zeros(1, heads, dim)
-    qw = torch.cat((q, zero))[idx].transpose(1, 2)  # [nW, H, L, D]
-    kw = torch.cat((k, zero))[idx].transpose(1, 2)  # [nW, H, L, D]
-    vw = torch.cat((v, zero))[idx].transpose(1, 2)  # [nW, H, L, D]
+    flat = torch.where(pad, torch.full_like(part, n_k), part).reshape(-1)  # [nW*L], pad -> K
+    slots = n_w * length
+    positions = torch.arange(slots, device=part.device)
+    # slot of each token; the pads all write row K, which is dropped. Tokens in no window
+    # (count-bucket padding) keep the spare slot nW*L, which nothing attends to.
+    slot = torch.full((n_k + 1,), slots, dtype=torch.long, device=part.device)
+    slot = slot.index_put((flat,), positions)[:n_k]  # [K]
+
+    def to_windows(x: Tensor) -> Tensor:  # [K, H, D] -> [nW, H, L, D], zeros in pads
+        xw = x.new_zeros(slots + 1, heads, dim).index_put((slot,), x)[:slots]
+        return xw.reshape(n_w, length, heads, dim).transpose(1, 2)
+
     keep_key = ~pad
-    # a window that is all padding (count buckets) attends to its zero rows: finite junk that
-    # lands in the discarded row K instead of NaN
+    # a window that is all padding (count buckets) attends to its zero rows: finite junk
+    # that no token reads, instead of NaN
     keep_key = keep_key | ~keep_key.any(dim=1, keepdim=True)  # [nW, L]
-    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=keep_key[:, None, None, :])
-    out = out.transpose(1, 2).reshape(-1, heads, dim)  # [nW*L, H, D]
-    acc = q.new_zeros(n_k + 1, heads, dim)
-    acc = acc.index_put((idx.reshape(-1),), out, accumulate=True)  # [K+1, H, D]
-    return acc[:n_k]
+    out = F.scaled_dot_product_attention(
+        to_windows(q), to_windows(k), to_windows(v), attn_mask=keep_key[:, None, None, :]
+    )  # [nW, H, L, D]
+    out = torch.cat((out.transpose(1, 2).reshape(slots, heads, dim), q.new_zeros(1, heads, dim)))
+    return out[slot]  # [K, H, D]; tokens in no window get zeros
 
 
 def varlen_available(device: torch.device) -> bool:
