@@ -145,3 +145,35 @@ class CurveLog:
         fig.tight_layout()
         fig.savefig(png, dpi=90)
         plt.close(fig)
+
+
+class StageTimer:
+    """Where a training step's time goes, over a few steps (syncing CUDA only then)."""
+
+    def __init__(self, device: torch.device, *, steps: range) -> None:
+        self.device, self.steps = device, steps
+        self.totals: dict[str, float] = {}
+        self.active = False
+        self.t = 0.0
+
+    def start(self, step: int) -> None:
+        was = self.active
+        self.active = step in self.steps
+        if was and not self.active:
+            n = len(self.steps)
+            parts = ", ".join(f"{k} {1e3 * v / n:.1f} ms" for k, v in self.totals.items())
+            print(f"step time over {n} steps: {parts}", file=sys.stderr, flush=True)
+        if self.active:
+            self._sync()
+            self.t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if self.active:
+            self._sync()
+            now = time.perf_counter()
+            self.totals[name] = self.totals.get(name, 0.0) + now - self.t
+            self.t = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

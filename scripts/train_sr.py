@@ -3,7 +3,7 @@
 
 Each step samples B windows of T frames (photos with sub-pixel camera motion and real clip
 runs, scales 2-4), drops tokens as inference would (training_keep), and regresses the
-residual estimate behind the velocity (v = (x_t - r_hat) / t) at t ~ {1 (half the time: the
+residual estimate behind the velocity (v = (x_t - r_hat) / t) at t ~ {1 (3/4 of the time: the
 one-step default), U(0, 1)} on kept tokens only. The budget is wall time (--minutes), so a run fits a device lease; --resume
 continues from the checkpoint. bf16 autocast on CUDA.
 
@@ -25,7 +25,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_common import CurveLog, cosine_lr, make_batch, psnr, training_keep  # noqa: E402
+from train_common import (  # noqa: E402
+    CurveLog,
+    StageTimer,
+    cosine_lr,
+    make_batch,
+    psnr,
+    training_keep,
+)
 from train_data import WindowSampler  # noqa: E402
 
 from vs_skipsr.models import PRESETS, SRTransformer  # noqa: E402
@@ -78,8 +85,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=6.0)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--hr-size", type=int, default=192)
-    ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--one-step-frac", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--one-step-frac", type=float, default=0.75)
     ap.add_argument("--scale4-frac", type=float, default=0.5, help="share of steps at scale 4")
     ap.add_argument("--out", type=Path, default=Path("out/train_sr"))
     ap.add_argument(
@@ -127,6 +134,7 @@ def main() -> None:
         args.minutes,
     )
 
+    stages = StageTimer(dev, steps=range(5, 25))
     t_start = time.time() - spent
     ema = None
     while True:
@@ -135,15 +143,20 @@ def main() -> None:
             break
         for group in opt.param_groups:
             group["lr"] = cosine_lr(args.lr, elapsed / budget)
+        stages.start(step)
         use4 = torch.rand(1, generator=g, device=dev).item() < args.scale4_frac
         lr, hr, scale = sampler.sample(args.batch, scale=4 if use4 else None)
+        stages.mark("sample")
         keep = training_keep(lr, scale=scale, patch=cfg.patch, generator=g)
         batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=keep)
+        stages.mark("tokens")
         loss = velocity_loss(model, batch, generator=g, one_step_frac=args.one_step_frac)
+        stages.mark("forward")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        stages.mark("backward+step")
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 50 == 0:
