@@ -26,6 +26,7 @@ about on paper:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ class WindowPlan:
         s, n_real = self.start(window), self.real_length(window)
         bounds = [0] + sorted(c - s for c in set(cuts) if s < c < s + n_real) + [n_real]
         out = []
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             frames = tuple(s + min(j, b - 1) for j in range(a, a + self.size))
             out.append(Piece(start=a, length=b - a, frames=frames))
         return tuple(out)

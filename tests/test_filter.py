@@ -1,0 +1,368 @@
+"""skipsr() inside VapourSynth: formats, props, windows computed once whatever the request
+order, overlap and scene cuts matching the pipeline, and a clear error for each bad input."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import vapoursynth as vs
+from conftest import N_FRAMES, read_index
+
+from vs_skipsr import SkipSRStats, skipsr
+from vs_skipsr.backends.torch_backend import TorchBackend
+from vs_skipsr.models.weights import DEFAULT_MASK_WEIGHTS, DEFAULT_SR_WEIGHTS, load_mask, load_sr
+from vs_skipsr.pipeline import upscale_window
+
+MakeClip = Callable[..., vs.VideoNode]
+
+
+def _bytes(frame: vs.VideoFrame) -> list[bytes]:
+    return [np.asarray(frame[p]).tobytes() for p in range(frame.format.num_planes)]
+
+
+def _rgb(frame: vs.VideoFrame) -> np.ndarray:
+    return np.stack([np.asarray(frame[p]) for p in range(3)])
+
+
+@pytest.fixture()
+def sr(sr_weights: Path, mask_weights: Path) -> Callable[..., vs.VideoNode]:
+    """skipsr with the test weights."""
+
+    def run(clip: vs.VideoNode, **kw: object) -> vs.VideoNode:
+        kw.setdefault("sr_weights", sr_weights)
+        kw.setdefault("mask_weights", mask_weights)
+        return skipsr(clip, **kw)  # type: ignore[arg-type]
+
+    return run
+
+
+# --- formats ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        vs.RGB24,
+        vs.RGB48,
+        vs.RGBH,
+        vs.RGBS,
+        vs.YUV420P8,
+        vs.YUV420P10,
+        vs.YUV422P8,
+        vs.YUV444P16,
+        vs.YUV444PH,
+        vs.YUV444PS,
+    ],
+)
+def test_output_keeps_the_format_family_at_the_new_size(make_clip: MakeClip, sr, fmt: int) -> None:
+    clip = make_clip(fmt)[:3]
+    out = sr(clip, scale=2, window=3)
+    assert out.format.id == clip.format.id
+    assert (out.width, out.height, out.num_frames) == (128, 96, 3)
+    assert out.fps == clip.fps
+    frame = out.get_frame(2)
+    assert frame.format.id == fmt and (frame.width, frame.height) == (128, 96)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_scales(make_clip: MakeClip, sr, scale: int) -> None:
+    out = sr(make_clip(vs.YUV420P8)[:2], scale=scale)
+    assert (out.width, out.height) == (64 * scale, 48 * scale)
+    out.get_frame(1)
+
+
+def test_picture_survives_the_round_trip(make_clip: MakeClip, sr) -> None:
+    """Downscaled back, the output is close to the input, and the index stamp reads."""
+    clip = make_clip(vs.RGB24)[:4]
+    out = sr(clip, window=4)
+    for n in range(4):
+        small = vs.core.resize.Bicubic(out, 64, 48, format=vs.RGBS).get_frame(n)
+        ref = _rgb(vs.core.resize.Point(clip, format=vs.RGBS).get_frame(n))
+        assert np.abs(_rgb(small) - ref).mean() < 0.05
+        luma = _rgb(vs.core.resize.Point(out, format=vs.RGBS).get_frame(n)).mean(0)
+        assert read_index(luma, scale=4) == n
+
+
+def test_yuv_matrix_and_range_props_are_used_and_carried(make_clip: MakeClip, sr) -> None:
+    """A BT.601 full-range clip comes back BT.601 full range; flat colour is preserved."""
+    flat = np.full((2, 48, 64, 3), (200, 60, 90), dtype=np.uint8)
+    rgb = make_clip(vs.RGB24, frames=flat)
+    yuv = vs.core.resize.Bicubic(rgb, format=vs.YUV444P8, matrix_s="170m", range_s="full")
+    out = sr(yuv, skip_ratio=0.9, window=2).get_frame(0)
+    assert out.props["_Matrix"] == 6 and out.props["_Range"] == vs.RANGE_FULL
+    src = yuv.get_frame(0)
+    for p in range(3):
+        assert np.median(np.asarray(out[p])) == pytest.approx(np.asarray(src[p])[0, 0], abs=1)
+
+
+def test_yuv_without_props_is_read_as_bt709_limited(make_clip: MakeClip, sr) -> None:
+    yuv = vs.core.std.RemoveFrameProps(make_clip(vs.YUV420P8)[:2], ["_Matrix", "_Range"])
+    out = sr(yuv, window=2).get_frame(0)
+    assert out.props["_Matrix"] == 1 and out.props["_Range"] == vs.RANGE_LIMITED
+
+
+def test_frame_props_are_carried_and_skipsr_props_added(make_clip: MakeClip, sr) -> None:
+    clip = make_clip(vs.YUV420P8, Foo=7, Title="cockatoo")[:5]
+    out = sr(clip, window=3, skip_ratio=0.5, scorer="gradient")
+    for n in range(5):
+        props = out.get_frame(n).props
+        assert props["Foo"] == 7 and props["Title"] == "cockatoo"
+        assert 0.0 < props["SkipSRKeptRatio"] <= 1.0
+        assert props["SkipSRWindow"] == n // 3
+        assert props["SkipSRWindowMs"] > 0.0
+        assert props["SkipSRBackend"] == "torch:cpu"
+
+
+def test_skip_ratio_sets_the_kept_ratio(make_clip: MakeClip, sr) -> None:
+    clip = make_clip(vs.RGBS)[:4]
+    kept = [
+        sr(clip, window=4, skip_ratio=r).get_frame(1).props["SkipSRKeptRatio"] for r in (0, 0.75)
+    ]
+    assert kept[0] == 1.0
+    assert kept[1] == pytest.approx(0.25, abs=0.1)
+
+
+def test_show_mask_dims_skipped_tokens(make_clip: MakeClip, sr) -> None:
+    clip = make_clip(vs.RGBS)[:2]
+    plain = _rgb(sr(clip, window=2, skip_ratio=0.75).get_frame(0))
+    shown = _rgb(sr(clip, window=2, skip_ratio=0.75, show_mask=True).get_frame(0))
+    same = np.all(plain == shown, axis=0)
+    # kept token interiors are untouched, skipped tokens and kept borders are drawn over
+    assert 0.05 < same.mean() < 0.5
+    assert shown[:, ~same].mean() < plain[:, ~same].mean() + 0.1
+
+
+def test_nothing_is_written_to_stdout(
+    make_clip: MakeClip, sr, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out = sr(make_clip(vs.YUV420P8)[:3], window=2)
+    for n in range(3):
+        out.get_frame(n)
+    assert capfd.readouterr().out == ""
+
+
+# --- windows and the cache -------------------------------------------------------------------
+
+
+def test_window_defaults_to_the_models_temporal_window(
+    make_clip: MakeClip, sr, sr_weights: Path
+) -> None:
+    t = load_sr(sr_weights).config.window[0]
+    stats = SkipSRStats()
+    out = sr(make_clip(vs.RGBS), stats=stats)
+    for n in range(out.num_frames):
+        assert out.get_frame(n).props["SkipSRWindow"] == n // t
+    assert dict(stats.computed) == {k: 1 for k in range(-(-N_FRAMES // t))}
+
+
+def test_concurrent_out_of_order_requests_match_a_linear_pass(make_clip: MakeClip, sr) -> None:
+    clip = make_clip(vs.YUV420P10)
+    kw = {"window": 4, "overlap": 1, "skip_ratio": 0.5}
+    linear = sr(clip, **kw)
+    want = [_bytes(linear.get_frame(n)) for n in range(N_FRAMES)]
+
+    stats = SkipSRStats()
+    shuffled = sr(clip, stats=stats, cache_windows=16, **kw)
+    order = list(range(N_FRAMES)) * 2
+    random.Random(7).shuffle(order)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda n: (n, _bytes(shuffled.get_frame(n))), order))
+    futures = [(n, shuffled.get_frame_async(n)) for n in reversed(range(N_FRAMES))]
+    got += [(n, _bytes(f.result())) for n, f in futures]
+
+    for n, planes in got:
+        assert planes == want[n], f"frame {n} differs from the linear pass"
+    n_windows = 1 + -(-(N_FRAMES - 4) // 3)
+    assert dict(stats.computed) == {k: 1 for k in range(n_windows)}, "a window was recomputed"
+
+
+def test_prefetching_y4m_output_computes_each_window_once(make_clip: MakeClip, sr) -> None:
+    """What vspipe --requests 4 does, in process: output() with 4 frames in flight."""
+    clip = make_clip(vs.YUV420P8)
+    want = io.BytesIO()
+    sr(clip, window=3).output(want, y4m=True)
+    stats = SkipSRStats()
+    got = io.BytesIO()
+    sr(clip, window=3, stats=stats).output(got, y4m=True, prefetch=4)
+    assert got.getvalue() == want.getvalue()
+    assert dict(stats.computed) == {k: 1 for k in range(-(-N_FRAMES // 3))}
+
+
+def test_linear_pass_computes_each_window_once_with_a_bounded_cache(
+    make_clip: MakeClip, sr
+) -> None:
+    stats = SkipSRStats()
+    out = sr(make_clip(vs.RGBS), window=2, cache_windows=2, stats=stats)
+    for n in range(N_FRAMES):
+        out.get_frame(n)
+    assert dict(stats.computed) == {k: 1 for k in range(N_FRAMES // 2)}
+    assert stats.max_cached <= 2 and stats.evicted == N_FRAMES // 2 - 2
+
+
+def test_seek_back_after_eviction_gives_the_same_bytes(make_clip: MakeClip, sr) -> None:
+    clip = make_clip(vs.RGB24)
+    want = _bytes(sr(clip, window=2).get_frame(1))
+    stats = SkipSRStats()
+    out = sr(clip, window=2, cache_windows=1, stats=stats)
+    for n in (0, 2, 4, 6):  # window 0 is computed, then evicted
+        out.get_frame(n)
+    assert _bytes(out.get_frame(1)) == want
+    assert stats.computed[0] == 2 and stats.evicted >= 3
+
+
+def _reference(
+    clip: vs.VideoNode,
+    frames: list[int],
+    *,
+    sr_weights: Path,
+    mask_weights: Path,
+    seed: int,
+    skip_ratio: float,
+) -> np.ndarray:
+    """upscale_window on the given source frames, outside VapourSynth."""
+    runner = TorchBackend(device="cpu").load(sr=load_sr(sr_weights), mask=load_mask(mask_weights))
+    lr = torch.from_numpy(np.stack([_rgb(clip.get_frame(i)) for i in frames]))
+    out = upscale_window(
+        lr, scale=4, runner=runner, scorer="learned", skip_ratio=skip_ratio, seed=seed
+    )
+    return out.frames.numpy()
+
+
+def test_overlap_frames_blend_both_windows(
+    make_clip: MakeClip, sr, sr_weights: Path, mask_weights: Path
+) -> None:
+    clip = make_clip(vs.RGBS)[:8]
+    out = sr(clip, window=4, overlap=2, skip_ratio=0.5)  # windows 0..3, 2..5, 4..7
+    ref = {
+        s: _reference(
+            clip,
+            list(range(s, s + 4)),
+            sr_weights=sr_weights,
+            mask_weights=mask_weights,
+            seed=s,
+            skip_ratio=0.5,
+        )
+        for s in (0, 2)
+    }
+    np.testing.assert_allclose(_rgb(out.get_frame(0)), ref[0][0], atol=1e-6)
+    want2 = 2 / 3 * ref[0][2] + 1 / 3 * ref[2][0]
+    want3 = 1 / 3 * ref[0][3] + 2 / 3 * ref[2][1]
+    np.testing.assert_allclose(_rgb(out.get_frame(2)), want2, atol=1e-5)
+    np.testing.assert_allclose(_rgb(out.get_frame(3)), want3, atol=1e-5)
+
+
+def test_scene_cut_starts_a_new_window(
+    make_clip: MakeClip, sr, sr_weights: Path, mask_weights: Path
+) -> None:
+    base = make_clip(vs.RGBS)[:8]
+    clip = base[:5] + vs.core.std.SetFrameProps(base[5], _SceneChangePrev=1) + base[6:]
+    out = sr(clip, window=4, skip_ratio=0.5, scene_cuts=True)  # window 1 = 4..7, cut at 5
+    kw = {"sr_weights": sr_weights, "mask_weights": mask_weights, "skip_ratio": 0.5}
+    before = _reference(base, [4, 4, 4, 4], seed=4, **kw)
+    after = _reference(base, [5, 6, 7, 7], seed=5, **kw)
+    np.testing.assert_array_equal(_rgb(out.get_frame(4)), before[0])
+    for j, n in enumerate((5, 6, 7)):
+        np.testing.assert_array_equal(_rgb(out.get_frame(n)), after[j])
+    assert out.get_frame(5).props["_SceneChangePrev"] == 1
+    # without scene_cuts the window is one pass over 4..7
+    whole = _reference(base, [4, 5, 6, 7], seed=4, **kw)
+    plain = sr(clip, window=4, skip_ratio=0.5)
+    np.testing.assert_array_equal(_rgb(plain.get_frame(6)), whole[2])
+
+
+# --- bad inputs ------------------------------------------------------------------------------
+
+
+def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[object, dict]], str]]:
+    def yuv(mk: MakeClip) -> vs.VideoNode:
+        return mk(vs.YUV420P8)
+
+    def blank(fmt: int) -> vs.VideoNode:
+        return vs.core.std.BlankClip(format=fmt, width=64, height=48, length=2)
+
+    def yuv_int32() -> int:
+        return vs.core.query_video_format(vs.YUV, vs.INTEGER, 32, 0, 0).id
+
+    return [
+        ("not a clip", lambda mk: ("clip.mkv", {}), "clip=str"),
+        (
+            "variable format",
+            lambda mk: (vs.core.std.BlankClip(varformat=True), {}),
+            "variable format",
+        ),
+        ("variable size", lambda mk: (vs.core.std.BlankClip(varsize=True), {}), "variable size"),
+        ("gray", lambda mk: (blank(vs.GRAY8), {}), "format=Gray8"),
+        ("32-bit int", lambda mk: (blank(yuv_int32()), {}), "format=YUV444P32"),
+        (
+            "too small",
+            lambda mk: (vs.core.std.BlankClip(width=6, height=6, format=vs.RGB24), {}),
+            "6x6",
+        ),
+        ("scale", lambda mk: (yuv(mk), {"scale": 5}), "scale=5"),
+        ("float scale", lambda mk: (yuv(mk), {"scale": 2.0}), "scale=2.0"),
+        ("window", lambda mk: (yuv(mk), {"window": 0}), "window=0"),
+        ("overlap too big", lambda mk: (yuv(mk), {"window": 4, "overlap": 4}), "overlap=4"),
+        ("overlap vs model window", lambda mk: (yuv(mk), {"overlap": 2}), "overlap=2"),
+        ("overlap negative", lambda mk: (yuv(mk), {"overlap": -1}), "overlap=-1"),
+        (
+            "both",
+            lambda mk: (yuv(mk), {"threshold": 0.1, "skip_ratio": 0.5}),
+            "threshold=0.1 and skip_ratio=0.5",
+        ),
+        ("skip_ratio 1", lambda mk: (yuv(mk), {"skip_ratio": 1.0}), "skip_ratio=1.0"),
+        ("skip_ratio <0", lambda mk: (yuv(mk), {"skip_ratio": -0.1}), "skip_ratio=-0.1"),
+        ("threshold nan", lambda mk: (yuv(mk), {"threshold": float("nan")}), "threshold=nan"),
+        ("steps", lambda mk: (yuv(mk), {"steps": 0}), "steps=0"),
+        ("dilate", lambda mk: (yuv(mk), {"dilate": -1}), "dilate=-1"),
+        ("backend", lambda mk: (yuv(mk), {"backend": "magic"}), "backend='magic'"),
+        ("backend cuda", lambda mk: (yuv(mk), {"backend": "cuda"}), "backend='cuda'"),
+        ("num_streams", lambda mk: (yuv(mk), {"num_streams": 0}), "num_streams=0"),
+        ("device_index", lambda mk: (yuv(mk), {"device_index": -1}), "device_index=-1"),
+        ("device_index big", lambda mk: (yuv(mk), {"device_index": 9}), "device_index=9"),
+        ("scorer", lambda mk: (yuv(mk), {"scorer": "oracle"}), "scorer='oracle'"),
+        ("blend", lambda mk: (yuv(mk), {"blend": "cubic"}), "blend='cubic'"),
+        ("cache", lambda mk: (yuv(mk), {"cache_windows": 0}), "cache_windows=0"),
+        ("sr weights", lambda mk: (yuv(mk), {"sr_weights": missing}), str(missing)),
+        ("mask weights", lambda mk: (yuv(mk), {"mask_weights": missing}), str(missing)),
+    ]
+
+
+BAD = _bad_cases(Path("/nonexistent/sr.safetensors"))
+
+
+@pytest.mark.parametrize(("name", "build", "needle"), BAD, ids=[c[0] for c in BAD])
+def test_bad_input_gives_a_clear_error(
+    make_clip: MakeClip, sr, name: str, build, needle: str
+) -> None:
+    if name == "backend cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    clip, kw = build(make_clip)
+    with pytest.raises(vs.Error, match=r"^skipsr: ") as err:
+        sr(clip, **kw)
+    assert needle in str(err.value)
+
+
+def test_weights_of_the_wrong_kind_are_refused(make_clip: MakeClip, mask_weights: Path) -> None:
+    with pytest.raises(vs.Error, match="skipsr: .*kind='mask'"):
+        skipsr(make_clip(vs.RGB24), sr_weights=mask_weights)
+
+
+@pytest.mark.skipif(DEFAULT_SR_WEIGHTS.is_file(), reason="the shipped SR weights are present")
+def test_missing_shipped_weights_are_explained(make_clip: MakeClip) -> None:
+    with pytest.raises(vs.Error, match="skipsr: sr_weights=None: the shipped weights"):
+        skipsr(make_clip(vs.RGB24))
+
+
+@pytest.mark.skipif(DEFAULT_MASK_WEIGHTS.is_file(), reason="the shipped mask weights are present")
+def test_learned_scorer_without_mask_weights_is_refused(
+    make_clip: MakeClip, sr_weights: Path
+) -> None:
+    with pytest.raises(vs.Error, match="skipsr: scorer='learned' needs mask weights"):
+        skipsr(make_clip(vs.RGB24), sr_weights=sr_weights, scorer="learned")

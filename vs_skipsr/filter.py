@@ -1,0 +1,783 @@
+"""skipsr(): SkipSR as one stage of a VapourSynth script.
+
+    clip (RGB/YUV, any depth) -> resize to RGBS (clip's matrix/range, BT.709 limited if absent)
+      -> per output frame n: the windows n belongs to (windows.py), each computed once by
+         pipeline.upscale_window and kept in a small LRU cache, blended by overlap weights
+      -> resize back to the clip's format at the new size, frame props carried over
+
+VapourSynth asks for frames one at a time, from several threads, in any order, while the
+network wants T frames at once. A :func:`~vapoursynth.core.std.FrameEval` looks at frame n,
+asks the cache which of its windows are missing and returns a ``ModifyFrame`` fed with just
+the source frames those windows need; the callback computes them under one lock per window
+(so two threads asking frames of one window compute it once), blends and writes the frame.
+Callbacks of different frames run concurrently, which is what lets the plumbing keep up with a
+GPU (DESIGN.md). Nothing is written to stdout: vspipe owns it; messages go to ``logging``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import vapoursynth as vs
+
+from .backends.base import Runner
+from .backends.select import BACKEND_NAMES, Backend, resolve_backend
+from .models.weights import (
+    DEFAULT_MASK_WEIGHTS,
+    DEFAULT_SR_WEIGHTS,
+    WeightsError,
+    load_mask,
+    load_sr,
+)
+from .pipeline import upscale_window
+from .windows import Blend, Contribution, WindowPlan
+
+__all__ = ["SkipSRStats", "skipsr"]
+
+log = logging.getLogger(__name__)
+
+
+Scorer = Literal["auto", "learned", "gradient"]
+
+DEFAULT_SKIP_RATIO = 0.5  # used when neither threshold nor skip_ratio is given
+MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see mostly padding
+
+
+# --- what a caller can watch -----------------------------------------------------------------
+
+
+@dataclass
+class SkipSRStats:
+    """Counters of one ``skipsr()`` node, filled while its frames are produced.
+
+    Pass one as ``stats=`` to see the cache at work: ``computed[k]`` is how many times window
+    k went through the network (1 unless the cache evicted it and a seek came back to it).
+    """
+
+    computed: Counter[int] = field(default_factory=Counter)
+    hits: int = 0  # window outputs a frame took from the cache
+    evicted: int = 0  # windows dropped from the cache
+    max_cached: int = 0  # most windows held at once
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def _add(self, *, hits: int = 0, evicted: int = 0, cached: int = 0) -> None:
+        with self._lock:
+            self.hits += hits
+            self.evicted += evicted
+            self.max_cached = max(self.max_cached, cached)
+
+    @property
+    def passes(self) -> int:
+        """Windows computed in all (a window computed twice counts twice)."""
+        return sum(self.computed.values())
+
+
+# --- the per-window cache --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WindowResult:
+    frames: np.ndarray  # [L, 3, H, W] float32, the window's real positions
+    keep: np.ndarray  # [L, Hp, Wp] bool, the keep mask of each position
+    kept_ratio: np.ndarray  # [L] float64
+    ms: float  # wall time of the whole window (all of its pieces)
+
+
+class _Entry:
+    __slots__ = ("delivered", "lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.result: _WindowResult | None = None
+        self.delivered: set[int] = set()
+
+
+class _WindowCache:
+    """Finished windows by id, one lock per window, LRU-bounded.
+
+    A window is computed under its own lock, so concurrent requests for frames of one window
+    wait for a single computation instead of repeating it, while other windows proceed. Once
+    more than ``capacity`` windows hold results, the least recently used go first, windows all
+    of whose frames were delivered before windows still being read.
+    """
+
+    def __init__(self, *, capacity: int, real_length: Callable[[int], int], stats: SkipSRStats):
+        self.capacity = capacity
+        self._real_length = real_length
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+
+    def peek(self, window: int) -> _WindowResult | None:
+        with self._lock:
+            entry = self._entries.get(window)
+            if entry is None or entry.result is None:
+                return None
+            self._entries.move_to_end(window)
+            return entry.result
+
+    def get(self, window: int, compute: Callable[[], _WindowResult]) -> _WindowResult:
+        with self._lock:
+            entry = self._entries.get(window)
+            if entry is None:
+                entry = self._entries[window] = _Entry()
+            self._entries.move_to_end(window)
+        with entry.lock:
+            if entry.result is not None:
+                self._stats._add(hits=1)
+                return entry.result
+            result = compute()
+            with self._lock:
+                entry.result = result
+                self._evict()
+            with self._stats._lock:
+                self._stats.computed[window] += 1
+            return result
+
+    def delivered(self, window: int, position: int) -> None:
+        """Note that output position ``position`` of ``window`` was handed out."""
+        with self._lock:
+            entry = self._entries.get(window)
+            if entry is not None:
+                entry.delivered.add(position)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(e.result is not None for e in self._entries.values())
+
+    def _evict(self) -> None:  # called with self._lock held
+        done = [k for k, e in self._entries.items() if e.result is not None]
+        excess = max(0, len(done) - self.capacity)
+        if excess:
+            finished = [k for k in done if len(self._entries[k].delivered) >= self._real_length(k)]
+            rest = [k for k in done if k not in finished]
+            for k in (finished + rest)[:excess]:
+                del self._entries[k]
+        self._stats._add(evicted=excess, cached=len(done) - excess)
+
+
+# --- colour: the clip's props, with defaults -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Color:
+    """How to convert RGB back into the clip's format for one frame (zimg's numbering)."""
+
+    matrix: int
+    range: int  # 0 limited, 1 full
+    chromaloc: int
+
+
+def _color_of(props: Mapping[str, Any], *, family: vs.ColorFamily) -> _Color:
+    """The frame's _Matrix/_Range/_ChromaLocation; BT.709 and limited range for YUV and full
+    range for RGB where a prop is absent or unspecified (the same defaults the way in uses).
+    A YUV clip with _Matrix=0 holds GBR planes and keeps that identity matrix."""
+    rgb = family == vs.RGB
+    matrix = int(props.get("_Matrix", 2))
+    if rgb:
+        matrix = 0
+    elif matrix == 2:  # unspecified
+        matrix = 1
+    if "_Range" in props:
+        rng = int(props["_Range"])
+    elif "_ColorRange" in props:  # the deprecated name counts the other way: 0 full, 1 limited
+        rng = 1 - int(props["_ColorRange"])
+    else:
+        rng = 1 if rgb else 0
+    return _Color(matrix=matrix, range=rng, chromaloc=int(props.get("_ChromaLocation", 0)))
+
+
+def _to_rgbs(clip: vs.VideoNode) -> vs.VideoNode:
+    """The clip as float RGB. Props win over these arguments in zimg, so the arguments are the
+    defaults for frames that do not say: BT.709, limited for YUV, full for RGB."""
+    if clip.format.id == vs.RGBS:
+        return clip
+    if clip.format.color_family == vs.RGB:
+        return vs.core.resize.Bicubic(clip, format=vs.RGBS, range_in=1)
+    return vs.core.resize.Bicubic(clip, format=vs.RGBS, matrix_in=1, range_in=0, chromaloc_in=0)
+
+
+def _shifted(clip: vs.VideoNode, offset: int) -> vs.VideoNode:
+    """A clip whose frame n is ``clip``'s frame n + offset, clamped to the first/last frame."""
+    n = clip.num_frames
+    if offset == 0:
+        return clip
+    if offset > 0:
+        return clip[n - 1] * n if offset >= n else clip[offset:] + clip[n - 1] * offset
+    back = -offset
+    return clip[0] * n if back >= n else clip[0] * back + clip[: n - back]
+
+
+def _frame_to_numpy(frame: vs.VideoFrame) -> np.ndarray:
+    """An RGBS frame as [3, h, w] float32 (one copy, out of VapourSynth's strided planes)."""
+    return np.stack([np.asarray(frame[p]) for p in range(3)])
+
+
+# --- show_mask -------------------------------------------------------------------------------
+
+
+def _draw_mask(img: np.ndarray, keep: np.ndarray, *, patch: int) -> np.ndarray:
+    """Dim and tint skipped tokens blue, outline kept tokens in green: [3,H,W] -> [3,H,W].
+
+    Dimming (not hiding) keeps the picture readable, so a viewer can judge whether the mask
+    skipped the right places; the outline shows the token grid the SR net actually ran on.
+    """
+    _, h, w = img.shape
+    kp = np.repeat(np.repeat(keep, patch, axis=0), patch, axis=1)[:h, :w]  # [H, W]
+    out = img.copy()
+    skipped = ~kp
+    out[:, skipped] *= 0.4
+    out[2, skipped] += 0.25
+    edge = np.zeros((patch, patch), dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    reps = (-(-h // patch), -(-w // patch))
+    border = kp & np.tile(edge, reps)[:h, :w]
+    out[:, border] = np.array([0.1, 0.9, 0.1], dtype=np.float32)[:, None]
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+# --- the node --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Settings:
+    scale: int
+    threshold: float | None
+    skip_ratio: float | None
+    scorer: Literal["learned", "gradient"]
+    dilate: int
+    steps: int
+    seed: int
+    scene_cuts: bool
+    show_mask: bool
+
+
+class _Slots:
+    """At most ``n`` windows in the network at once, each with its own CUDA stream on a GPU."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self._free: queue.SimpleQueue[torch.cuda.Stream | None] = queue.SimpleQueue()
+        for _ in range(n):
+            self._free.put(torch.cuda.Stream(device) if device.type == "cuda" else None)
+
+    @contextmanager
+    def take(self) -> Iterator[None]:
+        stream = self._free.get()
+        try:
+            if stream is None:
+                yield
+            else:
+                with torch.cuda.stream(stream):
+                    yield
+                stream.synchronize()
+        finally:
+            self._free.put(stream)
+
+
+class _SkipSRNode:
+    """Everything one ``skipsr()`` call builds; its methods are the VapourSynth callbacks."""
+
+    def __init__(
+        self,
+        clip: vs.VideoNode,
+        *,
+        runner: Runner,
+        plan: WindowPlan,
+        settings: _Settings,
+        num_streams: int,
+        cache_windows: int,
+        stats: SkipSRStats,
+    ) -> None:
+        self.core = vs.core  # callbacks run on VapourSynth's threads: keep this script's core
+        self.clip = clip
+        self.runner = runner
+        self.plan = plan
+        self.settings = settings
+        self.stats = stats
+        self.backend_name = f"{runner.name}:{runner.device}"
+        self.cache = _WindowCache(capacity=cache_windows, real_length=plan.real_length, stats=stats)
+        self.slots = _Slots(num_streams, runner.device)
+        self.lr = _to_rgbs(clip)
+        self.out_w, self.out_h = clip.width * settings.scale, clip.height * settings.scale
+        self.blank = self.core.std.BlankClip(
+            self.lr, width=self.out_w, height=self.out_h, format=vs.RGBS, keep=True
+        )
+        t = plan.size
+        self.shifted = {d: _shifted(self.lr, d) for d in range(-(t - 1), t)}
+        self.sr: vs.VideoNode | None = None  # the RGBS output, before the way back
+        self._back: dict[_Color, vs.VideoNode] = {}
+        self._back_lock = threading.Lock()
+
+    # the graph ------------------------------------------------------------------------------
+
+    def build(self) -> vs.VideoNode:
+        self.sr = self.core.std.FrameEval(self.blank, self._select)
+        fmt = self.clip.format
+        if fmt.id == vs.RGBS:
+            return self.sr
+        target = self.core.std.BlankClip(
+            self.clip, width=self.out_w, height=self.out_h, format=fmt.id, keep=True
+        )
+        return self.core.std.FrameEval(target, self._convert_back, prop_src=[self.clip])
+
+    def _convert_back(self, n: int, f: vs.VideoFrame) -> vs.VideoNode:
+        """The resize node for this frame's colour props (a handful per clip, built once)."""
+        color = _color_of(f.props, family=self.clip.format.color_family)
+        assert self.sr is not None
+        with self._back_lock:
+            node = self._back.get(color)
+            if node is None:
+                fmt = self.clip.format
+                if fmt.color_family == vs.RGB:
+                    node = self.core.resize.Bicubic(self.sr, format=fmt.id, range=color.range)
+                else:
+                    node = self.core.resize.Bicubic(
+                        self.sr,
+                        format=fmt.id,
+                        matrix=color.matrix,
+                        range=color.range,
+                        chromaloc=color.chromaloc,
+                    )
+                self._back[color] = node
+        return node
+
+    def _select(self, n: int) -> vs.VideoNode:
+        """Frame n: a ModifyFrame fed with the source frames of whichever of n's windows the
+        cache lacks (none when all are cached, so a seek inside a window decodes nothing)."""
+        contributions = self.plan.contributions(n)
+        ready: dict[int, _WindowResult] = {}
+        needed: set[int] = set()
+        for c in contributions:
+            result = self.cache.peek(c.window)
+            if result is None:
+                needed.update(self.plan.frames(c.window))
+            else:
+                ready[c.window] = result
+        offsets = sorted(i - n for i in needed)
+        clips = [self.blank, self.clip] + [self.shifted[d] for d in offsets]
+        produce = partial(self._produce, contributions=contributions, ready=ready, offsets=offsets)
+        return self.core.std.ModifyFrame(self.blank, clips, produce)
+
+    # the callback ---------------------------------------------------------------------------
+
+    def _produce(
+        self,
+        n: int,
+        f: list[vs.VideoFrame],
+        *,
+        contributions: tuple[Contribution, ...],
+        ready: dict[int, _WindowResult],
+        offsets: list[int],
+    ) -> vs.VideoFrame:
+        blank, source, lr_frames = f[0], f[1], f[2:]
+        by_index = {n + d: frame for d, frame in zip(offsets, lr_frames)}
+        results = []
+        for c in contributions:
+            result = ready.get(c.window)
+            if result is None:
+                result = self.cache.get(c.window, partial(self._compute, c.window, by_index))
+            else:
+                self.stats._add(hits=1)
+            results.append(result)
+
+        img = self._blend(contributions, results)
+        primary = max(range(len(contributions)), key=lambda i: contributions[i].weight)
+        main, main_pos = results[primary], contributions[primary].position
+        if self.settings.show_mask:
+            img = _draw_mask(img, main.keep[main_pos], patch=self.runner.sr_config.patch)
+
+        out = blank.copy()
+        for p in range(3):
+            np.copyto(np.asarray(out[p]), img[p])
+        self._set_props(out, source.props)
+        out.props["SkipSRKeptRatio"] = float(
+            sum(c.weight * r.kept_ratio[c.position] for c, r in zip(contributions, results))
+        )
+        out.props["SkipSRWindow"] = contributions[primary].window
+        out.props["SkipSRWindowMs"] = main.ms
+        out.props["SkipSRBackend"] = self.backend_name
+        for c in contributions:
+            self.cache.delivered(c.window, c.position)
+        return out
+
+    @staticmethod
+    def _blend(contributions: tuple[Contribution, ...], results: list[_WindowResult]) -> np.ndarray:
+        """Weighted sum of the windows' outputs in window order (so any request order gives
+        the same bytes); a frame in one window is its output exactly."""
+        if len(contributions) == 1:
+            return results[0].frames[contributions[0].position]
+        acc = np.zeros_like(results[0].frames[0])
+        for c, r in zip(contributions, results):
+            acc += np.float32(c.weight) * r.frames[c.position]
+        return acc
+
+    @staticmethod
+    def _set_props(out: vs.VideoFrame, source: Mapping[str, Any]) -> None:
+        """The source frame's props on an RGB float frame; the resize back sets the clip's
+        matrix, range and chroma location again from the source's values."""
+        props = out.props
+        props.clear()
+        for key, value in source.items():
+            props[key] = value
+        for key in ("_ChromaLocation", "_ColorRange"):
+            if key in props:
+                del props[key]
+        props["_Matrix"] = 0
+        props["_Range"] = 1
+
+    def _compute(self, window: int, by_index: Mapping[int, vs.VideoFrame]) -> _WindowResult:
+        """One window through the network, split into pieces at scene cuts if asked. ``ms``
+        counts the time in the network slot (copy in, network, copy out), not the wait for it."""
+        busy = 0.0
+        plan, s = self.plan, self.settings
+        real = plan.real_length(window)
+        first = plan.start(window)
+        cuts: set[int] = set()
+        if s.scene_cuts:
+            cuts = {
+                i
+                for i in range(first, first + real)
+                if by_index[i].props.get("_SceneChangePrev", 0)
+            }
+        arrays = {i: _frame_to_numpy(by_index[i]) for i in set(plan.frames(window))}
+        frames = np.empty((real, 3, self.out_h, self.out_w), dtype=np.float32)
+        keep_parts, ratios = [], np.empty(real, dtype=np.float64)
+        for piece in plan.pieces(window, cuts):
+            lr_host = np.stack([arrays[i] for i in piece.frames])  # [T, 3, h, w]
+            with self.slots.take():  # the copy in runs on the slot's stream, before the net
+                t0 = time.perf_counter()
+                lr = self._to_device(lr_host)
+                res = upscale_window(
+                    lr,
+                    scale=s.scale,
+                    runner=self.runner,
+                    scorer=s.scorer,
+                    threshold=s.threshold,
+                    skip_ratio=s.skip_ratio,
+                    dilate=s.dilate,
+                    steps=s.steps,
+                    seed=s.seed + piece.frames[0],
+                    buckets=self.runner.device.type == "cuda",
+                )
+                out = res.frames[: piece.length].float().cpu().numpy()
+                keep = res.keep[: piece.length].cpu().numpy()
+                busy += time.perf_counter() - t0
+            keep_parts.append(keep)
+            span = slice(piece.start, piece.start + piece.length)
+            frames[span] = out
+            ratios[span] = keep.reshape(piece.length, -1).mean(axis=1)
+        ms = busy * 1000.0
+        log.debug(
+            "skipsr: window %d (frames %d..%d) in %.1f ms", window, first, first + real - 1, ms
+        )
+        return _WindowResult(
+            frames=frames, keep=np.concatenate(keep_parts), kept_ratio=ratios, ms=ms
+        )
+
+    def _to_device(self, lr: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(lr)
+        if self.runner.device.type == "cuda":
+            return x.pin_memory().to(self.runner.device, non_blocking=True)
+        return x.to(self.runner.device)
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> vs.Error:
+    return vs.Error(f"skipsr: {message}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_clip(clip: object) -> vs.VideoNode:
+    if not isinstance(clip, vs.VideoNode):
+        raise _fail(f"clip={type(clip).__name__}: accepted a vapoursynth.VideoNode")
+    fmt = clip.format
+    if fmt is None or fmt.color_family == vs.UNDEFINED:
+        raise _fail("clip has a variable format: accepted a constant format (convert first)")
+    if clip.width == 0 or clip.height == 0:
+        raise _fail("clip has a variable size: accepted a constant size (resize first)")
+    if fmt.color_family not in (vs.RGB, vs.YUV):
+        raise _fail(
+            f"clip format={fmt.name} ({fmt.color_family.name}): accepted RGB or YUV "
+            "(convert other families with core.resize first)"
+        )
+    if fmt.sample_type == vs.INTEGER and not 8 <= fmt.bits_per_sample <= 16:
+        raise _fail(f"clip format={fmt.name}: accepted integer samples of 8 to 16 bits")
+    if fmt.sample_type == vs.FLOAT and fmt.bits_per_sample not in (16, 32):
+        raise _fail(f"clip format={fmt.name}: accepted float samples of 16 or 32 bits")
+    if clip.width < MIN_SIDE or clip.height < MIN_SIDE:
+        raise _fail(
+            f"clip size={clip.width}x{clip.height} is too small: accepted at least "
+            f"{MIN_SIDE}x{MIN_SIDE}"
+        )
+    return clip
+
+
+def _check_args(
+    *,
+    scale: object,
+    window: object,
+    overlap: object,
+    blend: object,
+    threshold: object,
+    skip_ratio: object,
+    scorer: object,
+    dilate: object,
+    steps: object,
+    seed: object,
+    device_index: object,
+    num_streams: object,
+    cache_windows: object,
+    backend: object,
+) -> None:
+    if not _is_int(scale) or scale not in (2, 3, 4):
+        raise _fail(f"scale={scale!r}: accepted 2, 3 or 4")
+    if window is not None and (not _is_int(window) or window < 1):
+        raise _fail(f"window={window!r}: accepted an int >= 1, or None for the model's")
+    if not _is_int(overlap) or overlap < 0:
+        raise _fail(f"overlap={overlap!r}: accepted an int >= 0 and < window")
+    if _is_int(window) and overlap >= window:
+        raise _fail(f"overlap={overlap} with window={window}: accepted 0 <= overlap < window")
+    if blend not in ("linear", "smooth"):
+        raise _fail(f"blend={blend!r}: accepted 'linear' or 'smooth'")
+    if threshold is not None and skip_ratio is not None:
+        raise _fail(
+            f"threshold={threshold!r} and skip_ratio={skip_ratio!r} both given: accepted one of them"
+        )
+    if threshold is not None and not _is_real(threshold):
+        raise _fail(f"threshold={threshold!r}: accepted a finite number")
+    if skip_ratio is not None and not (_is_real(skip_ratio) and 0.0 <= skip_ratio < 1.0):
+        raise _fail(f"skip_ratio={skip_ratio!r}: accepted 0 <= skip_ratio < 1")
+    if scorer not in ("auto", "learned", "gradient"):
+        raise _fail(f"scorer={scorer!r}: accepted 'auto', 'learned' or 'gradient'")
+    if not _is_int(dilate) or dilate < 0:
+        raise _fail(f"dilate={dilate!r}: accepted an int >= 0")
+    if not _is_int(steps) or steps < 1:
+        raise _fail(f"steps={steps!r}: accepted an int >= 1")
+    if not _is_int(seed):
+        raise _fail(f"seed={seed!r}: accepted an int")
+    if not _is_int(num_streams) or num_streams < 1:
+        raise _fail(f"num_streams={num_streams!r}: accepted an int >= 1")
+    if cache_windows is not None and (not _is_int(cache_windows) or cache_windows < 1):
+        raise _fail(f"cache_windows={cache_windows!r}: accepted an int >= 1, or None")
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not _is_int(device_index) or not 0 <= device_index < max(n_cuda, 1):
+        seen = f"{n_cuda} CUDA device(s)" if n_cuda else "no CUDA device, so only 0"
+        raise _fail(f"device_index={device_index!r}: accepted 0..{max(n_cuda, 1) - 1} ({seen})")
+    if isinstance(backend, str):
+        if backend not in BACKEND_NAMES:
+            raise _fail(f"backend={backend!r}: accepted {', '.join(map(repr, BACKEND_NAMES))}")
+    elif not callable(getattr(backend, "load", None)):
+        raise _fail(f"backend={backend!r}: accepted a backend name or a backend value")
+
+
+def _weights_path(value: str | os.PathLike[str] | None, default: Path, name: str) -> Path | None:
+    """The weights file to load: the given one (which must exist) or the shipped default
+    (None where it is absent, so the caller can fall back or explain)."""
+    if value is None:
+        return default if default.is_file() else None
+    path = Path(value)
+    if not path.is_file():
+        raise _fail(f"{name}={os.fspath(value)!r}: no such file; accepted a .safetensors path")
+    return path
+
+
+# --- the public function ---------------------------------------------------------------------
+
+
+def skipsr(
+    clip: vs.VideoNode,
+    *,
+    scale: int = 4,
+    backend: str | Backend = "auto",
+    window: int | None = None,
+    overlap: int = 0,
+    blend: Blend = "linear",
+    threshold: float | None = None,
+    skip_ratio: float | None = None,
+    scorer: Scorer = "auto",
+    dilate: int = 0,
+    steps: int = 1,
+    seed: int = 0,
+    scene_cuts: bool = False,
+    device_index: int = 0,
+    num_streams: int = 1,
+    fp16: bool = True,
+    show_mask: bool = False,
+    sr_weights: str | os.PathLike[str] | None = None,
+    mask_weights: str | os.PathLike[str] | None = None,
+    cache_windows: int | None = None,
+    stats: SkipSRStats | None = None,
+) -> vs.VideoNode:
+    """Super-resolve ``clip`` by ``scale`` with SkipSR: only tokens the mask keeps go through
+    the SR transformer; the rest are the bicubic upsample, bit for bit.
+
+    Args:
+        clip: RGB or YUV, 8-16 bit integer or 16/32 bit float, constant format and size, at
+            least 8x8. Comes back in the same format family, depth and subsampling at
+            ``scale`` times the size, converted through RGB with each frame's _Matrix,
+            _Range and _ChromaLocation (BT.709, limited range for YUV where absent).
+        scale: 2, 3 or 4.
+        backend: 'auto' (CUDA if torch sees one, else CPU), 'torch', 'cpu', 'cuda', or a
+            backend value from ``vs_skipsr.backends``.
+        window: frames the network sees at once (T); None takes the SR model's temporal
+            attention window (5 for the shipped model).
+        overlap: frames shared by consecutive windows, blended across the border (0 <=
+            overlap < window); costs window / (window - overlap) times the compute.
+        blend: the overlap ramp, 'linear' or 'smooth' (raised cosine).
+        threshold: keep tokens whose mask score exceeds this (learned scores, or the
+            gradient energy of the LR luma with scorer='gradient').
+        skip_ratio: skip this fraction of each window's tokens, 0 <= skip_ratio < 1; 0 runs
+            every token (the dense model). Give threshold or skip_ratio, not both; with
+            neither, skip_ratio=0.5.
+        scorer: 'learned' (the mask net), 'gradient' (a no-training heuristic) or 'auto'
+            (learned if mask weights are there, else gradient).
+        dilate: grow the keep set by this many tokens, giving kept regions context.
+        steps: flow sampling steps; all reuse one keep set, so skipping saves on each.
+        seed: noise seed; each window draws from seed + its first frame, so output does not
+            depend on the order frames are requested in.
+        scene_cuts: split windows at frames with _SceneChangePrev set, so no network pass
+            mixes two scenes (a cut costs one extra pass of its window).
+        device_index: CUDA device for 'auto'/'torch'/'cuda'.
+        num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
+        fp16: half precision on CUDA (the CPU always runs float32).
+        show_mask: draw the keep mask over the output: skipped tokens dimmed and tinted
+            blue, kept tokens outlined in green.
+        sr_weights, mask_weights: safetensors files; default the shipped ones.
+        cache_windows: finished windows kept for frames still to come (default enough for
+            the core's threads, at least 2 * num_streams + 2). Each holds T RGBS frames at
+            the output size.
+        stats: a :class:`SkipSRStats` to fill with window counts (tests, benchmarks).
+
+    Each output frame carries the source frame's props plus SkipSRKeptRatio (kept fraction
+    of its tokens), SkipSRWindow (the window it came from, the heaviest one when blended),
+    SkipSRWindowMs (wall time of that window) and SkipSRBackend.
+    """
+    clip = _check_clip(clip)
+    _check_args(
+        scale=scale,
+        window=window,
+        overlap=overlap,
+        blend=blend,
+        threshold=threshold,
+        skip_ratio=skip_ratio,
+        scorer=scorer,
+        dilate=dilate,
+        steps=steps,
+        seed=seed,
+        device_index=device_index,
+        num_streams=num_streams,
+        cache_windows=cache_windows,
+        backend=backend,
+    )
+    if stats is not None and not isinstance(stats, SkipSRStats):
+        raise _fail(f"stats={stats!r}: accepted a SkipSRStats or None")
+
+    sr_path = _weights_path(sr_weights, DEFAULT_SR_WEIGHTS, "sr_weights")
+    if sr_path is None:
+        raise _fail(
+            f"sr_weights=None: the shipped weights {DEFAULT_SR_WEIGHTS} are not there; "
+            "accepted a path to SR weights (.safetensors)"
+        )
+    mask_path = (
+        None
+        if scorer == "gradient"
+        else _weights_path(mask_weights, DEFAULT_MASK_WEIGHTS, "mask_weights")
+    )
+    if scorer == "learned" and mask_path is None:
+        raise _fail(
+            f"scorer='learned' needs mask weights and {DEFAULT_MASK_WEIGHTS} is not there: "
+            "accepted mask_weights=<path> or scorer='gradient'"
+        )
+    try:
+        sr_net = load_sr(sr_path)
+        mask_net = None if mask_path is None else load_mask(mask_path)
+    except WeightsError as e:
+        raise _fail(str(e)) from e
+
+    patch = sr_net.config.patch
+    if clip.width * scale < patch or clip.height * scale < patch:
+        raise _fail(
+            f"clip size={clip.width}x{clip.height} at scale={scale} is smaller than one "
+            f"{patch}x{patch} token: accepted at least {-(-patch // scale)} pixels a side"
+        )
+    t = sr_net.config.window[0] if window is None else window
+    if overlap >= t:
+        raise _fail(f"overlap={overlap} with window={t} (the model's): accepted overlap < {t}")
+
+    try:
+        spec = resolve_backend(backend, device_index=device_index, fp16=fp16)
+    except ValueError as e:
+        raise _fail(f"backend={backend!r}: {e}") from e
+    runner = spec.load(sr=sr_net, mask=mask_net)
+
+    if threshold is None and skip_ratio is None:
+        skip_ratio = DEFAULT_SKIP_RATIO
+    if skip_ratio == 0:
+        skip_ratio = None  # keep everything: the dense path, no mask evaluated
+    settings = _Settings(
+        scale=scale,
+        threshold=None if threshold is None else float(threshold),
+        skip_ratio=None if skip_ratio is None else float(skip_ratio),
+        scorer="learned" if mask_net is not None else "gradient",
+        dilate=dilate,
+        steps=steps,
+        seed=seed,
+        scene_cuts=bool(scene_cuts),
+        show_mask=bool(show_mask),
+    )
+    plan = WindowPlan(num_frames=clip.num_frames, size=t, overlap=overlap, blend=blend)
+    if cache_windows is None:
+        per_frame = -(-t // plan.stride)
+        cache_windows = max(
+            2 * num_streams + 2, -(-vs.core.num_threads // plan.stride) + per_frame + 1
+        )
+    log.info(
+        "skipsr: %dx%d %s x%d -> %dx%d, window=%d overlap=%d scorer=%s %s backend=%s cache=%d",
+        clip.width,
+        clip.height,
+        clip.format.name,
+        scale,
+        clip.width * scale,
+        clip.height * scale,
+        t,
+        overlap,
+        settings.scorer,
+        f"threshold={settings.threshold}"
+        if settings.threshold is not None
+        else f"skip_ratio={settings.skip_ratio or 0.0}",
+        f"{runner.name}:{runner.device}",
+        cache_windows,
+    )
+    node = _SkipSRNode(
+        clip,
+        runner=runner,
+        plan=plan,
+        settings=settings,
+        num_streams=num_streams,
+        cache_windows=cache_windows,
+        stats=SkipSRStats() if stats is None else stats,
+    )
+    return node.build()
