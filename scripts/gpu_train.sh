@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_core.py 2>&1 | tail -4
-python3 scripts/train_sr.py --pack data/pack --minutes "${SR_MIN:-5.5}" --batch "${SR_BATCH:-16}" \
+python3 scripts/train_sr.py --pack data/pack --minutes "${SR_MIN:-5.5}" --batch "${SR_BATCH:-16}" --max-step-s "${MAX_STEP_S:-0.3}" \
     --out /tmp/train/sr --weights vs_skipsr/weights/sr_default.safetensors || exit 1
 python3 scripts/train_mask.py --pack data/pack --sr-weights vs_skipsr/weights/sr_default.safetensors \
     --minutes "${MASK_MIN:-1.5}" --out /tmp/train/mask --weights vs_skipsr/weights/mask_default.safetensors || exit 1

@@ -94,6 +94,7 @@ def main() -> None:
     )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-step-s", type=float, default=1e9, help="give up early if slower")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
@@ -137,6 +138,7 @@ def main() -> None:
     stages = StageTimer(dev, steps=range(5, 25))
     t_start = time.time() - spent
     ema = None
+    t10 = time.time()
     while True:
         elapsed = time.time() - t_start
         if elapsed >= budget:
@@ -158,6 +160,15 @@ def main() -> None:
         opt.step()
         stages.mark("backward+step")
         step += 1
+        if step == 10:
+            t10 = time.time()
+        if step == 40 and (time.time() - t10) / 30 > args.max_step_s:
+            log.error(
+                "%.3f s a step, over --max-step-s %.2f: stopping",
+                (time.time() - t10) / 30,
+                args.max_step_s,
+            )
+            sys.exit(3)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 50 == 0:
             curve.log(step=step, loss=loss.item(), loss_ema=ema, lr=opt.param_groups[0]["lr"])
