@@ -65,4 +65,8 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+# vspipe embeds Python through VSScript: PyPI's VapourSynth must be told once which Python
+if .venv/bin/python -m vapoursynth check-env 2>/dev/null | grep -q 'NOT CONFIGURED'; then
+    say "configuring VSScript: $(.venv/bin/python -m vapoursynth config 2>&1)"
+fi
 say "ready: $(.venv/bin/python --version 2>&1), vapoursynth $(.venv/bin/python -c 'import vapoursynth as vs; print(vs.core.version_number())' 2>/dev/null || echo '?')"

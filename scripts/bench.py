@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""SkipSR against dense, from the SR net alone to vspipe end to end. One command per machine.
+
+Sections (``--sections``, comma-separated):
+  peak      the card's measured bf16 matmul rate (the ceiling for achieved TFLOP/s)
+  sr        the SR net alone: time against kept fraction at 720p and 1080p output windows,
+            eager (padded / varlen attention) and CUDA graphs, with achieved TFLOP/s
+  large     the same for the SeedVR2-3B-shaped preset (random weights) on 720p x 21 frames
+  stages    per-stage times of upscale_window (H2D, upsample, mask, gather, SR, scatter, D2H)
+            on a real validation clip, dense and skipped, at 1, 4 and 8 steps; plus the
+            VapourSynth format conversion (resize YUV420P8 <-> RGBS) per frame
+  vspipe    end to end: vspipe scripts/demo.vpy to a null sink (and piped into x264 where an
+            encoder is found), dense against SkipSR, same run, at 1, 4 and 8 steps
+Prints tables; writes --out/bench.json and --out/bench.png.
+
+    python scripts/bench.py --sections peak,sr,large,stages,vspipe --out out/bench   # GPU
+    python scripts/bench.py --device cpu --sections stages,vspipe --frames 15        # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_sr_scaling import clustered_keep  # noqa: E402
+
+from vs_skipsr.backends import TorchBackend  # noqa: E402
+from vs_skipsr.models import PRESETS, SRTransformer  # noqa: E402
+from vs_skipsr.models.weights import load_mask, load_sr  # noqa: E402
+from vs_skipsr.pipeline import upscale_window  # noqa: E402
+from vs_skipsr.tokens import bucket_size, build_partition, token_coords  # noqa: E402
+
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+RESULTS: dict[str, object] = {}
+
+
+def say(*a: object) -> None:
+    print(*a, flush=True)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def median_time(fn, dev: torch.device, reps: int) -> float:
+    fn()
+    sync(dev)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)"
+
+
+# --- peak ----------------------------------------------------------------------------------
+
+
+def bench_peak(dev: torch.device) -> float:
+    n = 8192
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    sec = median_time(lambda: a @ b, dev, 10)
+    tflops = 2 * n**3 / sec / 1e12
+    say(f"\nmeasured bf16 matmul peak ({n}^3, random data): {tflops:.0f} TFLOP/s on {device_name(dev)}")
+    RESULTS["peak_tflops"] = tflops
+    return tflops
+
+
+# --- SR net alone ---------------------------------------------------------------------------
+
+
+def sr_flops(cfg, parts, k: int) -> float:
+    """Multiply-adds x 2 of one SR call: per-token linears plus attention over real windows."""
+    c, d = cfg.dim, cfg.token_dim
+    hidden = int(c * cfg.mlp_ratio)
+    per_token = 2 * (2 * d * c) + cfg.depth * 2 * (3 * c * c + c * c + 2 * c * hidden) + 2 * c * d
+    attn = 0.0
+    for i in range(cfg.depth):
+        counts = (parts[i % 2].cu_seqlens[1:] - parts[i % 2].cu_seqlens[:-1]).double()
+        attn += float(4 * c * (counts**2).sum())
+    return per_token * k + attn
+
+
+def random_net(preset: str, dev: torch.device, dtype: torch.dtype) -> SRTransformer:
+    with torch.device(dev):
+        net = SRTransformer(PRESETS[preset]).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.02)
+    return net.eval()
+
+
+def sr_table(net: SRTransformer, *, dev: torch.device, dtype: str, mode: str, size: tuple[int, int],
+             frames: int, reps: int, peak: float | None, fractions=FRACTIONS) -> list[dict]:
+    attention = "padded" if mode == "padded" else "auto"
+    runner = TorchBackend(device=str(dev), dtype=dtype, attention=attention,
+                          cuda_graphs=mode == "graphs").load(sr=net, mask=None)
+    cfg = net.config
+    w, h = size
+    grid = (frames, -(-h // cfg.patch), -(-w // cfg.patch))
+    total = grid[0] * grid[1] * grid[2]
+    rows = []
+    for f in fractions:
+        keep = clustered_keep(grid, f)
+        index = torch.nonzero(keep.reshape(-1)).squeeze(1).to(dev)
+        k = index.numel()
+        kb = min(bucket_size(k), total) if mode == "graphs" else k
+        padded = F.pad(index, (0, kb - k))
+        coords = token_coords(padded, grid=grid)
+        parts = tuple(build_partition(coords, grid=grid, window=cfg.window, shift=s, valid=k)
+                      for s in ((0, 0, 0), cfg.shift))
+        base = torch.rand(kb, cfg.token_dim, device=dev)
+        state = torch.randn(kb, cfg.token_dim, device=dev) * cfg.noise_std
+        t = torch.ones(1, device=dev)
+        sec = median_time(lambda: runner.sr(base, state, coords, t, parts), dev, reps)
+        fl = sr_flops(cfg, parts, k)
+        rows.append({"fraction": f, "kept": k, "tokens": total, "ms": sec * 1e3, "tflops": fl / sec / 1e12})
+    dense = rows[-1]["ms"]
+    for r in rows:
+        r["relative"] = r["ms"] / dense
+        r["vs_linear"] = r["relative"] / r["fraction"] - 1
+    say(f"\nSR net alone: {frames} x {w}x{h} output ({total} tokens), {dtype}, {mode}, {device_name(dev)}")
+    say(f"{'kept':>5} {'K':>7} {'ms':>9} {'t/dense':>8} {'vs linear':>10} {'TFLOP/s':>8}"
+        + (f" {'% peak':>7}" if peak else ""))
+    for r in rows:
+        line = (f"{r['fraction']:5.1f} {r['kept']:7d} {r['ms']:9.2f} {r['relative']:8.3f} "
+                f"{100 * r['vs_linear']:+9.1f}% {r['tflops']:8.1f}")
+        if peak:
+            line += f" {100 * r['tflops'] / peak:6.1f}%"
+        say(line)
+    band = [r for r in rows if r["fraction"] >= 0.2]
+    worst = max(abs(r["vs_linear"]) for r in band)
+    say(f"largest deviation from linear over 0.2..1.0: {100 * worst:.1f}% (target <= 15%)")
+    return rows
+
+
+def bench_sr(dev: torch.device, args, peak: float | None) -> None:
+    out = {}
+    net = load_sr().to(dev)
+    modes = ["padded", "varlen", "graphs"] if dev.type == "cuda" else ["padded"]
+    dtype = "bf16" if dev.type == "cuda" else "fp32"
+    for size in ((1280, 720), (1920, 1080)):
+        for mode in modes:
+            key = f"default_{size[0]}x{size[1]}_{mode}"
+            try:
+                out[key] = sr_table(net, dev=dev, dtype=dtype, mode=mode, size=size, frames=5,
+                                    reps=args.reps, peak=peak)
+            except Exception as e:  # a mode that cannot run here is reported, not fatal
+                say(f"{key}: failed: {type(e).__name__}: {e}")
+    if dev.type == "cuda":
+        out["default_1920x1080_graphs_fp16"] = sr_table(
+            net, dev=dev, dtype="fp16", mode="graphs", size=(1920, 1080), frames=5, reps=args.reps,
+            peak=peak)
+    RESULTS["sr"] = out
+
+
+def bench_large(dev: torch.device, args, peak: float | None) -> None:
+    net = random_net("seedvr2_3b", dev, torch.bfloat16)
+    n = sum(p.numel() for p in net.parameters())
+    say(f"\nseedvr2_3b preset: {n / 1e9:.2f} B parameters (random), window {net.config.window}")
+    RESULTS["large"] = {"params": n}
+    for mode in ("varlen", "graphs"):
+        try:
+            RESULTS["large"][mode] = sr_table(net, dev=dev, dtype="bf16", mode=mode, size=(1280, 720),
+                                              frames=21, reps=3, peak=peak,
+                                              fractions=(0.1, 0.2, 0.3, 0.5, 0.7, 1.0))
+        except Exception as e:
+            say(f"large {mode}: failed: {type(e).__name__}: {e}")
+    del net
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --- per-stage times on a real clip ---------------------------------------------------------
+
+
+def clip_frames(path: Path, n: int, size: tuple[int, int]) -> torch.Tensor:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while len(frames) < n:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        frames.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    if not frames:
+        raise FileNotFoundError(f"no frames read from {path}")
+    return torch.stack(frames)
+
+
+def bench_stages(dev: torch.device, args) -> None:
+    sr = load_sr()
+    mask = load_mask()
+    dtype = "bf16" if dev.type == "cuda" else "fp32"
+    runner = TorchBackend(device=str(dev), dtype=dtype).load(sr=sr, mask=mask)
+    lr_size = (480, 270) if dev.type == "cuda" else (160, 90)
+    lr_all = clip_frames(args.clip, args.frames, lr_size)
+    t = sr.config.window[0]
+    windows = [lr_all[i : i + t] for i in range(0, lr_all.shape[0] - t + 1, t)]
+    if dev.type == "cuda":
+        windows = [w.pin_memory() for w in windows]
+    out = {}
+    say(f"\nper-stage ms per window of {t} frames, {lr_size[0]}x{lr_size[1]} -> x4, {args.clip.name}, "
+        f"{device_name(dev)}, {dtype}")
+    header = ["h2d", "upsample", "mask", "gather", "sr", "scatter", "d2h"]
+    say(f"{'case':<22} {'kept':>5} " + " ".join(f"{h:>8}" for h in header) + f" {'total':>8} {'ms/frame':>8}")
+    for steps in (1, 4, 8):
+        cases = [("dense", {}), ("skip 0.5 gradient", {"skip_ratio": 0.5})]
+        if args.threshold is not None:
+            cases.append((f"thr {args.threshold} {args.scorer}",
+                          {"threshold": args.threshold, "scorer": args.scorer}))
+        for label, kw in cases:
+            acc: dict[str, float] = {h: 0.0 for h in header}
+            kept = 0.0
+            for rep in range(2):  # the first pass warms up; the second is measured
+                acc = {h: 0.0 for h in header}
+                kept = 0.0
+                for w in windows:
+                    t0 = time.perf_counter()
+                    x = w.to(dev, non_blocking=True)
+                    sync(dev)
+                    acc["h2d"] += time.perf_counter() - t0
+                    res = upscale_window(x, scale=4, runner=runner, steps=steps, timing=True, **kw)
+                    for k2, v in res.stats.times.items():
+                        acc[k2] += v
+                    kept += res.stats.kept_ratio
+                    t0 = time.perf_counter()
+                    res.frames.cpu()
+                    acc["d2h"] += time.perf_counter() - t0
+            n = len(windows)
+            row = {h: 1e3 * acc[h] / n for h in header}
+            total = sum(row.values())
+            name = f"{steps} step {label}"
+            out[name] = {"kept": kept / n, "ms": row, "total_ms": total, "ms_per_frame": total / t}
+            say(f"{name:<22} {kept / n:5.2f} " + " ".join(f"{row[h]:8.2f}" for h in header)
+                + f" {total:8.2f} {total / t:8.2f}")
+    RESULTS["stages"] = out
+    RESULTS["stages_convert"] = bench_convert(lr_size)
+
+
+def bench_convert(lr_size: tuple[int, int]) -> dict[str, float] | None:
+    """VapourSynth's resize YUV420P8 -> RGBS (LR) and RGBS -> YUV420P8 (HR x4), ms a frame."""
+    try:
+        import vapoursynth as vs
+    except ImportError:
+        say("vapoursynth not importable: format conversion not measured")
+        return None
+    core = vs.core
+    w, h = lr_size
+    src = core.std.BlankClip(width=w, height=h, format=vs.YUV420P8, length=200, color=[100, 120, 140])
+    src = core.std.AddBorders(core.std.Crop(src, left=2), left=2)  # not a constant frame cache
+    to_rgb = core.resize.Bicubic(src, format=vs.RGBS, matrix_in_s="709")
+    hr = core.std.BlankClip(width=w * 4, height=h * 4, format=vs.RGBS, length=200, color=[0.3, 0.5, 0.7])
+    to_yuv = core.resize.Bicubic(hr, format=vs.YUV420P8, matrix_s="709")
+    res = {}
+    for name, clip in (("yuv420p8_to_rgbs_lr", to_rgb), ("rgbs_to_yuv420p8_hr", to_yuv)):
+        t0 = time.perf_counter()
+        for i in range(100):
+            clip.get_frame(i)
+        res[name] = 1e3 * (time.perf_counter() - t0) / 100
+    say(f"VapourSynth resize, one thread of requests: LR {w}x{h} YUV420P8->RGBS "
+        f"{res['yuv420p8_to_rgbs_lr']:.2f} ms/frame; HR {4 * w}x{4 * h} RGBS->YUV420P8 "
+        f"{res['rgbs_to_yuv420p8_hr']:.2f} ms/frame")
+    return res
+
+
+# --- vspipe end to end ----------------------------------------------------------------------
+
+
+def find_encoder() -> list[str] | None:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        try:
+            import imageio_ffmpeg
+
+            ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+        except Exception:
+            ffmpeg = None
+    if ffmpeg:
+        return [ffmpeg, "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-c:v", "libx264",
+                "-preset", "veryfast", "-crf", "18", "-f", "null", "-"]
+    if shutil.which("x264"):
+        return ["x264", "--demuxer", "y4m", "--preset", "veryfast", "--crf", "18", "-o", "/dev/null", "-"]
+    return None
+
+
+def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None) -> float:
+    """Frames per second as vspipe reports them (its clock starts after the script is
+    evaluated, so torch import and model loading stay out)."""
+    vspipe = shutil.which("vspipe") or str(Path(sys.executable).parent / "vspipe")
+    lr_w = "480" if args.device.startswith("cuda") else "160"
+    cmd = [vspipe, "-p", "-c", "y4m", "-r", str(args.requests), "-a", f"src={args.clip}",
+           "-a", f"frames={args.frames}", "-a", f"lr_width={lr_w}",
+           "-a", f"backend={'cuda' if args.device.startswith('cuda') else 'cpu'}",
+           "-a", f"num_streams={args.streams}"]
+    for k, v in extra.items():
+        cmd += ["-a", f"{k}={v}"]
+    cmd += [str(ROOT / "scripts" / "demo.vpy"), "-" if encoder else "--"]
+    if encoder:
+        p1 = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p2 = subprocess.run(encoder, stdin=p1.stdout, capture_output=True)
+        p1.stdout.close()
+        err = p1.stderr.read().decode()
+        p1.wait()
+        if p1.returncode or p2.returncode:
+            raise RuntimeError(f"vspipe rc={p1.returncode} {err[-800:]} encoder rc={p2.returncode} "
+                               f"{p2.stderr[-300:]}")
+    else:
+        p = subprocess.run(cmd, capture_output=True)
+        err = p.stderr.decode()
+        if p.returncode:
+            raise RuntimeError(f"vspipe rc={p.returncode}: {err[-800:]}")
+    m = re.search(r"Output (\d+) frames in ([\d.]+) seconds \(([\d.]+) fps\)", err)
+    if not m or int(m.group(1)) != args.frames:
+        raise RuntimeError(f"vspipe did not report {args.frames} frames: {err[-400:]}")
+    return float(m.group(3))
+
+
+def bench_vspipe(args) -> None:
+    encoder = find_encoder()
+    rows = []
+    say(f"\nend to end: vspipe demo.vpy, {args.frames} frames of {args.clip.name}, x4, "
+        f"-r {args.requests}, num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}")
+    say("(frames per second as vspipe -p reports them: script loading excluded)")
+    skip_kw = ({"threshold": str(args.threshold), "scorer": args.scorer}
+               if args.threshold is not None else {"skip_ratio": "0.5", "scorer": args.scorer})
+    say(f"SkipSR settings: {skip_kw}")
+    say(f"{'steps':>5} {'sink':>6} {'dense fps':>10} {'skip fps':>9} {'speed-up':>9}")
+    for steps in args.steps:
+        for sink, enc in (("null", None), ("x264", encoder)):
+            if sink == "x264" and steps != args.steps[0]:
+                continue  # the encoder's cost is the same at every step count
+            if sink == "x264" and enc is None:
+                say(f"{steps} x264: no encoder found (ffmpeg, imageio-ffmpeg or x264)")
+                continue
+            try:
+                fd = vspipe_run(args, {"skip_ratio": "0", "steps": str(steps)}, enc)
+                fs = vspipe_run(args, {**skip_kw, "steps": str(steps)}, enc)
+            except Exception as e:
+                say(f"{steps} {sink}: failed: {e}")
+                continue
+            rows.append({"steps": steps, "sink": sink, "dense_fps": fd, "skip_fps": fs,
+                         "speedup": fs / fd, "skip": skip_kw})
+            say(f"{steps:5d} {sink:>6} {fd:10.2f} {fs:9.2f} {fs / fd:8.2f}x")
+    RESULTS["vspipe"] = rows
+
+
+def plot(out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    series = {**{f"default {k}": v for k, v in (RESULTS.get("sr") or {}).items()},
+              **{f"3B {k}": v for k, v in (RESULTS.get("large") or {}).items() if isinstance(v, list)}}
+    if not series:
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, rows in series.items():
+        ax.plot([r["fraction"] for r in rows], [r["relative"] for r in rows], marker="o", label=name)
+    ax.plot([0, 1], [0, 1], "k--", label="ideal (linear)")
+    ax.set_xlabel("kept fraction")
+    ax.set_ylabel("SR time / dense")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=90)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sections", default="peak,sr,large,stages,vspipe")
+    ap.add_argument("--clip", type=Path, default=ROOT / "data/val/clips/cockatoo.mp4")
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--steps", default="1,4,8")
+    ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--scorer", default="gradient")
+    ap.add_argument("--requests", type=int, default=4)
+    ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "out/bench")
+    args = ap.parse_args()
+    args.steps = [int(s) for s in args.steps.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(args.device)
+    sections = args.sections.split(",")
+    RESULTS["device"] = device_name(dev)
+    RESULTS["torch"] = torch.__version__
+    peak = bench_peak(dev) if "peak" in sections and dev.type == "cuda" else None
+    for name, fn in (("sr", lambda: bench_sr(dev, args, peak)),
+                     ("stages", lambda: bench_stages(dev, args)),
+                     ("vspipe", lambda: bench_vspipe(args)),
+                     ("large", lambda: bench_large(dev, args, peak))):
+        if name in sections:
+            try:
+                fn()
+            except Exception as e:
+                say(f"section {name} failed: {type(e).__name__}: {e}")
+            (args.out / "bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    plot(args.out)
+    np.set_printoptions(precision=3)
+
+
+if __name__ == "__main__":
+    main()
