@@ -24,29 +24,24 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_sr_scaling import clustered_keep  # noqa: E402
+from vs_skipsr.backends import TorchBackend
+from vs_skipsr.benchmark import FRACTIONS, format_table, median_seconds, scaling_table
+from vs_skipsr.models import SRTransformer, random_sr
+from vs_skipsr.models.weights import load_mask, load_sr
+from vs_skipsr.pipeline import upscale_window
 
-from vs_skipsr.backends import TorchBackend  # noqa: E402
-from vs_skipsr.models import PRESETS, SRTransformer  # noqa: E402
-from vs_skipsr.models.weights import load_mask, load_sr  # noqa: E402
-from vs_skipsr.pipeline import upscale_window  # noqa: E402
-from vs_skipsr.tokens import bucket_size, build_partition, token_coords  # noqa: E402
-
-FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 RESULTS: dict[str, object] = {}
 
 
@@ -57,18 +52,6 @@ def say(*a: object) -> None:
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def median_time(fn, dev: torch.device, reps: int) -> float:
-    fn()
-    sync(dev)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def device_name(dev: torch.device) -> str:
@@ -84,9 +67,11 @@ def bench_peak(dev: torch.device) -> float:
     n = 8192
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    sec = median_time(lambda: a @ b, dev, 10)
+    sec = median_seconds(lambda: a @ b, dev, 10)
     tflops = 2 * n**3 / sec / 1e12
-    say(f"\nmeasured bf16 matmul peak ({n}^3, random data): {tflops:.0f} TFLOP/s on {device_name(dev)}")
+    say(
+        f"\nmeasured bf16 matmul peak ({n}^3, random data): {tflops:.0f} TFLOP/s on {device_name(dev)}"
+    )
     RESULTS["peak_tflops"] = tflops
     return tflops
 
@@ -94,69 +79,31 @@ def bench_peak(dev: torch.device) -> float:
 # --- SR net alone ---------------------------------------------------------------------------
 
 
-def sr_flops(cfg, parts, k: int) -> float:
-    """Multiply-adds x 2 of one SR call: per-token linears plus attention over real windows."""
-    c, d = cfg.dim, cfg.token_dim
-    hidden = int(c * cfg.mlp_ratio)
-    per_token = 2 * (2 * d * c) + cfg.depth * 2 * (3 * c * c + c * c + 2 * c * hidden) + 2 * c * d
-    attn = 0.0
-    for i in range(cfg.depth):
-        counts = (parts[i % 2].cu_seqlens[1:] - parts[i % 2].cu_seqlens[:-1]).double()
-        attn += float(4 * c * (counts**2).sum())
-    return per_token * k + attn
-
-
-def random_net(preset: str, dev: torch.device, dtype: torch.dtype) -> SRTransformer:
-    with torch.device(dev):
-        net = SRTransformer(PRESETS[preset]).to(dtype)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.02)
-    return net.eval()
-
-
-def sr_table(net: SRTransformer, *, dev: torch.device, dtype: str, mode: str, size: tuple[int, int],
-             frames: int, reps: int, peak: float | None, fractions=FRACTIONS) -> list[dict]:
+def sr_table(
+    net: SRTransformer,
+    *,
+    dev: torch.device,
+    dtype: str,
+    mode: str,
+    size: tuple[int, int],
+    frames: int,
+    reps: int,
+    peak: float | None,
+    fractions=FRACTIONS,
+) -> list[dict]:
     attention = "padded" if mode == "padded" else "auto"
-    runner = TorchBackend(device=str(dev), dtype=dtype, attention=attention,
-                          cuda_graphs=mode == "graphs").load(sr=net, mask=None)
-    cfg = net.config
-    w, h = size
-    grid = (frames, -(-h // cfg.patch), -(-w // cfg.patch))
-    total = grid[0] * grid[1] * grid[2]
-    rows = []
-    for f in fractions:
-        keep = clustered_keep(grid, f)
-        index = torch.nonzero(keep.reshape(-1)).squeeze(1).to(dev)
-        k = index.numel()
-        kb = min(bucket_size(k), total) if mode == "graphs" else k
-        padded = F.pad(index, (0, kb - k))
-        coords = token_coords(padded, grid=grid)
-        parts = tuple(build_partition(coords, grid=grid, window=cfg.window, shift=s, valid=k)
-                      for s in ((0, 0, 0), cfg.shift))
-        base = torch.rand(kb, cfg.token_dim, device=dev)
-        state = torch.randn(kb, cfg.token_dim, device=dev) * cfg.noise_std
-        t = torch.ones(1, device=dev)
-        sec = median_time(lambda: runner.sr(base, state, coords, t, parts), dev, reps)
-        fl = sr_flops(cfg, parts, k)
-        rows.append({"fraction": f, "kept": k, "tokens": total, "ms": sec * 1e3, "tflops": fl / sec / 1e12})
-    dense = rows[-1]["ms"]
-    for r in rows:
-        r["relative"] = r["ms"] / dense
-        r["vs_linear"] = r["relative"] / r["fraction"] - 1
-    say(f"\nSR net alone: {frames} x {w}x{h} output ({total} tokens), {dtype}, {mode}, {device_name(dev)}")
-    say(f"{'kept':>5} {'K':>7} {'ms':>9} {'t/dense':>8} {'vs linear':>10} {'TFLOP/s':>8}"
-        + (f" {'% peak':>7}" if peak else ""))
-    for r in rows:
-        line = (f"{r['fraction']:5.1f} {r['kept']:7d} {r['ms']:9.2f} {r['relative']:8.3f} "
-                f"{100 * r['vs_linear']:+9.1f}% {r['tflops']:8.1f}")
-        if peak:
-            line += f" {100 * r['tflops'] / peak:6.1f}%"
-        say(line)
-    band = [r for r in rows if r["fraction"] >= 0.2]
-    worst = max(abs(r["vs_linear"]) for r in band)
-    say(f"largest deviation from linear over 0.2..1.0: {100 * worst:.1f}% (target <= 15%)")
-    return rows
+    runner = TorchBackend(
+        device=str(dev), dtype=dtype, attention=attention, cuda_graphs=mode == "graphs"
+    ).load(sr=net, mask=None)
+    rows = scaling_table(
+        runner, size=size, frames=frames, fractions=fractions, reps=reps, bucketed=mode == "graphs"
+    )
+    say(
+        f"\nSR net alone: {frames} x {size[0]}x{size[1]} output ({rows[-1].tokens} tokens), {dtype}, "
+        f"{mode}, {device_name(dev)}"
+    )
+    say(format_table(rows, peak_tflops=peak))
+    return [asdict(r) for r in rows]
 
 
 def bench_sr(dev: torch.device, args, peak: float | None) -> None:
@@ -168,28 +115,51 @@ def bench_sr(dev: torch.device, args, peak: float | None) -> None:
         for mode in modes:
             key = f"default_{size[0]}x{size[1]}_{mode}"
             try:
-                out[key] = sr_table(net, dev=dev, dtype=dtype, mode=mode, size=size, frames=5,
-                                    reps=args.reps, peak=peak)
-            except Exception as e:  # a mode that cannot run here is reported, not fatal
+                out[key] = sr_table(
+                    net,
+                    dev=dev,
+                    dtype=dtype,
+                    mode=mode,
+                    size=size,
+                    frames=5,
+                    reps=args.reps,
+                    peak=peak,
+                )
+            except Exception as e:  # noqa: BLE001  (a mode that cannot run here is reported)
                 say(f"{key}: failed: {type(e).__name__}: {e}")
     if dev.type == "cuda":
         out["default_1920x1080_graphs_fp16"] = sr_table(
-            net, dev=dev, dtype="fp16", mode="graphs", size=(1920, 1080), frames=5, reps=args.reps,
-            peak=peak)
+            net,
+            dev=dev,
+            dtype="fp16",
+            mode="graphs",
+            size=(1920, 1080),
+            frames=5,
+            reps=args.reps,
+            peak=peak,
+        )
     RESULTS["sr"] = out
 
 
 def bench_large(dev: torch.device, args, peak: float | None) -> None:
-    net = random_net("seedvr2_3b", dev, torch.bfloat16)
+    net = random_sr("seedvr2_3b", device=dev, dtype=torch.bfloat16)
     n = sum(p.numel() for p in net.parameters())
     say(f"\nseedvr2_3b preset: {n / 1e9:.2f} B parameters (random), window {net.config.window}")
     RESULTS["large"] = {"params": n}
     for mode in ("varlen", "graphs"):
         try:
-            RESULTS["large"][mode] = sr_table(net, dev=dev, dtype="bf16", mode=mode, size=(1280, 720),
-                                              frames=21, reps=3, peak=peak,
-                                              fractions=(0.1, 0.2, 0.3, 0.5, 0.7, 1.0))
-        except Exception as e:
+            RESULTS["large"][mode] = sr_table(
+                net,
+                dev=dev,
+                dtype="bf16",
+                mode=mode,
+                size=(1280, 720),
+                frames=21,
+                reps=3,
+                peak=peak,
+                fractions=(0.1, 0.2, 0.3, 0.5, 0.7, 1.0),
+            )
+        except Exception as e:  # noqa: BLE001  (reported, the other sections go on)
             say(f"large {mode}: failed: {type(e).__name__}: {e}")
     del net
     if dev.type == "cuda":
@@ -227,15 +197,25 @@ def bench_stages(dev: torch.device, args) -> None:
     if dev.type == "cuda":
         windows = [w.pin_memory() for w in windows]
     out = {}
-    say(f"\nper-stage ms per window of {t} frames, {lr_size[0]}x{lr_size[1]} -> x4, {args.clip.name}, "
-        f"{device_name(dev)}, {dtype}")
+    say(
+        f"\nper-stage ms per window of {t} frames, {lr_size[0]}x{lr_size[1]} -> x4, {args.clip.name}, "
+        f"{device_name(dev)}, {dtype}"
+    )
     header = ["h2d", "upsample", "mask", "gather", "sr", "scatter", "d2h"]
-    say(f"{'case':<22} {'kept':>5} " + " ".join(f"{h:>8}" for h in header) + f" {'total':>8} {'ms/frame':>8}")
+    say(
+        f"{'case':<22} {'kept':>5} "
+        + " ".join(f"{h:>8}" for h in header)
+        + f" {'total':>8} {'ms/frame':>8}"
+    )
     for steps in (1, 4, 8):
         cases = [("dense", {}), ("skip 0.5 gradient", {"skip_ratio": 0.5})]
         if args.threshold is not None:
-            cases.append((f"thr {args.threshold} {args.scorer}",
-                          {"threshold": args.threshold, "scorer": args.scorer}))
+            cases.append(
+                (
+                    f"thr {args.threshold} {args.scorer}",
+                    {"threshold": args.threshold, "scorer": args.scorer},
+                )
+            )
         for label, kw in cases:
             acc: dict[str, float] = {h: 0.0 for h in header}
             kept = 0.0
@@ -259,8 +239,11 @@ def bench_stages(dev: torch.device, args) -> None:
             total = sum(row.values())
             name = f"{steps} step {label}"
             out[name] = {"kept": kept / n, "ms": row, "total_ms": total, "ms_per_frame": total / t}
-            say(f"{name:<22} {kept / n:5.2f} " + " ".join(f"{row[h]:8.2f}" for h in header)
-                + f" {total:8.2f} {total / t:8.2f}")
+            say(
+                f"{name:<22} {kept / n:5.2f} "
+                + " ".join(f"{row[h]:8.2f}" for h in header)
+                + f" {total:8.2f} {total / t:8.2f}"
+            )
     RESULTS["stages"] = out
     RESULTS["stages_convert"] = bench_convert(lr_size)
 
@@ -274,10 +257,14 @@ def bench_convert(lr_size: tuple[int, int]) -> dict[str, float] | None:
         return None
     core = vs.core
     w, h = lr_size
-    src = core.std.BlankClip(width=w, height=h, format=vs.YUV420P8, length=200, color=[100, 120, 140])
+    src = core.std.BlankClip(
+        width=w, height=h, format=vs.YUV420P8, length=200, color=[100, 120, 140]
+    )
     src = core.std.AddBorders(core.std.Crop(src, left=2), left=2)  # not a constant frame cache
     to_rgb = core.resize.Bicubic(src, format=vs.RGBS, matrix_in_s="709")
-    hr = core.std.BlankClip(width=w * 4, height=h * 4, format=vs.RGBS, length=200, color=[0.3, 0.5, 0.7])
+    hr = core.std.BlankClip(
+        width=w * 4, height=h * 4, format=vs.RGBS, length=200, color=[0.3, 0.5, 0.7]
+    )
     to_yuv = core.resize.Bicubic(hr, format=vs.YUV420P8, matrix_s="709")
     res = {}
     for name, clip in (("yuv420p8_to_rgbs_lr", to_rgb), ("rgbs_to_yuv420p8_hr", to_yuv)):
@@ -285,9 +272,11 @@ def bench_convert(lr_size: tuple[int, int]) -> dict[str, float] | None:
         for i in range(100):
             clip.get_frame(i)
         res[name] = 1e3 * (time.perf_counter() - t0) / 100
-    say(f"VapourSynth resize, one thread of requests: LR {w}x{h} YUV420P8->RGBS "
+    say(
+        f"VapourSynth resize, one thread of requests: LR {w}x{h} YUV420P8->RGBS "
         f"{res['yuv420p8_to_rgbs_lr']:.2f} ms/frame; HR {4 * w}x{4 * h} RGBS->YUV420P8 "
-        f"{res['rgbs_to_yuv420p8_hr']:.2f} ms/frame")
+        f"{res['rgbs_to_yuv420p8_hr']:.2f} ms/frame"
+    )
     return res
 
 
@@ -301,13 +290,40 @@ def find_encoder() -> list[str] | None:
             import imageio_ffmpeg
 
             ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-        except Exception:
+        except Exception:  # noqa: BLE001  (no usable imageio-ffmpeg)
             ffmpeg = None
     if ffmpeg:
-        return [ffmpeg, "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-c:v", "libx264",
-                "-preset", "veryfast", "-crf", "18", "-f", "null", "-"]
+        return [
+            ffmpeg,
+            "-v",
+            "error",
+            "-f",
+            "yuv4mpegpipe",
+            "-i",
+            "-",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "18",
+            "-f",
+            "null",
+            "-",
+        ]
     if shutil.which("x264"):
-        return ["x264", "--demuxer", "y4m", "--preset", "veryfast", "--crf", "18", "-o", "/dev/null", "-"]
+        return [
+            "x264",
+            "--demuxer",
+            "y4m",
+            "--preset",
+            "veryfast",
+            "--crf",
+            "18",
+            "-o",
+            "/dev/null",
+            "-",
+        ]
     return None
 
 
@@ -316,24 +332,40 @@ def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None) -> float:
     evaluated, so torch import and model loading stay out)."""
     vspipe = shutil.which("vspipe") or str(Path(sys.executable).parent / "vspipe")
     lr_w = "480" if args.device.startswith("cuda") else "160"
-    cmd = [vspipe, "-p", "-c", "y4m", "-r", str(args.requests), "-a", f"src={args.clip}",
-           "-a", f"frames={args.frames}", "-a", f"lr_width={lr_w}",
-           "-a", f"backend={'cuda' if args.device.startswith('cuda') else 'cpu'}",
-           "-a", f"num_streams={args.streams}"]
+    cmd = [
+        vspipe,
+        "-p",
+        "-c",
+        "y4m",
+        "-r",
+        str(args.requests),
+        "-a",
+        f"src={args.clip}",
+        "-a",
+        f"frames={args.frames}",
+        "-a",
+        f"lr_width={lr_w}",
+        "-a",
+        f"backend={'cuda' if args.device.startswith('cuda') else 'cpu'}",
+        "-a",
+        f"num_streams={args.streams}",
+    ]
     for k, v in extra.items():
         cmd += ["-a", f"{k}={v}"]
     cmd += [str(ROOT / "scripts" / "demo.vpy"), "-" if encoder else "--"]
     if encoder:
         p1 = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        p2 = subprocess.run(encoder, stdin=p1.stdout, capture_output=True)
+        p2 = subprocess.run(encoder, stdin=p1.stdout, capture_output=True, check=False)
         p1.stdout.close()
         err = p1.stderr.read().decode()
         p1.wait()
         if p1.returncode or p2.returncode:
-            raise RuntimeError(f"vspipe rc={p1.returncode} {err[-800:]} encoder rc={p2.returncode} "
-                               f"{p2.stderr[-300:]}")
+            raise RuntimeError(
+                f"vspipe rc={p1.returncode} {err[-800:]} encoder rc={p2.returncode} "
+                f"{p2.stderr[-300:]}"
+            )
     else:
-        p = subprocess.run(cmd, capture_output=True)
+        p = subprocess.run(cmd, capture_output=True, check=False)
         err = p.stderr.decode()
         if p.returncode:
             raise RuntimeError(f"vspipe rc={p.returncode}: {err[-800:]}")
@@ -346,11 +378,16 @@ def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None) -> float:
 def bench_vspipe(args) -> None:
     encoder = find_encoder()
     rows = []
-    say(f"\nend to end: vspipe demo.vpy, {args.frames} frames of {args.clip.name}, x4, "
-        f"-r {args.requests}, num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}")
+    say(
+        f"\nend to end: vspipe demo.vpy, {args.frames} frames of {args.clip.name}, x4, "
+        f"-r {args.requests}, num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}"
+    )
     say("(frames per second as vspipe -p reports them: script loading excluded)")
-    skip_kw = ({"threshold": str(args.threshold), "scorer": args.scorer}
-               if args.threshold is not None else {"skip_ratio": "0.5", "scorer": args.scorer})
+    skip_kw = (
+        {"threshold": str(args.threshold), "scorer": args.scorer}
+        if args.threshold is not None
+        else {"skip_ratio": "0.5", "scorer": args.scorer}
+    )
     say(f"SkipSR settings: {skip_kw}")
     say(f"{'steps':>5} {'sink':>6} {'dense fps':>10} {'skip fps':>9} {'speed-up':>9}")
     for steps in args.steps:
@@ -363,11 +400,19 @@ def bench_vspipe(args) -> None:
             try:
                 fd = vspipe_run(args, {"skip_ratio": "0", "steps": str(steps)}, enc)
                 fs = vspipe_run(args, {**skip_kw, "steps": str(steps)}, enc)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (reported, the other sections go on)
                 say(f"{steps} {sink}: failed: {e}")
                 continue
-            rows.append({"steps": steps, "sink": sink, "dense_fps": fd, "skip_fps": fs,
-                         "speedup": fs / fd, "skip": skip_kw})
+            rows.append(
+                {
+                    "steps": steps,
+                    "sink": sink,
+                    "dense_fps": fd,
+                    "skip_fps": fs,
+                    "speedup": fs / fd,
+                    "skip": skip_kw,
+                }
+            )
             say(f"{steps:5d} {sink:>6} {fd:10.2f} {fs:9.2f} {fs / fd:8.2f}x")
     RESULTS["vspipe"] = rows
 
@@ -380,13 +425,17 @@ def plot(out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    series = {**{f"default {k}": v for k, v in (RESULTS.get("sr") or {}).items()},
-              **{f"3B {k}": v for k, v in (RESULTS.get("large") or {}).items() if isinstance(v, list)}}
+    series = {
+        **{f"default {k}": v for k, v in (RESULTS.get("sr") or {}).items()},
+        **{f"3B {k}": v for k, v in (RESULTS.get("large") or {}).items() if isinstance(v, list)},
+    }
     if not series:
         return
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, rows in series.items():
-        ax.plot([r["fraction"] for r in rows], [r["relative"] for r in rows], marker="o", label=name)
+        ax.plot(
+            [r["fraction"] for r in rows], [r["relative"] for r in rows], marker="o", label=name
+        )
     ax.plot([0, 1], [0, 1], "k--", label="ideal (linear)")
     ax.set_xlabel("kept fraction")
     ax.set_ylabel("SR time / dense")
@@ -397,7 +446,9 @@ def plot(out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sections", default="peak,sr,large,stages,vspipe")
     ap.add_argument("--clip", type=Path, default=ROOT / "data/val/clips/cockatoo.mp4")
@@ -417,18 +468,19 @@ def main() -> None:
     RESULTS["device"] = device_name(dev)
     RESULTS["torch"] = torch.__version__
     peak = bench_peak(dev) if "peak" in sections and dev.type == "cuda" else None
-    for name, fn in (("sr", lambda: bench_sr(dev, args, peak)),
-                     ("stages", lambda: bench_stages(dev, args)),
-                     ("vspipe", lambda: bench_vspipe(args)),
-                     ("large", lambda: bench_large(dev, args, peak))):
+    for name, fn in (
+        ("sr", lambda: bench_sr(dev, args, peak)),
+        ("stages", lambda: bench_stages(dev, args)),
+        ("vspipe", lambda: bench_vspipe(args)),
+        ("large", lambda: bench_large(dev, args, peak)),
+    ):
         if name in sections:
             try:
                 fn()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (reported, the other sections go on)
                 say(f"section {name} failed: {type(e).__name__}: {e}")
             (args.out / "bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
     plot(args.out)
-    np.set_printoptions(precision=3)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vs_skipsr.backends import TorchBackend
-from vs_skipsr.models import PRESETS, MaskConfig, MaskNet, SRTransformer
+from vs_skipsr.models import MaskConfig, MaskNet, SRTransformer, random_sr
 from vs_skipsr.models.attention import masked_dense_attention, padded_window_attention
 from vs_skipsr.pipeline import token_noise, upsample, upscale_window
 from vs_skipsr.tokens import (
@@ -23,12 +23,7 @@ torch.set_num_threads(2)
 
 def _random_sr(seed: int = 0, preset: str = "tiny") -> SRTransformer:
     """A tiny SR net with every weight random (a fresh net is the identity by design)."""
-    g = torch.Generator().manual_seed(seed)
-    net = SRTransformer(PRESETS[preset])
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return net.eval()
+    return random_sr(preset, seed=seed, std=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@
   will need, so the first frame of a real encode does not wait for a build.
 - ``info`` reports what is cached, which TensorRT module and GPUs are here, onnxruntime's
   providers, and which backends can run on this machine.
-- ``bench`` is reserved.
+- ``bench`` times the SR net against the kept fraction (the full suite is scripts/bench.py).
 
 Progress and messages go to stderr through ``logging``; ``info`` prints its report to stdout.
 """
@@ -30,7 +30,7 @@ from .export import (
     trt_version,
 )
 from .models.mask import MaskConfig, MaskNet
-from .models.sr import PRESETS, SRTransformer
+from .models.sr import PRESETS, SRTransformer, random_sr, randomize_
 
 __all__ = ["main"]
 
@@ -57,21 +57,11 @@ def _fractions(text: str) -> tuple[float, ...]:
     return values
 
 
-def _randomize(model: torch.nn.Module, *, seed: int = 0, std: float = 0.02) -> None:
-    """Random weights for a preset (benchmarks, engine shapes): the zero-initialised output
-    layers of a fresh net would make every output 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 def _load_models(args: argparse.Namespace) -> tuple[SRTransformer, MaskNet | None]:
     from .models.weights import DEFAULT_MASK_WEIGHTS, DEFAULT_SR_WEIGHTS, load_mask, load_sr
 
     if args.preset is not None:
-        sr = SRTransformer(PRESETS[args.preset]).eval()
-        _randomize(sr)
+        sr = random_sr(args.preset)
         log.info("random-weights SR net, preset %r", args.preset)
     else:
         sr = load_sr(args.sr_weights or DEFAULT_SR_WEIGHTS)
@@ -83,7 +73,7 @@ def _load_models(args: argparse.Namespace) -> tuple[SRTransformer, MaskNet | Non
             mask = load_mask(args.mask_weights or DEFAULT_MASK_WEIGHTS)
         else:
             mask = MaskNet(MaskConfig()).eval()
-            _randomize(mask, seed=1)
+            randomize_(mask, seed=1)
             log.info("random-weights mask net")
     return sr, mask
 
@@ -197,8 +187,44 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    log.error("bench: not implemented yet")
-    return 2
+    """SR net time against the kept fraction on this machine (torch backend)."""
+    from .backends.torch_backend import TorchBackend
+    from .benchmark import FRACTIONS, format_table, scaling_table
+    from .models.weights import DEFAULT_SR_WEIGHTS, load_sr
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.preset:
+        net, label = random_sr(args.preset), f"preset {args.preset} (random weights)"
+    else:
+        net, label = load_sr(args.sr_weights or DEFAULT_SR_WEIGHTS), "shipped weights"
+    dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    spec = TorchBackend(
+        device=args.device, dtype=dtype, attention=args.attention, cuda_graphs=args.cuda_graphs
+    )
+    runner = spec.load(sr=net, mask=None)
+    frames = args.frames or net.config.window[0]
+    rows = scaling_table(
+        runner,
+        size=args.size,
+        frames=frames,
+        fractions=FRACTIONS,
+        reps=args.reps,
+        bucketed=args.cuda_graphs,
+    )
+    dev = runner.device
+    where = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else (f"CPU, {torch.get_num_threads()} threads")
+    )
+    print(f"SR net alone, {label}, {spec}, {where}")
+    print(
+        f"window of {frames} x {args.size[0]}x{args.size[1]} output, {rows[-1].tokens} tokens,"
+        f" one flow step"
+    )
+    print(format_table(rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", type=int, default=0)
     i.set_defaults(func=cmd_info)
 
-    b = sub.add_parser("bench", help="(reserved) benchmark the backends")
+    b = sub.add_parser("bench", help="SR net time against the kept fraction (torch backend)")
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    b.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None)
+    b.add_argument("--attention", choices=("auto", "padded", "varlen"), default="auto")
+    b.add_argument("--cuda-graphs", action="store_true")
+    b.add_argument("--size", type=_size, default=(640, 360), help="output WxH of the window")
+    b.add_argument("--frames", type=int, default=None, help="frames per window (default: model's)")
+    b.add_argument("--preset", choices=sorted(PRESETS), help="random weights of a preset config")
+    b.add_argument("--sr-weights", type=Path, help="SR weights (default: the shipped ones)")
+    b.add_argument("--reps", type=int, default=5)
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     b.set_defaults(func=cmd_bench)
     return p
 

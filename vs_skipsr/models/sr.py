@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .attention import Attend, padded_window_attention
 
-__all__ = ["PRESETS", "SRConfig", "SRTransformer"]
+__all__ = ["PRESETS", "SRConfig", "SRTransformer", "random_sr", "randomize_"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +162,9 @@ class Block(nn.Module):
         )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, temb: Tensor, rope: tuple[Tensor, Tensor], attend: Attend) -> Tensor:
+    def forward(
+        self, x: Tensor, temb: Tensor, rope: tuple[Tensor, Tensor], attend: Attend
+    ) -> Tensor:
         s1, g1, a1, s2, g2, a2 = self.ada(temb).chunk(6, dim=-1)  # [1, C] each
         x = x + a1 * self.attn(modulate(self.norm1(x), s1, g1), rope, attend)  # [K, C]
         x = x + a2 * self.mlp(modulate(self.norm2(x), s2, g2))  # [K, C]
@@ -264,3 +266,32 @@ class SRTransformer(nn.Module):
         )
         return self.forward_attend(base, state, coords, t, attends)
 
+
+def randomize_(model: nn.Module, *, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Every weight of ``model`` drawn from N(0, std), in place, on the model's device: for
+    benchmarks, engine shapes and tests, where a fresh net's zero-initialised output layers
+    would make every output 0."""
+    g = None
+    with torch.no_grad():
+        for p in model.parameters():
+            if g is None:
+                g = torch.Generator(device=p.device).manual_seed(seed)
+            p.copy_(torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype) * std)
+    return model
+
+
+def random_sr(
+    preset: str,
+    *,
+    seed: int = 0,
+    std: float = 0.02,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> SRTransformer:
+    """A preset's net with random weights (see :func:`randomize_`), built on ``device``."""
+    with torch.device(device or "cpu"):
+        net = SRTransformer(PRESETS[preset])
+    if dtype is not None:
+        net = net.to(dtype)
+    randomize_(net, seed=seed, std=std)
+    return net.eval()

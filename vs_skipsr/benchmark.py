@@ -1,0 +1,145 @@
+"""Timing the SR net against the kept fraction: the measurement behind SkipSR's promise.
+
+Used by ``python -m vs_skipsr bench`` and scripts/bench.py. Keep sets are clustered like real
+masks (the top tokens of a smooth random field), not salt-and-pepper, so attention windows are
+mostly full or mostly empty as they are on real video.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .backends.base import Runner
+from .models.sr import SRConfig
+from .tokens import Partition, bucket_size, build_partition, token_coords
+
+__all__ = [
+    "FRACTIONS",
+    "ScalingRow",
+    "clustered_keep",
+    "format_table",
+    "median_seconds",
+    "scaling_table",
+    "sr_flops",
+]
+
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class ScalingRow:
+    fraction: float
+    kept: int
+    tokens: int
+    ms: float
+    tflops: float
+    relative: float = 1.0  # time / dense time
+    vs_linear: float = 0.0  # relative / fraction - 1
+
+
+def clustered_keep(grid: tuple[int, int, int], frac: float, *, seed: int = 0) -> torch.Tensor:
+    """The top ``frac`` of a smooth random field on the token grid: blobs, like textured regions."""
+    g = torch.Generator().manual_seed(seed)
+    t, h, w = grid
+    coarse = torch.rand(t, 1, max(2, h // 4), max(2, w // 4), generator=g)
+    field = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    field = field + 0.02 * torch.rand(field.shape, generator=g)
+    n = field.numel()
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[torch.topk(field.reshape(-1), max(1, round(frac * n))).indices] = True
+    return keep.reshape(grid)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, reps: int) -> float:
+    """Median wall time of ``fn`` after one warm-up, synchronising CUDA around each call."""
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    once()
+    return statistics.median(once() for _ in range(reps))
+
+
+def sr_flops(cfg: SRConfig, parts: Sequence[Partition], kept: int) -> float:
+    """Floating-point operations of one SR call: per-token linears plus attention over the real
+    window sizes (QK^T and PV, 4 n^2 C per window and block)."""
+    c, d = cfg.dim, cfg.token_dim
+    hidden = int(c * cfg.mlp_ratio)
+    per_token = 2 * (2 * d * c) + cfg.depth * 2 * (4 * c * c + 2 * c * hidden) + 2 * c * d
+    attn = 0.0
+    for i in range(cfg.depth):
+        cu = parts[i % len(parts)].cu_seqlens
+        counts = (cu[1:] - cu[:-1]).double()
+        attn += float(4 * c * (counts**2).sum())
+    return per_token * kept + attn
+
+
+def scaling_table(
+    runner: Runner,
+    *,
+    size: tuple[int, int],
+    frames: int,
+    fractions: Sequence[float] = FRACTIONS,
+    reps: int = 5,
+    bucketed: bool = False,
+) -> list[ScalingRow]:
+    """One SR call (one flow step) per kept fraction on a window of ``frames`` x ``size``
+    output pixels; the last fraction is the reference for ``relative``."""
+    cfg = runner.sr_config
+    dev = runner.device
+    w, h = size
+    grid = (frames, -(-h // cfg.patch), -(-w // cfg.patch))
+    total = grid[0] * grid[1] * grid[2]
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for frac in fractions:
+        index = torch.nonzero(clustered_keep(grid, frac).reshape(-1)).squeeze(1).to(dev)
+        k = index.numel()
+        kb = min(bucket_size(k), total) if bucketed else k
+        padded = F.pad(index, (0, kb - k))
+        coords = token_coords(padded, grid=grid)
+        parts = tuple(
+            build_partition(coords, grid=grid, window=cfg.window, shift=s, valid=k)
+            for s in ((0, 0, 0), cfg.shift)
+        )
+        base = torch.rand(kb, cfg.token_dim, generator=g).to(dev)
+        state = (torch.randn(kb, cfg.token_dim, generator=g) * cfg.noise_std).to(dev)
+        t = torch.ones(1, device=dev)
+        args = (base, state, coords, t, parts)
+        sec = median_seconds(lambda a=args: runner.sr(*a), dev, reps)
+        rows.append(ScalingRow(frac, k, total, sec * 1e3, sr_flops(cfg, parts, k) / sec / 1e12))
+    ref = rows[-1].ms
+    for r in rows:
+        r.relative = r.ms / ref
+        r.vs_linear = r.relative / r.fraction - 1
+    return rows
+
+
+def format_table(rows: Sequence[ScalingRow], *, peak_tflops: float | None = None) -> str:
+    head = f"{'kept':>5} {'K':>7} {'ms':>9} {'t/dense':>8} {'vs linear':>10} {'TFLOP/s':>8}"
+    lines = [head + (f" {'% peak':>7}" if peak_tflops else "")]
+    for r in rows:
+        line = (
+            f"{r.fraction:5.2f} {r.kept:7d} {r.ms:9.2f} {r.relative:8.3f} "
+            f"{100 * r.vs_linear:+9.1f}% {r.tflops:8.2f}"
+        )
+        if peak_tflops:
+            line += f" {100 * r.tflops / peak_tflops:6.1f}%"
+        lines.append(line)
+    band = [r for r in rows if r.fraction >= 0.2]
+    if band:
+        worst = max(abs(r.vs_linear) for r in band)
+        lines.append(f"largest deviation from linear over kept 0.2..1.0: {100 * worst:.1f}%")
+    return "\n".join(lines)
