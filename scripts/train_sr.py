@@ -76,6 +76,12 @@ def one_step_psnr(model, lr, hr, scale) -> tuple[float, float]:
     return psnr(batch.base_frames, hr), psnr(out, hr)
 
 
+def save_checkpoint(path: Path, model, opt, *, step: int, spent_s: float) -> None:
+    """What --resume needs: weights, optimiser state, step and the time budget spent."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "spent_s": spent_s}
+    torch.save(state, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,15 +192,7 @@ def main() -> None:
                 p_sr - p_bic,
                 elapsed,
             )
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "step": step,
-                    "spent_s": time.time() - t_start,
-                },
-                ckpt,
-            )
+            save_checkpoint(ckpt, model, opt, step=step, spent_s=time.time() - t_start)
 
     model.eval()
     p_bic, p_sr = one_step_psnr(model, val_lr, val_hr, val_s)
@@ -206,15 +204,7 @@ def main() -> None:
         p_sr,
         p_sr - p_bic,
     )
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "step": step,
-            "spent_s": time.time() - t_start,
-        },
-        ckpt,
-    )
+    save_checkpoint(ckpt, model, opt, step=step, spent_s=time.time() - t_start)
     curve.plot(args.out / "curve_sr.png", ("loss_ema", "gain_db"))
     if args.weights:
         save_weights(model, args.weights, extra={"steps": str(step), "trained_on": "data/pack"})
