@@ -15,10 +15,12 @@ import torch
 import vapoursynth as vs
 from conftest import N_FRAMES, read_index
 
+import vs_skipsr.filter as skipsr_filter
 from vs_skipsr import SkipSRStats, skipsr
 from vs_skipsr.backends.torch_backend import TorchBackend
 from vs_skipsr.models.weights import DEFAULT_MASK_WEIGHTS, DEFAULT_SR_WEIGHTS, load_mask, load_sr
 from vs_skipsr.pipeline import upscale_window
+from vs_skipsr.staging import HostPool
 
 MakeClip = Callable[..., vs.VideoNode]
 
@@ -38,6 +40,7 @@ def sr(sr_weights: Path, mask_weights: Path) -> Callable[..., vs.VideoNode]:
     def run(clip: vs.VideoNode, **kw: object) -> vs.VideoNode:
         kw.setdefault("sr_weights", sr_weights)
         kw.setdefault("mask_weights", mask_weights)
+        kw.setdefault("scorer", "learned")  # exercise the mask net; the default is 'gradient'
         return skipsr(clip, **kw)  # type: ignore[arg-type]
 
     return run
@@ -206,6 +209,23 @@ def test_linear_pass_computes_each_window_once_with_a_bounded_cache(
     assert stats.max_cached <= 2 and stats.evicted == N_FRAMES // 2 - 2
 
 
+def test_default_keep_rule_is_the_gradient_threshold(make_clip: MakeClip, sr_weights: Path) -> None:
+    from vs_skipsr.filter import DEFAULT_THRESHOLD
+
+    clip = make_clip(vs.RGBS)[:4]
+    out = skipsr(clip, window=4, sr_weights=sr_weights)  # no scorer, threshold or skip_ratio
+    runner = TorchBackend(device="cpu").load(sr=load_sr(sr_weights), mask=None)
+    lr = torch.from_numpy(np.stack([_rgb(clip.get_frame(i)) for i in range(4)]))
+    ref = upscale_window(
+        lr, scale=4, runner=runner, scorer="gradient", threshold=DEFAULT_THRESHOLD["gradient"]
+    )
+    assert 0 < ref.stats.kept_ratio < 1, "the test clip must exercise the threshold"
+    got = [out.get_frame(i).props["SkipSRKeptRatio"] for i in range(4)]
+    want = ref.keep.reshape(4, -1).float().mean(1).tolist()
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    np.testing.assert_allclose(_rgb(out.get_frame(2)), ref.frames[2].numpy(), atol=1e-6)
+
+
 def test_seek_back_after_eviction_gives_the_same_bytes(make_clip: MakeClip, sr) -> None:
     clip = make_clip(vs.RGB24)
     want = _bytes(sr(clip, window=2).get_frame(1))
@@ -275,6 +295,227 @@ def test_scene_cut_starts_a_new_window(
     whole = _reference(base, [4, 5, 6, 7], seed=4, **kw)
     plain = sr(clip, window=4, skip_ratio=0.5)
     np.testing.assert_array_equal(_rgb(plain.get_frame(6)), whole[2])
+
+
+# --- the plumbing: host buffers, float16 windows, RGBH frames ---------------------------------
+
+
+@pytest.fixture()
+def half_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What CUDA does, on the CPU: windows kept on the host as float16 (in pooled buffers) and
+    handed to the resize as RGBH frames, wherever the output format allows it."""
+    monkeypatch.setattr(skipsr_filter, "_HALF_HOST_DEVICES", frozenset({"cpu", "cuda"}))
+
+
+@pytest.fixture()
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[HostPool]:
+    """Every HostPool a skipsr() node makes, to see what it allocated."""
+    made: list[HostPool] = []
+
+    class Recorded(HostPool):
+        def __init__(self, **kw: object) -> None:
+            super().__init__(**kw)  # type: ignore[arg-type]
+            self.dtypes: set[torch.dtype] = set()
+            made.append(self)
+
+        def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            self.dtypes.add(dtype)
+            return super().take(shape, dtype)
+
+    monkeypatch.setattr(skipsr_filter, "HostPool", Recorded)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("fmt", "half"),
+    [
+        (vs.YUV420P8, True),
+        (vs.YUV420P10, True),
+        (vs.RGB24, True),
+        (vs.RGB30, True),
+        (vs.RGBH, True),
+        (vs.YUV444PH, True),
+        (vs.YUV420P12, False),
+        (vs.YUV444P16, False),
+        (vs.RGB48, False),
+        (vs.RGBS, False),
+        (vs.YUV444PS, False),
+    ],
+)
+def test_half_precision_only_where_the_format_cannot_tell(fmt: int, half: bool) -> None:
+    f = vs.core.get_video_format(fmt)
+    want = torch.float16 if half else torch.float32
+    assert skipsr_filter._host_dtype(f, torch.device("cuda", 0)) == want
+    assert skipsr_filter._host_dtype(f, torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.YUV420P10, vs.YUV444P8, vs.RGB24])
+def test_rgbh_frames_stay_within_one_code_of_rgbs(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, pools: list[HostPool], fmt: int
+) -> None:
+    """float16 windows through RGBH give the float32 path's output or one code off, with an
+    overlap blend and a scene cut (two passes into one window buffer) on the way."""
+    base = make_clip(fmt)[:8]
+    clip = base[:5] + vs.core.std.SetFrameProps(base[5], _SceneChangePrev=1) + base[6:]
+    kw = {"window": 4, "overlap": 1, "skip_ratio": 0.5, "scene_cuts": True}
+    plain = sr(clip, **kw)
+    want = [[np.asarray(p, dtype=np.int32) for p in _planes(plain.get_frame(n))] for n in range(8)]
+    monkeypatch.setattr(skipsr_filter, "_HALF_HOST_DEVICES", frozenset({"cpu"}))
+    half = sr(clip, **kw)
+    exact = total = 0
+    for n in range(8):
+        frame = half.get_frame(n)
+        assert frame.format.id == fmt
+        for got, ref in zip(_planes(frame), want[n], strict=True):
+            diff = np.abs(np.asarray(got, dtype=np.int32) - ref)
+            assert diff.max() <= 1, f"frame {n}: {diff.max()} codes off"
+            exact += int((diff == 0).sum())
+            total += diff.size
+    assert exact / total > 0.9  # and mostly the very same codes
+    assert [p.dtypes for p in pools] == [{torch.float32}, {torch.float32, torch.float16}]
+
+
+def _planes(frame: vs.VideoFrame) -> list[np.ndarray]:
+    return [np.asarray(frame[p]).copy() for p in range(frame.format.num_planes)]
+
+
+@pytest.mark.parametrize(
+    "fmt", [vs.RGB24, vs.RGBH, vs.RGBS, vs.YUV420P8, vs.YUV420P10, vs.YUV444P16, vs.YUV444PH]
+)
+def test_half_host_path_keeps_formats_and_props(
+    make_clip: MakeClip, sr, half_host: None, fmt: int
+) -> None:
+    clip = make_clip(fmt, Foo=3)[:3]
+    out = sr(clip, scale=2, window=3)
+    assert out.format.id == fmt
+    frame = out.get_frame(1)
+    assert frame.format.id == fmt and (frame.width, frame.height) == (128, 96)
+    assert frame.props["Foo"] == 3 and frame.props["SkipSRWindow"] == 0
+
+
+def test_half_host_requests_in_any_order_give_the_same_bytes(
+    make_clip: MakeClip, sr, half_host: None
+) -> None:
+    clip = make_clip(vs.YUV420P10)
+    kw = {"window": 4, "overlap": 1, "skip_ratio": 0.5}
+    want = [_bytes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
+    stats = SkipSRStats()
+    shuffled = sr(clip, stats=stats, cache_windows=2, **kw)  # evictions recycle buffers
+    order = list(range(N_FRAMES)) * 2
+    random.Random(3).shuffle(order)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda n: (n, _bytes(shuffled.get_frame(n))), order))
+    for n, planes in got:
+        assert planes == want[n], f"frame {n} differs from the linear pass"
+
+
+def test_half_host_show_mask(make_clip: MakeClip, sr, half_host: None) -> None:
+    clip = make_clip(vs.RGB24)[:2]
+    plain = _rgb(sr(clip, window=2, skip_ratio=0.75).get_frame(0))
+    shown = _rgb(sr(clip, window=2, skip_ratio=0.75, show_mask=True).get_frame(0))
+    same = np.all(plain == shown, axis=0)
+    assert 0.05 < same.mean() < 0.5
+
+
+def test_window_buffers_come_from_a_pool_and_are_reused(
+    make_clip: MakeClip, sr, half_host: None, pools: list[HostPool]
+) -> None:
+    stats = SkipSRStats()
+    out = sr(make_clip(vs.YUV420P8), window=2, cache_windows=2, stats=stats)
+    for n in range(N_FRAMES):
+        out.get_frame(n)
+    (pool,) = pools
+    assert not pool.pinned  # pinned only for a CUDA device
+    assert stats.passes == N_FRAMES // 2 == 7
+    # one LR staging buffer, and window buffers for the cache plus the one being computed
+    assert pool.allocated <= 1 + stats.max_cached + 1 < 1 + stats.passes
+
+
+def test_cpu_windows_are_kept_without_a_copy(
+    make_clip: MakeClip, sr, pools: list[HostPool]
+) -> None:
+    """On the CPU a window's float32 output is cached as it is: the pool holds only the LR
+    staging buffer, reused by every window."""
+    out = sr(make_clip(vs.YUV420P8), window=2)
+    for n in range(N_FRAMES):
+        out.get_frame(n)
+    assert pools[0].allocated == 1
+
+
+def test_host_pool_reuses_returns_and_drops() -> None:
+    pool = HostPool(pinned=False, spare=1)
+    a = pool.take((2, 3), torch.float16)
+    assert a.shape == (2, 3) and a.dtype == torch.float16 and a.is_contiguous()
+    pool.give(a)
+    assert pool.take((2, 3), torch.float16) is a  # same key: reused
+    assert pool.take((2, 3), torch.float32) is not a  # another dtype: another buffer
+    assert pool.allocated == 2
+
+    with pool.lease((4,), torch.float32) as b:
+        pass
+    assert pool.take((4,), torch.float32) is b  # back after a clean exit
+    with pytest.raises(RuntimeError), pool.lease((4,), torch.float32) as c:
+        raise RuntimeError("a copy may still be queued")
+    assert pool.take((4,), torch.float32) is not c  # dropped after an exception
+
+    class Owner:
+        pass
+
+    owner, d = Owner(), pool.take((5,), torch.float32)
+    pool.bind(owner, d)
+    assert pool.take((5,), torch.float32) is not d  # still owned
+    del owner
+    assert pool.take((5,), torch.float32) is d  # back once the owner is garbage
+
+    e, f = pool.take((6,), torch.float32), pool.take((6,), torch.float32)
+    pool.give(e)
+    pool.give(f)  # over spare=1: let go
+    assert pool.take((6,), torch.float32) is e
+    assert pool.take((6,), torch.float32) is not f
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.YUV420P10])
+def test_cuda_half_host_stays_within_one_code_of_float32_host(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, pools: list[HostPool], fmt: int
+) -> None:
+    """On a GPU: windows back as float16 into pinned pooled buffers, RGBH into the resize,
+    against the same network with float32 windows and RGBS frames."""
+    clip = make_clip(fmt)
+    kw = {"backend": "cuda", "window": 4, "overlap": 1, "skip_ratio": 0.5, "num_streams": 2}
+    half = sr(clip, **kw)
+    got = [_planes(half.get_frame(n)) for n in range(N_FRAMES)]
+    assert pools[0].pinned and torch.float16 in pools[0].dtypes
+    monkeypatch.setattr(skipsr_filter, "_HALF_HOST_DEVICES", frozenset())
+    full = sr(clip, **kw)
+    for n in range(N_FRAMES):
+        for a, b in zip(got[n], _planes(full.get_frame(n)), strict=True):
+            assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, f"frame {n}"
+    assert torch.float16 not in pools[1].dtypes
+
+
+@needs_cuda
+def test_cuda_pinned_buffers_recycled_under_concurrency_give_the_same_bytes(
+    make_clip: MakeClip, sr, pools: list[HostPool]
+) -> None:
+    """On a GPU, with two streams, a cache of two windows (so evicted windows' pinned buffers
+    are reused while other windows are in flight) and requests in random order from several
+    threads: every frame as a linear pass gives it. Assumes the network's forward pass is
+    deterministic on one GPU, as torch's is."""
+    clip = make_clip(vs.YUV420P10)
+    kw = {"backend": "cuda", "window": 4, "overlap": 1, "skip_ratio": 0.5, "num_streams": 2}
+    want = [_bytes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
+    shuffled = sr(clip, cache_windows=2, **kw)
+    order = list(range(N_FRAMES)) * 3
+    random.Random(11).shuffle(order)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda n: (n, _bytes(shuffled.get_frame(n))), order))
+    for n, planes in got:
+        assert planes == want[n], f"frame {n} differs from the linear pass"
+    assert pools[1].pinned and pools[1].allocated < len(order)
 
 
 # --- bad inputs ------------------------------------------------------------------------------
@@ -350,7 +591,7 @@ def test_bad_input_gives_a_clear_error(
 
 
 def test_weights_of_the_wrong_kind_are_refused(make_clip: MakeClip, mask_weights: Path) -> None:
-    with pytest.raises(vs.Error, match="skipsr: .*kind='mask'"):
+    with pytest.raises(vs.Error, match=r"skipsr: .*kind='mask'"):
         skipsr(make_clip(vs.RGB24), sr_weights=mask_weights)
 
 

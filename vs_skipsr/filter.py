@@ -3,6 +3,7 @@
     clip (RGB/YUV, any depth) -> resize to RGBS (clip's matrix/range, BT.709 limited if absent)
       -> per output frame n: the windows n belongs to (windows.py), each computed once by
          pipeline.upscale_window and kept in a small LRU cache, blended by overlap weights
+      -> an RGBS frame, or RGBH where half floats carry all the output can show (see below)
       -> resize back to the clip's format at the new size, frame props carried over
 
 VapourSynth asks for frames one at a time, from several threads, in any order, while the
@@ -12,10 +13,22 @@ the source frames those windows need; the callback computes them under one lock 
 (so two threads asking frames of one window compute it once), blends and writes the frame.
 Callbacks of different frames run concurrently, which is what lets the plumbing keep up with a
 GPU (DESIGN.md). Nothing is written to stdout: vspipe owns it; messages go to ``logging``.
+
+The plumbing, not the network, limits a small model on a GPU, so the bytes per frame are kept
+down. On CUDA a window comes back as float16 (converted on the GPU: half the bytes over the
+bus) into pinned host buffers reused from a pool (staging.py), copied asynchronously on the
+window's stream; LR frames go the other way through pooled pinned buffers too. Where the
+clip's format is integer of at most 10 bits or half float, those float16 frames go to the
+resize as RGBH unchanged (the resize converts half floats in native code), so no float32 copy
+of a 1080p frame is made on the host at all; float32 and deeper integer formats keep float32
+all the way. On the CPU the window stays the pipeline's own float32 tensor (no copy, no
+pinning) and frames go to the resize as RGBS: converting there to half in Python costs more
+than the resize saves (scripts/bench_plumbing.py measures both).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -36,6 +49,7 @@ import vapoursynth as vs
 
 from .backends.base import Runner
 from .backends.select import BACKEND_NAMES, Backend, resolve_backend
+from .backends.tensorrt_backend import TensorRTBackend
 from .models.weights import (
     DEFAULT_MASK_WEIGHTS,
     DEFAULT_SR_WEIGHTS,
@@ -44,6 +58,7 @@ from .models.weights import (
     load_sr,
 )
 from .pipeline import upscale_window
+from .staging import HostPool
 from .windows import Blend, Contribution, WindowPlan
 
 __all__ = ["SkipSRStats", "skipsr"]
@@ -53,8 +68,16 @@ log = logging.getLogger(__name__)
 
 Scorer = Literal["auto", "learned", "gradient"]
 
-DEFAULT_SKIP_RATIO = 0.5  # used when neither threshold nor skip_ratio is given
+# Used when neither threshold nor skip_ratio is given: per scorer, the threshold chosen from the
+# validation curves of reports/quality.md (gradient: photos skip 73% for a 0.10 dB drop from
+# the dense model, clips 52%; learned: the last threshold within ~0.06 dB, skipping 15%).
+DEFAULT_THRESHOLD = {"gradient": 0.007, "learned": -5.89}
 MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see mostly padding
+# Devices whose windows come back to the host as float16 where the output format allows it
+# (see _host_dtype). Not the CPU: there the window is already in host memory as float32, and
+# a float16 copy would cost a conversion the resize does not win back. Tests add "cpu" to run
+# the half-precision path without a GPU.
+_HALF_HOST_DEVICES = frozenset({"cuda"})
 
 
 # --- what a caller can watch -----------------------------------------------------------------
@@ -91,7 +114,11 @@ class SkipSRStats:
 
 @dataclass(frozen=True)
 class _WindowResult:
-    frames: np.ndarray  # [L, 3, H, W] float32, the window's real positions
+    """A finished window. Its frames may live in a pooled host buffer that goes back to the
+    pool when this object is garbage (HostPool.bind): keep views of ``frames`` no longer than
+    a reference to the result itself."""
+
+    frames: np.ndarray  # [L, 3, H, W] float32 or float16 (_host_dtype), the real positions
     keep: np.ndarray  # [L, Hp, Wp] bool, the keep mask of each position
     kept_ratio: np.ndarray  # [L] float64
     ms: float  # wall time of the whole window (all of its pieces)
@@ -222,9 +249,60 @@ def _shifted(clip: vs.VideoNode, offset: int) -> vs.VideoNode:
     return clip[0] * n if back >= n else clip[0] * back + clip[: n - back]
 
 
-def _frame_to_numpy(frame: vs.VideoFrame) -> np.ndarray:
-    """An RGBS frame as [3, h, w] float32 (one copy, out of VapourSynth's strided planes)."""
-    return np.stack([np.asarray(frame[p]) for p in range(3)])
+def _half_enough(fmt: vs.VideoFormat) -> bool:
+    """Whether float16 carries all that ``fmt`` can show. Integer samples of at most 10 bits:
+    fp16 keeps values in [0, 1] within 2^-12, a quarter of a 10-bit code, so the rounded
+    output is the float32 path's or one code off. Half floats: the output is fp16 anyway.
+    Not 12-16 bit integers (an fp16 step is several codes there) nor 32-bit floats."""
+    if fmt.sample_type == vs.INTEGER:
+        return fmt.bits_per_sample <= 10
+    return fmt.bits_per_sample == 16
+
+
+def _host_dtype(fmt: vs.VideoFormat, device: torch.device) -> torch.dtype:
+    """How a window's frames are kept on the host: float16 where they come over a bus from the
+    device and the output format cannot tell (half the bytes copied, cached and resized),
+    else float32."""
+    if device.type in _HALF_HOST_DEVICES and _half_enough(fmt):
+        return torch.float16
+    return torch.float32
+
+
+def _fill(dst: np.ndarray, frames: list[vs.VideoFrame]) -> None:
+    """Copy RGB float frames into ``dst`` [T, 3, h, w], straight out of VapourSynth's strided
+    planes (one copy; dst is a reused staging buffer, pinned on a GPU)."""
+    for j, frame in enumerate(frames):
+        for p in range(3):
+            np.copyto(dst[j, p], np.asarray(frame[p]))
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32: itself, or converted through torch where it is float16 (exact, and
+    about ten times faster than numpy's element-by-element half conversion)."""
+    if a.dtype == np.float32:
+        return a
+    return torch.from_numpy(a).float().numpy()
+
+
+def _copy_plane(dst: np.ndarray, src: np.ndarray) -> None:
+    """Write one plane into a VapourSynth frame: a memcpy where dtypes match, else through
+    torch (round to nearest even like numpy, but vectorised; numpy's float32 -> float16 cast
+    takes ~15 ms for a 1080p RGB frame)."""
+    if dst.dtype == src.dtype:
+        np.copyto(dst, src)
+    else:
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+
+
+def _to_host(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """Copy a window's output ``src`` (device, float32) into the host buffer ``dst``. From a
+    GPU the dtype conversion runs there first, so only ``dst``'s bytes cross the bus, and the
+    copy is queued on the current stream without waiting (``dst`` is pinned); the caller
+    synchronises the stream before reading ``dst``."""
+    if src.device.type == "cuda":
+        dst.copy_(src.to(dst.dtype), non_blocking=True)
+    else:
+        dst.copy_(src)
 
 
 # --- show_mask -------------------------------------------------------------------------------
@@ -311,14 +389,21 @@ class _SkipSRNode:
         self.backend_name = f"{runner.name}:{runner.device}"
         self.cache = _WindowCache(capacity=cache_windows, real_length=plan.real_length, stats=stats)
         self.slots = _Slots(num_streams, runner.device)
+        # staging for LR frames and window outputs, pinned where copies cross to a GPU
+        self.host = HostPool(pinned=runner.device.type == "cuda")
+        self.host_dtype = _host_dtype(clip.format, runner.device)
         self.lr = _to_rgbs(clip)
         self.out_w, self.out_h = clip.width * settings.scale, clip.height * settings.scale
+        # the frames the callback writes: RGBH when windows are kept as float16 (copied as they
+        # are, converted by the resize in native code), else RGBS
+        rgb = vs.RGBH if self.host_dtype == torch.float16 else vs.RGBS
         self.blank = self.core.std.BlankClip(
-            self.lr, width=self.out_w, height=self.out_h, format=vs.RGBS, keep=True
+            self.lr, width=self.out_w, height=self.out_h, format=rgb, keep=True
         )
+        self._create_frame = getattr(self.core, "create_video_frame", None)
         t = plan.size
         self.shifted = {d: _shifted(self.lr, d) for d in range(-(t - 1), t)}
-        self.sr: vs.VideoNode | None = None  # the RGBS output, before the way back
+        self.sr: vs.VideoNode | None = None  # the RGB float output, before the way back
         self._back: dict[_Color, vs.VideoNode] = {}
         self._back_lock = threading.Lock()
 
@@ -327,7 +412,7 @@ class _SkipSRNode:
     def build(self) -> vs.VideoNode:
         self.sr = self.core.std.FrameEval(self.blank, self._select)
         fmt = self.clip.format
-        if fmt.id == vs.RGBS:
+        if fmt.id == self.blank.format.id:
             return self.sr
         target = self.core.std.BlankClip(
             self.clip, width=self.out_w, height=self.out_h, format=fmt.id, keep=True
@@ -384,7 +469,7 @@ class _SkipSRNode:
         offsets: list[int],
     ) -> vs.VideoFrame:
         blank, source, lr_frames = f[0], f[1], f[2:]
-        by_index = {n + d: frame for d, frame in zip(offsets, lr_frames)}
+        by_index = {n + d: frame for d, frame in zip(offsets, lr_frames, strict=True)}
         results = []
         for c in contributions:
             result = ready.get(c.window)
@@ -398,14 +483,19 @@ class _SkipSRNode:
         primary = max(range(len(contributions)), key=lambda i: contributions[i].weight)
         main, main_pos = results[primary], contributions[primary].position
         if self.settings.show_mask:
-            img = _draw_mask(img, main.keep[main_pos], patch=self.runner.sr_config.patch)
+            img = _draw_mask(
+                _as_float32(img), main.keep[main_pos], patch=self.runner.sr_config.patch
+            )
 
-        out = blank.copy()
+        out = self._new_frame(blank)
         for p in range(3):
-            np.copyto(np.asarray(out[p]), img[p])
+            _copy_plane(np.asarray(out[p]), img[p])
         self._set_props(out, source.props)
         out.props["SkipSRKeptRatio"] = float(
-            sum(c.weight * r.kept_ratio[c.position] for c, r in zip(contributions, results))
+            sum(
+                c.weight * r.kept_ratio[c.position]
+                for c, r in zip(contributions, results, strict=True)
+            )
         )
         out.props["SkipSRWindow"] = contributions[primary].window
         out.props["SkipSRWindowMs"] = main.ms
@@ -414,15 +504,30 @@ class _SkipSRNode:
             self.cache.delivered(c.window, c.position)
         return out
 
+    def _new_frame(self, blank: vs.VideoFrame) -> vs.VideoFrame:
+        """A fresh frame to write the picture into. Not ``blank.copy()``: that shares the blank
+        frame's planes, and the first write to each would copy it (copy-on-write), ~25 MB of
+        wasted memcpy per 1080p RGBS frame."""
+        if self._create_frame is None:  # an older VapourSynth
+            return blank.copy()
+        return self._create_frame(blank.format, blank.width, blank.height)
+
     @staticmethod
     def _blend(contributions: tuple[Contribution, ...], results: list[_WindowResult]) -> np.ndarray:
         """Weighted sum of the windows' outputs in window order (so any request order gives
-        the same bytes); a frame in one window is its output exactly."""
+        the same bytes), accumulated in float32 with numpy (deterministic whatever thread runs
+        it). A frame in one window (weight 1, every frame when overlap=0) is that window's
+        output as it is: no arithmetic, no copy, and in the window's dtype."""
         if len(contributions) == 1:
             return results[0].frames[contributions[0].position]
-        acc = np.zeros_like(results[0].frames[0])
-        for c, r in zip(contributions, results):
-            acc += np.float32(c.weight) * r.frames[c.position]
+        acc: np.ndarray | None = None
+        for c, r in zip(contributions, results, strict=True):
+            part = np.float32(c.weight) * _as_float32(r.frames[c.position])
+            if acc is None:
+                acc = part  # the same bytes as 0 + part: weights and pixels are >= 0
+            else:
+                acc += part
+        assert acc is not None
         return acc
 
     @staticmethod
@@ -441,9 +546,17 @@ class _SkipSRNode:
 
     def _compute(self, window: int, by_index: Mapping[int, vs.VideoFrame]) -> _WindowResult:
         """One window through the network, split into pieces at scene cuts if asked. ``ms``
-        counts the time in the network slot (copy in, network, copy out), not the wait for it."""
+        counts the time in the network slot (copy in, network, copy out), not the wait for it.
+
+        The LR frames are written straight into a pooled staging buffer outside the slot, so
+        the slot is held for device work only. A window of one piece whose output already is
+        what the host keeps (the CPU: float32 in host memory) is kept as it is, with no copy;
+        otherwise the output goes into a pooled host buffer (float16 and pinned on a GPU),
+        which returns to the pool once the result is dropped from the cache and no frame being
+        produced holds it."""
         busy = 0.0
         plan, s = self.plan, self.settings
+        device = self.runner.device
         real = plan.real_length(window)
         first = plan.start(window)
         cuts: set[int] = set()
@@ -453,46 +566,57 @@ class _SkipSRNode:
                 for i in range(first, first + real)
                 if by_index[i].props.get("_SceneChangePrev", 0)
             }
-        arrays = {i: _frame_to_numpy(by_index[i]) for i in set(plan.frames(window))}
-        frames = np.empty((real, 3, self.out_h, self.out_w), dtype=np.float32)
+        pieces = plan.pieces(window, cuts)
+        as_is = len(pieces) == 1 and device.type == "cpu" and self.host_dtype == torch.float32
+        lr_shape = (plan.size, 3, self.clip.height, self.clip.width)
+        out_shape = (real, 3, self.out_h, self.out_w)
+        frames: torch.Tensor | None = None  # [real, 3, H, W] on the host
+        pooled = False
         keep_parts, ratios = [], np.empty(real, dtype=np.float64)
-        for piece in plan.pieces(window, cuts):
-            lr_host = np.stack([arrays[i] for i in piece.frames])  # [T, 3, h, w]
-            with self.slots.take():  # the copy in runs on the slot's stream, before the net
-                t0 = time.perf_counter()
-                lr = self._to_device(lr_host)
-                res = upscale_window(
-                    lr,
-                    scale=s.scale,
-                    runner=self.runner,
-                    scorer=s.scorer,
-                    threshold=s.threshold,
-                    skip_ratio=s.skip_ratio,
-                    dilate=s.dilate,
-                    steps=s.steps,
-                    seed=s.seed + piece.frames[0],
-                    buckets=self.runner.device.type == "cuda",
-                )
-                out = res.frames[: piece.length].float().cpu().numpy()
-                keep = res.keep[: piece.length].cpu().numpy()
-                busy += time.perf_counter() - t0
-            keep_parts.append(keep)
+        for piece in pieces:
             span = slice(piece.start, piece.start + piece.length)
-            frames[span] = out
+            # the lease outlives the slot, whose exit synchronises the stream: the copy in is
+            # done before the staging buffer can be handed out again
+            with self.host.lease(lr_shape, torch.float32) as staging:
+                _fill(staging.numpy(), [by_index[i] for i in piece.frames])
+                with self.slots.take():  # copies run on the slot's stream, around the net
+                    t0 = time.perf_counter()
+                    lr = staging.to(device, non_blocking=True)
+                    res = upscale_window(
+                        lr,
+                        scale=s.scale,
+                        runner=self.runner,
+                        scorer=s.scorer,
+                        threshold=s.threshold,
+                        skip_ratio=s.skip_ratio,
+                        dilate=s.dilate,
+                        steps=s.steps,
+                        seed=s.seed + piece.frames[0],
+                        buckets=device.type == "cuda",
+                    )
+                    out = res.frames[: piece.length]
+                    if as_is:
+                        frames = out  # a fresh tensor of this window's own: no copy needed
+                    else:
+                        if frames is None:
+                            frames, pooled = self.host.take(out_shape, self.host_dtype), True
+                        _to_host(out, frames[span])
+                    # queued after the frames' copy, so the wait for it covers both
+                    keep = res.keep[: piece.length].cpu().numpy()
+                    busy += time.perf_counter() - t0
+            keep_parts.append(keep)
             ratios[span] = keep.reshape(piece.length, -1).mean(axis=1)
+        assert frames is not None
         ms = busy * 1000.0
         log.debug(
             "skipsr: window %d (frames %d..%d) in %.1f ms", window, first, first + real - 1, ms
         )
-        return _WindowResult(
-            frames=frames, keep=np.concatenate(keep_parts), kept_ratio=ratios, ms=ms
+        result = _WindowResult(
+            frames=frames.numpy(), keep=np.concatenate(keep_parts), kept_ratio=ratios, ms=ms
         )
-
-    def _to_device(self, lr: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(lr)
-        if self.runner.device.type == "cuda":
-            return x.pin_memory().to(self.runner.device, non_blocking=True)
-        return x.to(self.runner.device)
+        if pooled:
+            self.host.bind(result, frames)
+        return result
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -617,7 +741,7 @@ def skipsr(
     blend: Blend = "linear",
     threshold: float | None = None,
     skip_ratio: float | None = None,
-    scorer: Scorer = "auto",
+    scorer: Scorer = "gradient",
     dilate: int = 0,
     steps: int = 1,
     seed: int = 0,
@@ -651,9 +775,11 @@ def skipsr(
             gradient energy of the LR luma with scorer='gradient').
         skip_ratio: skip this fraction of each window's tokens, 0 <= skip_ratio < 1; 0 runs
             every token (the dense model). Give threshold or skip_ratio, not both; with
-            neither, skip_ratio=0.5.
-        scorer: 'learned' (the mask net), 'gradient' (a no-training heuristic) or 'auto'
-            (learned if mask weights are there, else gradient).
+            neither, the scorer's default threshold (gradient: 0.007, chosen on the
+            validation set; see the README).
+        scorer: 'gradient' (the default: local gradient energy of the LR luma, which ranked
+            tokens better than the shipped mask net on the validation set), 'learned' (the
+            mask net) or 'auto' (learned if mask weights are there, else gradient).
         dilate: grow the keep set by this many tokens, giving kept regions context.
         steps: flow sampling steps; all reuse one keep set, so skipping saves on each.
         seed: noise seed; each window draws from seed + its first frame, so output does not
@@ -667,8 +793,9 @@ def skipsr(
             blue, kept tokens outlined in green.
         sr_weights, mask_weights: safetensors files; default the shipped ones.
         cache_windows: finished windows kept for frames still to come (default enough for
-            the core's threads, at least 2 * num_streams + 2). Each holds T RGBS frames at
-            the output size.
+            the core's threads, at least 2 * num_streams + 2). Each holds T RGB frames at
+            the output size: float16 in pinned memory on CUDA where the clip's format is
+            integer of at most 10 bits or half float, else float32.
         stats: a :class:`SkipSRStats` to fill with window counts (tests, benchmarks).
 
     Each output frame carries the source frame's props plus SkipSRKeptRatio (kept fraction
@@ -731,17 +858,23 @@ def skipsr(
         spec = resolve_backend(backend, device_index=device_index, fp16=fp16)
     except ValueError as e:
         raise _fail(f"backend={backend!r}: {e}") from e
+    if isinstance(spec, TensorRTBackend):  # engines sized for this clip's windows
+        spec = dataclasses.replace(
+            spec.for_clip(frames=t, width=clip.width * scale, height=clip.height * scale, scale=scale),
+            num_streams=num_streams,
+        )
     runner = spec.load(sr=sr_net, mask=mask_net)
 
+    used_scorer = "learned" if mask_net is not None else "gradient"
     if threshold is None and skip_ratio is None:
-        skip_ratio = DEFAULT_SKIP_RATIO
+        threshold = DEFAULT_THRESHOLD[used_scorer]
     if skip_ratio == 0:
         skip_ratio = None  # keep everything: the dense path, no mask evaluated
     settings = _Settings(
         scale=scale,
         threshold=None if threshold is None else float(threshold),
         skip_ratio=None if skip_ratio is None else float(skip_ratio),
-        scorer="learned" if mask_net is not None else "gradient",
+        scorer=used_scorer,
         dilate=dilate,
         steps=steps,
         seed=seed,
