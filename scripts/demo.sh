@@ -17,7 +17,8 @@ say() { echo "demo: $*" >&2; }
 FRAMES=${FRAMES:-24}
 LR_WIDTH=${LR_WIDTH:-320}
 SCALE=${SCALE:-4}
-SKIP_RATIO=${SKIP_RATIO:-0.5}
+SKIP_RATIO=${SKIP_RATIO:-}   # empty: skipsr's default threshold
+THRESHOLD=${THRESHOLD:-}
 CRF=${CRF:-18}
 SR_WEIGHTS=${SR_WEIGHTS:-}
 MASK_WEIGHTS=${MASK_WEIGHTS:-}
@@ -40,8 +41,9 @@ if [ -z "$SR_WEIGHTS" ] && [ ! -f vs_skipsr/weights/sr_default.safetensors ]; th
     exit 1
 fi
 
-args=(-a "src=$CLIP" -a "frames=$FRAMES" -a "lr_width=$LR_WIDTH" -a "scale=$SCALE"
-      -a "skip_ratio=$SKIP_RATIO")
+args=(-a "src=$CLIP" -a "frames=$FRAMES" -a "lr_width=$LR_WIDTH" -a "scale=$SCALE")
+[ -n "$SKIP_RATIO" ] && args+=(-a "skip_ratio=$SKIP_RATIO")
+[ -n "$THRESHOLD" ] && args+=(-a "threshold=$THRESHOLD")
 [ -n "$SR_WEIGHTS" ] && args+=(-a "sr_weights=$(realpath "$SR_WEIGHTS")")
 [ -n "$MASK_WEIGHTS" ] && args+=(-a "mask_weights=$(realpath "$MASK_WEIGHTS")")
 
