@@ -382,7 +382,8 @@ def bench_vspipe(args) -> None:
         f"\nend to end: vspipe demo.vpy, {args.frames} frames of {args.clip.name}, x4, "
         f"-r {args.requests}, num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}"
     )
-    say("(frames per second as vspipe -p reports them: script loading excluded)")
+    say("(frames per second as vspipe -p reports them: script loading excluded, but the first"
+        " window's one-time CUDA/kernel warm-up included: use enough --frames)")
     skip_kw = (
         {"threshold": str(args.threshold), "scorer": args.scorer}
         if args.threshold is not None
