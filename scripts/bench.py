@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from vs_skipsr.backends import TorchBackend
-from vs_skipsr.benchmark import FRACTIONS, format_table, median_seconds, scaling_table
-from vs_skipsr.models import SRTransformer, random_sr
-from vs_skipsr.models.weights import load_mask, load_sr
-from vs_skipsr.pipeline import upscale_window
+from vs_skipsr.backends import TorchBackend  # noqa: E402
+from vs_skipsr.benchmark import FRACTIONS, format_table, median_seconds, scaling_table  # noqa: E402
+from vs_skipsr.models import SRTransformer, random_sr  # noqa: E402
+from vs_skipsr.models.weights import load_mask, load_sr  # noqa: E402
+from vs_skipsr.pipeline import upscale_window  # noqa: E402
 
 RESULTS: dict[str, object] = {}
 
@@ -125,7 +125,7 @@ def bench_sr(dev: torch.device, args, peak: float | None) -> None:
                     reps=args.reps,
                     peak=peak,
                 )
-            except Exception as e:  # noqa: BLE001  (a mode that cannot run here is reported)
+            except Exception as e:
                 say(f"{key}: failed: {type(e).__name__}: {e}")
     if dev.type == "cuda":
         out["default_1920x1080_graphs_fp16"] = sr_table(
@@ -159,7 +159,7 @@ def bench_large(dev: torch.device, args, peak: float | None) -> None:
                 peak=peak,
                 fractions=(0.1, 0.2, 0.3, 0.5, 0.7, 1.0),
             )
-        except Exception as e:  # noqa: BLE001  (reported, the other sections go on)
+        except Exception as e:
             say(f"large {mode}: failed: {type(e).__name__}: {e}")
     del net
     if dev.type == "cuda":
@@ -219,7 +219,7 @@ def bench_stages(dev: torch.device, args) -> None:
         for label, kw in cases:
             acc: dict[str, float] = {h: 0.0 for h in header}
             kept = 0.0
-            for rep in range(2):  # the first pass warms up; the second is measured
+            for _ in range(2):  # the first pass warms up; the second is measured
                 acc = {h: 0.0 for h in header}
                 kept = 0.0
                 for w in windows:
@@ -290,7 +290,7 @@ def find_encoder() -> list[str] | None:
             import imageio_ffmpeg
 
             ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-        except Exception:  # noqa: BLE001  (no usable imageio-ffmpeg)
+        except Exception:
             ffmpeg = None
     if ffmpeg:
         return [
@@ -382,8 +382,10 @@ def bench_vspipe(args) -> None:
         f"\nend to end: vspipe demo.vpy, {args.frames} frames of {args.clip.name}, x4, "
         f"-r {args.requests}, num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}"
     )
-    say("(frames per second as vspipe -p reports them: script loading excluded, but the first"
-        " window's one-time CUDA/kernel warm-up included: use enough --frames)")
+    say(
+        "(frames per second as vspipe -p reports them: script loading excluded, but the first"
+        " window's one-time CUDA/kernel warm-up included: use enough --frames)"
+    )
     skip_kw = (
         {"threshold": str(args.threshold), "scorer": args.scorer}
         if args.threshold is not None
@@ -401,7 +403,7 @@ def bench_vspipe(args) -> None:
             try:
                 fd = vspipe_run(args, {"skip_ratio": "0", "steps": str(steps)}, enc)
                 fs = vspipe_run(args, {**skip_kw, "steps": str(steps)}, enc)
-            except Exception as e:  # noqa: BLE001  (reported, the other sections go on)
+            except Exception as e:
                 say(f"{steps} {sink}: failed: {e}")
                 continue
             rows.append(
@@ -478,7 +480,7 @@ def main() -> None:
         if name in sections:
             try:
                 fn()
-            except Exception as e:  # noqa: BLE001  (reported, the other sections go on)
+            except Exception as e:
                 say(f"section {name} failed: {type(e).__name__}: {e}")
             (args.out / "bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
     plot(args.out)

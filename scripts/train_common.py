@@ -19,10 +19,10 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vs_skipsr.models.mask import gradient_energy, token_scores  # noqa: E402
-from vs_skipsr.models.sr import SRConfig  # noqa: E402
-from vs_skipsr.pipeline import upsample  # noqa: E402
-from vs_skipsr.tokens import Partition, build_partition, patchify, token_coords  # noqa: E402
+from vs_skipsr.models.mask import gradient_energy, token_scores
+from vs_skipsr.models.sr import SRConfig
+from vs_skipsr.pipeline import upsample
+from vs_skipsr.tokens import Partition, build_partition, patchify, token_coords
 
 FRAME_GAP = 64
 

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_common import CurveLog, cosine_lr, make_batch  # noqa: E402
-from train_data import WindowSampler  # noqa: E402
+from train_common import CurveLog, cosine_lr, make_batch
+from train_data import WindowSampler
 
-from vs_skipsr.models import MaskConfig, MaskNet  # noqa: E402
-from vs_skipsr.models.mask import token_scores  # noqa: E402
-from vs_skipsr.models.weights import load_sr, save_weights  # noqa: E402
+from vs_skipsr.models import MaskConfig, MaskNet
+from vs_skipsr.models.mask import token_scores
+from vs_skipsr.models.weights import load_sr, save_weights
 
 log = logging.getLogger("train_mask")
 LOG_FLOOR = 1e-6

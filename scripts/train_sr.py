@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_common import (  # noqa: E402
+from train_common import (
     CurveLog,
     StageTimer,
     cosine_lr,
@@ -33,11 +33,11 @@ from train_common import (  # noqa: E402
     psnr,
     training_keep,
 )
-from train_data import WindowSampler  # noqa: E402
+from train_data import WindowSampler
 
-from vs_skipsr.models import PRESETS, SRTransformer  # noqa: E402
-from vs_skipsr.models.weights import save_weights  # noqa: E402
-from vs_skipsr.tokens import unpatchify  # noqa: E402
+from vs_skipsr.models import PRESETS, SRTransformer
+from vs_skipsr.models.weights import save_weights
+from vs_skipsr.tokens import unpatchify
 
 log = logging.getLogger("train_sr")
 

@@ -861,7 +861,9 @@ def skipsr(
         raise _fail(f"backend={backend!r}: {e}") from e
     if isinstance(spec, TensorRTBackend):  # engines sized for this clip's windows
         spec = dataclasses.replace(
-            spec.for_clip(frames=t, width=clip.width * scale, height=clip.height * scale, scale=scale),
+            spec.for_clip(
+                frames=t, width=clip.width * scale, height=clip.height * scale, scale=scale
+            ),
             num_streams=num_streams,
         )
     runner = spec.load(sr=sr_net, mask=mask_net)

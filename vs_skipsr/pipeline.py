@@ -12,10 +12,11 @@ This module is where tokens are dropped (``select_tokens``) and brought back
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from .tokens import (
     unpatchify,
 )
 
-__all__ = ["WindowOutput", "WindowStats", "select_tokens", "upscale_window", "upsample"]
+__all__ = ["WindowOutput", "WindowStats", "select_tokens", "upsample", "upscale_window"]
 
 Scorer = Literal["learned", "gradient"]
 

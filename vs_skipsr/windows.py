@@ -117,7 +117,9 @@ class WindowPlan:
             return (Contribution(k, pos, 1.0),)
         ramps = [self._ramp(k, pos) for k, pos in raw]
         total = math.fsum(ramps)
-        return tuple(Contribution(k, pos, r / total) for (k, pos), r in zip(raw, ramps))
+        return tuple(
+            Contribution(k, pos, r / total) for (k, pos), r in zip(raw, ramps, strict=True)
+        )
 
     def pieces(self, window: int, cuts: Collection[int] = ()) -> tuple[Piece, ...]:
         """Split ``window`` at scene cuts: ``cuts`` holds frames that start a new scene.
@@ -126,7 +128,7 @@ class WindowPlan:
         Each piece is fed its own frames followed by repeats of its last frame, up to T.
         """
         s, n_real = self.start(window), self.real_length(window)
-        bounds = [0] + sorted(c - s for c in set(cuts) if s < c < s + n_real) + [n_real]
+        bounds = [0, *sorted(c - s for c in set(cuts) if s < c < s + n_real), n_real]
         out = []
         for a, b in itertools.pairwise(bounds):
             frames = tuple(s + min(j, b - 1) for j in range(a, a + self.size))

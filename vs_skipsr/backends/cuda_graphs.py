@@ -46,8 +46,14 @@ class GraphCache:
     """Captures and replays graphs of ``fn(base, state, coords, t, order0, cu0, part0, order1,
     cu1, part1)``; at most ``max_graphs`` are kept (least recently used go)."""
 
-    def __init__(self, fn: Callable[..., Tensor], *, window_volume: int, max_graphs: int = 12,
-                 window_multiple: int = 32) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Tensor],
+        *,
+        window_volume: int,
+        max_graphs: int = 12,
+        window_multiple: int = 32,
+    ) -> None:
         self.fn = fn
         self.window_volume = window_volume
         self.max_graphs = max_graphs
@@ -61,11 +67,19 @@ class GraphCache:
         need = p.cu_seqlens.shape[0] - 1 + -(-n_pad // self.window_volume)
         return bucket_size(need, multiple=self.window_multiple)
 
-    def __call__(self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor,
-                 partitions: tuple[Partition, ...]) -> Tensor:
+    def __call__(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        t: Tensor,
+        partitions: tuple[Partition, ...],
+    ) -> Tensor:
         k = base.shape[0]
         padded = [
-            pad_partition(p, tokens=k, windows=self._windows(p, k), window_volume=self.window_volume)
+            pad_partition(
+                p, tokens=k, windows=self._windows(p, k), window_volume=self.window_volume
+            )
             for p in partitions
         ]
         key = (k, *(p.part.shape[0] for p in padded))

@@ -81,7 +81,9 @@ class TorchRunner:
             return self.graphs(base, state, coords, t, partitions)
         return self._eager(base, state, coords, t, partitions)
 
-    def _graph_fn(self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor) -> Tensor:
+    def _graph_fn(
+        self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor
+    ) -> Tensor:
         v = self.graphs.window_volume  # type: ignore[union-attr]
         parts = tuple(
             Partition(order=flat[i], cu_seqlens=flat[i + 1], part=flat[i + 2], max_len=v)

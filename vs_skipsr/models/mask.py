@@ -95,7 +95,7 @@ def keep_by_threshold(scores: Tensor, *, threshold: float) -> Tensor:
 def keep_by_ratio(scores: Tensor, *, skip_ratio: float) -> Tensor:
     """Skip the ``skip_ratio`` fraction of lowest-scoring tokens of the window (ties by order)."""
     n = scores.numel()
-    n_keep = n - int(round(skip_ratio * n))
+    n_keep = n - round(skip_ratio * n)
     keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
     if n_keep > 0:
         keep[torch.topk(scores.reshape(-1), n_keep, sorted=False).indices] = True

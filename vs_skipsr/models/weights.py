@@ -36,7 +36,9 @@ class WeightsError(ValueError):
     """A weights file that is missing, of the wrong kind, or does not fit its config."""
 
 
-def save_weights(model: SRTransformer | MaskNet, path: Path, *, extra: dict[str, str] | None = None) -> None:
+def save_weights(
+    model: SRTransformer | MaskNet, path: Path, *, extra: dict[str, str] | None = None
+) -> None:
     """Write fp32 weights plus {kind, config, extra} metadata; atomic via a temp file."""
     kind = "sr" if isinstance(model, SRTransformer) else "mask"
     meta = {"kind": kind, "config": json.dumps(model.config.to_dict())}
@@ -54,7 +56,7 @@ def _read(path: Path, kind: str) -> tuple[dict[str, str], dict[str, torch.Tensor
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
     if meta.get("kind") != kind:
