@@ -322,7 +322,15 @@ def _fetch_deb(package: str, *, work: Path) -> Path:
     if shutil.which("apt-get") is None:
         raise FetchError("apt-get not found: this script needs a Debian/Ubuntu system")
     try:
-        _run(["apt-get", "download", package], cwd=dl)
+        try:
+            _run(["apt-get", "download", package], cwd=dl)
+        except FetchError:
+            if os.geteuid() != 0:
+                raise
+            # a fresh machine may have no package index yet: refresh it once and retry
+            log.info("apt-get download %s failed: running apt-get update and retrying", package)
+            _run(["apt-get", "update", "-qq"], cwd=dl)
+            _run(["apt-get", "download", package], cwd=dl)
     except FetchError as e:
         raise FetchError(
             f"cannot download Debian package {package!r} (is the apt index current? run "
