@@ -73,6 +73,20 @@ def make_batch(
     )
 
 
+@torch.no_grad()
+def one_step_all_tokens(model, lr: Tensor, hr: Tensor, *, scale: int) -> tuple[TokenBatch, Tensor]:
+    """The SR net's one-step residual estimate [K, 3p²] on every token of a batch (fixed noise
+    seed, bf16 autocast on CUDA), with the batch it ran on."""
+    cfg = model.config
+    batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=None)
+    g = torch.Generator(device=lr.device).manual_seed(0)
+    noise = torch.randn(batch.base.shape, generator=g, device=lr.device) * cfg.noise_std
+    t = torch.ones(1, device=lr.device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lr.is_cuda):
+        v = model(batch.base, noise, batch.coords, t, batch.parts[0].part, batch.parts[1].part)
+    return batch, noise - v.float()  # one Euler step from t = 1
+
+
 def training_keep(lr: Tensor, *, scale: int, patch: int, generator: torch.Generator) -> Tensor:
     """Keep sets like the ones inference makes: for each window either all tokens (30%) or the
     top fraction f ~ U(0.15, 0.9) of a jittered gradient-energy score, so the SR net learns to

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_common import CurveLog, cosine_lr, make_batch
+from train_common import CurveLog, cosine_lr, one_step_all_tokens
 from train_data import WindowSampler
 
 from vs_skipsr.models import MaskConfig, MaskNet
@@ -38,14 +38,7 @@ LOG_FLOOR = 1e-6
 @torch.no_grad()
 def token_gain(sr, lr, hr, scale) -> torch.Tensor:
     """Per-token MSE gain of the one-step SR net over bicubic: [B, T, Hp, Wp]."""
-    cfg = sr.config
-    batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=None)
-    g = torch.Generator(device=lr.device).manual_seed(0)
-    noise = torch.randn(batch.base.shape, generator=g, device=lr.device) * cfg.noise_std
-    t = torch.ones(1, device=lr.device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lr.is_cuda):
-        v = sr(batch.base, noise, batch.coords, t, batch.parts[0].part, batch.parts[1].part)
-    res = noise - v.float()
+    batch, res = one_step_all_tokens(sr, lr, hr, scale=scale)
     err_base = (batch.target**2).mean(1)  # [K]
     err_sr = ((batch.target - res) ** 2).mean(1)
     return (err_base - err_sr).reshape(batch.keep.shape)

@@ -30,6 +30,7 @@ from train_common import (
     StageTimer,
     cosine_lr,
     make_batch,
+    one_step_all_tokens,
     psnr,
     training_keep,
 )
@@ -62,13 +63,7 @@ def velocity_loss(model, batch, *, generator, one_step_frac: float) -> torch.Ten
 def one_step_psnr(model, lr, hr, scale) -> tuple[float, float]:
     """PSNR of bicubic and of the one-step model (all tokens kept) on a fixed batch."""
     cfg = model.config
-    batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=None)
-    g = torch.Generator(device=lr.device).manual_seed(0)
-    noise = torch.randn(batch.base.shape, generator=g, device=lr.device) * cfg.noise_std
-    t = torch.ones(batch.base.shape[0], device=lr.device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lr.is_cuda):
-        v = model(batch.base, noise, batch.coords, t, batch.parts[0].part, batch.parts[1].part)
-    res = noise - v.float()
+    batch, res = one_step_all_tokens(model, lr, hr, scale=scale)
     b, tt = lr.shape[:2]
     hp, wp = hr.shape[-2] // cfg.patch, hr.shape[-1] // cfg.patch
     res = unpatchify(res, grid=(b * tt, hp, wp), patch=cfg.patch).reshape(hr.shape)
