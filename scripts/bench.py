@@ -217,8 +217,6 @@ def bench_stages(dev: torch.device, args) -> None:
                 )
             )
         for label, kw in cases:
-            acc: dict[str, float] = {h: 0.0 for h in header}
-            kept = 0.0
             for _ in range(2):  # the first pass warms up; the second is measured
                 acc = {h: 0.0 for h in header}
                 kept = 0.0

@@ -197,7 +197,7 @@ def upscale_window(
         n_bucket = n_keep
         if buckets and n_keep:
             n_bucket = bucket_size(n_keep, buckets=buckets if isinstance(buckets, tuple) else None)
-            n_bucket = min(max(n_bucket, n_keep), max(total, n_keep))
+            n_bucket = min(n_bucket, total)
         tokens = patchify(base, patch=patch)  # [N, 3p²] (a view where possible)
         padded = F.pad(index, (0, n_bucket - n_keep))  # [Kb], padding points at token 0
         base_tok = tokens[padded]  # [Kb, 3p²]

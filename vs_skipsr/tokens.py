@@ -110,7 +110,6 @@ def build_partition(
     window: tuple[int, int, int],
     shift: tuple[int, int, int],
     valid: int | None = None,
-    pad_len_to: int = 1,
 ) -> Partition:
     """Group kept tokens by the 3D window their original (t, y, x) falls in.
 
@@ -132,7 +131,7 @@ def build_partition(
     cu = torch.zeros(n_w + 1, dtype=torch.int32, device=device)
     cu[1:] = torch.cumsum(counts, 0)
     max_len = int(counts.max()) if n_w else 0
-    length = max(1, -(-max_len // pad_len_to) * pad_len_to)
+    length = max(1, max_len)
     # position of each sorted token inside its window
     starts = torch.repeat_interleave(cu[:-1].long(), counts)  # [K]
     pos = torch.arange(k, device=device) - starts
