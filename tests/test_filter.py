@@ -165,6 +165,20 @@ def test_window_defaults_to_the_models_temporal_window(
     assert dict(stats.computed) == {k: 1 for k in range(-(-N_FRAMES // t))}
 
 
+def _assert_shuffled_threads_match(
+    node: vs.VideoNode, want: list[bytes], *, seed: int, repeats: int, workers: int
+) -> int:
+    """Every frame ``repeats`` times in a shuffled order from ``workers`` threads must give the
+    bytes of the linear pass ``want``; returns how many requests were made."""
+    order = list(range(len(want))) * repeats
+    random.Random(seed).shuffle(order)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        got = list(pool.map(lambda n: (n, _bytes(node.get_frame(n))), order))
+    for n, planes in got:
+        assert planes == want[n], f"frame {n} differs from the linear pass"
+    return len(order)
+
+
 def test_concurrent_out_of_order_requests_match_a_linear_pass(make_clip: MakeClip, sr) -> None:
     clip = make_clip(vs.YUV420P10)
     kw = {"window": 4, "overlap": 1, "skip_ratio": 0.5}
@@ -173,15 +187,10 @@ def test_concurrent_out_of_order_requests_match_a_linear_pass(make_clip: MakeCli
 
     stats = SkipSRStats()
     shuffled = sr(clip, stats=stats, cache_windows=16, **kw)
-    order = list(range(N_FRAMES)) * 2
-    random.Random(7).shuffle(order)
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        got = list(pool.map(lambda n: (n, _bytes(shuffled.get_frame(n))), order))
+    _assert_shuffled_threads_match(shuffled, want, seed=7, repeats=2, workers=6)
     futures = [(n, shuffled.get_frame_async(n)) for n in reversed(range(N_FRAMES))]
-    got += [(n, _bytes(f.result())) for n, f in futures]
-
-    for n, planes in got:
-        assert planes == want[n], f"frame {n} differs from the linear pass"
+    for n, f in futures:
+        assert _bytes(f.result()) == want[n], f"frame {n} differs from the linear pass"
     n_windows = 1 + -(-(N_FRAMES - 4) // 3)
     assert dict(stats.computed) == {k: 1 for k in range(n_windows)}, "a window was recomputed"
 
@@ -401,12 +410,7 @@ def test_half_host_requests_in_any_order_give_the_same_bytes(
     want = [_bytes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
     stats = SkipSRStats()
     shuffled = sr(clip, stats=stats, cache_windows=2, **kw)  # evictions recycle buffers
-    order = list(range(N_FRAMES)) * 2
-    random.Random(3).shuffle(order)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        got = list(pool.map(lambda n: (n, _bytes(shuffled.get_frame(n))), order))
-    for n, planes in got:
-        assert planes == want[n], f"frame {n} differs from the linear pass"
+    _assert_shuffled_threads_match(shuffled, want, seed=3, repeats=2, workers=4)
 
 
 def test_half_host_show_mask(make_clip: MakeClip, sr, half_host: None) -> None:
@@ -509,13 +513,8 @@ def test_cuda_pinned_buffers_recycled_under_concurrency_give_the_same_bytes(
     kw = {"backend": "cuda", "window": 4, "overlap": 1, "skip_ratio": 0.5, "num_streams": 2}
     want = [_bytes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
     shuffled = sr(clip, cache_windows=2, **kw)
-    order = list(range(N_FRAMES)) * 3
-    random.Random(11).shuffle(order)
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        got = list(pool.map(lambda n: (n, _bytes(shuffled.get_frame(n))), order))
-    for n, planes in got:
-        assert planes == want[n], f"frame {n} differs from the linear pass"
-    assert pools[1].pinned and pools[1].allocated < len(order)
+    n_requests = _assert_shuffled_threads_match(shuffled, want, seed=11, repeats=3, workers=6)
+    assert pools[1].pinned and pools[1].allocated < n_requests
 
 
 # --- bad inputs ------------------------------------------------------------------------------
