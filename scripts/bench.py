@@ -10,7 +10,9 @@ Sections (``--sections``, comma-separated):
             on a real validation clip, dense and skipped, at 1, 4 and 8 steps; plus the
             VapourSynth format conversion (resize YUV420P8 <-> RGBS) per frame
   vspipe    end to end: vspipe scripts/demo.vpy to a null sink (and piped into x264 where an
-            encoder is found), dense against SkipSR, same run, at 1, 4 and 8 steps
+            encoder is found), dense against SkipSR, same run, at 1, 4 and 8 steps, plus (CUDA)
+            the SeedVR2-3B-shaped preset on 720p windows of 21 frames; steady-state fps from
+            runs over N and 2N frames (the one-time warm-up cancels)
 Prints tables; writes --out/bench.json and --out/bench.png.
 
     python scripts/bench.py --sections peak,sr,large,stages,vspipe --out out/bench   # GPU
@@ -325,11 +327,13 @@ def find_encoder() -> list[str] | None:
     return None
 
 
-def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None) -> float:
-    """Frames per second as vspipe reports them (its clock starts after the script is
-    evaluated, so torch import and model loading stay out)."""
+def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None, frames: int) -> float:
+    """Seconds vspipe reports for ``frames`` frames (its clock starts after the script is
+    evaluated, so torch import and model loading stay out; the first window's CUDA warm-up
+    stays in: see :func:`vspipe_fps`)."""
     vspipe = shutil.which("vspipe") or str(Path(sys.executable).parent / "vspipe")
-    lr_w = "480" if args.device.startswith("cuda") else "160"
+    extra = dict(extra)
+    lr_w = extra.pop("lr_width", "480" if args.device.startswith("cuda") else "160")
     cmd = [
         vspipe,
         "-p",
@@ -340,7 +344,7 @@ def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None) -> float:
         "-a",
         f"src={args.clip}",
         "-a",
-        f"frames={args.frames}",
+        f"frames={frames}",
         "-a",
         f"lr_width={lr_w}",
         "-a",
@@ -368,21 +372,34 @@ def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None) -> float:
         if p.returncode:
             raise RuntimeError(f"vspipe rc={p.returncode}: {err[-800:]}")
     m = re.search(r"Output (\d+) frames in ([\d.]+) seconds \(([\d.]+) fps\)", err)
-    if not m or int(m.group(1)) != args.frames:
-        raise RuntimeError(f"vspipe did not report {args.frames} frames: {err[-400:]}")
-    return float(m.group(3))
+    if not m or int(m.group(1)) != frames:
+        raise RuntimeError(f"vspipe did not report {frames} frames: {err[-400:]}")
+    return float(m.group(2))
+
+
+def vspipe_fps(
+    args, extra: dict[str, str], encoder: list[str] | None, frames: int
+) -> tuple[float, float]:
+    """(steady-state fps, fps of the short run). The same settings run over ``frames`` and
+    2 * ``frames``: both pay the one-time warm-up (CUDA context, kernels, first allocations),
+    so the extra ``frames`` over the extra seconds is the rate a long encode settles at."""
+    t1 = vspipe_run(args, extra, encoder, frames)
+    t2 = vspipe_run(args, extra, encoder, 2 * frames)
+    steady = frames / (t2 - t1) if t2 > t1 else float("nan")
+    return steady, frames / t1
 
 
 def bench_vspipe(args) -> None:
     encoder = find_encoder()
     rows = []
+    cuda = args.device.startswith("cuda")
     say(
-        f"\nend to end: vspipe demo.vpy, {args.frames} frames of {args.clip.name}, x4, "
-        f"-r {args.requests}, num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}"
+        f"\nend to end: vspipe demo.vpy, {args.clip.name}, x4, -r {args.requests}, "
+        f"num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}"
     )
     say(
-        "(frames per second as vspipe -p reports them: script loading excluded, but the first"
-        " window's one-time CUDA/kernel warm-up included: use enough --frames)"
+        "steady fps: each setting runs over N and 2N frames, steady = N / (t(2N) - t(N)), so the"
+        " one-time warm-up cancels; 'short' is N / t(N) with the warm-up in"
     )
     skip_kw = (
         {"threshold": str(args.threshold), "scorer": args.scorer}
@@ -390,31 +407,51 @@ def bench_vspipe(args) -> None:
         else {"skip_ratio": "0.5", "scorer": args.scorer}
     )
     say(f"SkipSR settings: {skip_kw}")
-    say(f"{'steps':>5} {'sink':>6} {'dense fps':>10} {'skip fps':>9} {'speed-up':>9}")
+    # (regime, steps, sink, extra vspipe args, N)
+    cases = []
     for steps in args.steps:
-        for sink, enc in (("null", None), ("x264", encoder)):
-            if sink == "x264" and steps != args.steps[0]:
-                continue  # the encoder's cost is the same at every step count
-            if sink == "x264" and enc is None:
-                say(f"{steps} x264: no encoder found (ffmpeg, imageio-ffmpeg or x264)")
-                continue
-            try:
-                fd = vspipe_run(args, {"skip_ratio": "0", "steps": str(steps)}, enc)
-                fs = vspipe_run(args, {**skip_kw, "steps": str(steps)}, enc)
-            except Exception as e:
-                say(f"{steps} {sink}: failed: {e}")
-                continue
-            rows.append(
-                {
-                    "steps": steps,
-                    "sink": sink,
-                    "dense_fps": fd,
-                    "skip_fps": fs,
-                    "speedup": fs / fd,
-                    "skip": skip_kw,
-                }
+        cases.append(("default", steps, "null", {}, args.frames))
+        if steps == args.steps[0]:
+            cases.append(("default", steps, "x264", {}, args.frames))
+    if cuda and args.large_frames:
+        large = {"preset": "seedvr2_3b", "window": "21", "lr_width": "320"}
+        cases.append(("seedvr2_3b", 1, "null", large, args.large_frames))
+        cases.append(("seedvr2_3b", 1, "x264", large, args.large_frames))
+    say(
+        f"{'regime':>10} {'steps':>5} {'sink':>5} {'N':>4} {'dense steady':>12} "
+        f"{'skip steady':>11} {'speed-up':>8} {'dense short':>11} {'skip short':>10}"
+    )
+    for regime, steps, sink, extra, n in cases:
+        enc = encoder if sink == "x264" else None
+        if sink == "x264" and enc is None:
+            say(f"{regime} {steps} x264: no encoder found (ffmpeg, imageio-ffmpeg or x264)")
+            continue
+        try:
+            fd, fd_short = vspipe_fps(
+                args, {**extra, "skip_ratio": "0", "steps": str(steps)}, enc, n
             )
-            say(f"{steps:5d} {sink:>6} {fd:10.2f} {fs:9.2f} {fs / fd:8.2f}x")
+            fs, fs_short = vspipe_fps(args, {**extra, **skip_kw, "steps": str(steps)}, enc, n)
+        except Exception as e:
+            say(f"{regime} {steps} {sink}: failed: {e}")
+            continue
+        rows.append(
+            {
+                "regime": regime,
+                "steps": steps,
+                "sink": sink,
+                "frames": n,
+                "dense_fps": fd,
+                "skip_fps": fs,
+                "speedup": fs / fd,
+                "dense_fps_short": fd_short,
+                "skip_fps_short": fs_short,
+                "skip": skip_kw,
+            }
+        )
+        say(
+            f"{regime:>10} {steps:5d} {sink:>5} {n:4d} {fd:12.2f} {fs:11.2f} {fs / fd:7.2f}x "
+            f"{fd_short:11.2f} {fs_short:10.2f}"
+        )
     RESULTS["vspipe"] = rows
 
 
@@ -459,6 +496,12 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--scorer", default="gradient")
     ap.add_argument("--requests", type=int, default=4)
+    ap.add_argument(
+        "--large-frames",
+        type=int,
+        default=42,
+        help="N for the SeedVR2-3B-shape regime end to end (0 skips it; windows of 21)",
+    )
     ap.add_argument("--streams", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "out/bench")
     args = ap.parse_args()

@@ -12,4 +12,6 @@ python3 scripts/train_sr.py --pack data/pack --minutes "${SR_MIN:-5.5}" --batch 
     --out /tmp/train/sr --weights vs_skipsr/weights/sr_default.safetensors || exit 1
 python3 scripts/train_mask.py --pack data/pack --sr-weights vs_skipsr/weights/sr_default.safetensors \
     --minutes "${MASK_MIN:-1.5}" --out /tmp/train/mask --weights vs_skipsr/weights/mask_default.safetensors || exit 1
-cp vs_skipsr/weights/*.safetensors /tmp/train/sr/curve* /tmp/train/mask/curve* "$out/"
+cp vs_skipsr/weights/*.safetensors /tmp/train/sr/*.png /tmp/train/mask/*.png "$out/"
+cp /tmp/train/sr/curve.jsonl "$out/curve_sr.jsonl"
+cp /tmp/train/mask/curve.jsonl "$out/curve_mask.jsonl"

@@ -45,7 +45,7 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sr = SRTransformer(PRESETS["tiny"])
     _randomise(sr, 1)
     save_weights(sr, d / "sr_tiny.safetensors")
-    mask = MaskNet(MaskConfig(width=8, depth=3))
+    mask = MaskNet(MaskConfig(width=8, depth=3, prior="gradient", padding_mode="replicate"))
     _randomise(mask, 2)
     save_weights(mask, d / "mask_tiny.safetensors")
     return d

@@ -277,3 +277,70 @@ def test_cuda_graphs_equal_eager_and_are_reused():
         err = (a.frames - b.frames).abs().max()
         assert err < 2e-2, f"graph differs from eager by {err}"
     assert graphed.graphs.captures == 2
+
+
+def test_linear_head_weights_still_load(tmp_path):
+    """Weights saved before the conv head (config without 'head') load as the linear head and
+    give the same output after a round trip."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from vs_skipsr.models import PRESETS
+    from vs_skipsr.models.weights import load_sr, save_weights
+
+    cfg = dataclasses.replace(PRESETS["tiny"], head="linear")
+    net = random_sr("tiny", seed=3)  # conv head: a different state dict
+    old = SRTransformer(cfg)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path / "old.safetensors"
+    save_weights(old.eval(), path)
+    # rewrite the metadata as an old file had it: no head fields
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    conf = json.loads(meta["config"])
+    for k in ("head", "head_width", "head_cell"):
+        conf.pop(k)
+    meta["config"] = json.dumps(conf)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    loaded = load_sr(path)
+    assert loaded.config.head == "linear"
+    assert set(loaded.state_dict()) != set(net.state_dict())
+    lr = _lr(t=2, h=8, w=8)
+    out_old = upscale_window(lr, scale=4, runner=TorchBackend().load(sr=old.eval(), mask=None))
+    out_new = upscale_window(lr, scale=4, runner=TorchBackend().load(sr=loaded, mask=None))
+    assert torch.equal(out_old.frames, out_new.frames)
+    assert not torch.equal(out_old.frames, upsample(lr, scale=4).clamp(0, 1))
+
+
+def test_unknown_head_is_refused_by_name():
+    import dataclasses
+
+    from vs_skipsr.models import PRESETS
+
+    with pytest.raises(ValueError, match="head='mlp'"):
+        SRTransformer(dataclasses.replace(PRESETS["tiny"], head="mlp"))
+
+
+def test_fresh_mask_net_ranks_like_the_gradient_heuristic():
+    """The shipped mask config starts as log10 of the gradient energy (its convs' output is
+    zero), so training starts from the heuristic's ranking, not from noise."""
+    from vs_skipsr.models import MASK_PRESETS
+    from vs_skipsr.models.mask import gradient_energy
+
+    lr = _lr(t=3, h=24, w=32)
+    lr[:, :, :12] = 0.5  # a flat region: the energy floor
+    net = MaskNet(MASK_PRESETS["default"]).eval()
+    with torch.no_grad():
+        out = net(lr)
+    expect = torch.log10(gradient_energy(lr).clamp_min(MaskNet.PRIOR_FLOOR))
+    assert torch.allclose(out, expect, atol=1e-6)
+    assert out[:, :, :8].max() <= -4.99  # floored where flat
+    with torch.no_grad():
+        net.net[-1].weight.normal_(0, 0.1)  # trained convs move it away from the prior
+        assert not torch.allclose(net(lr), expect, atol=1e-3)

@@ -29,7 +29,7 @@ from .export import (
     trt_runs_on,
     trt_version,
 )
-from .models.mask import MaskConfig, MaskNet
+from .models.mask import MASK_PRESETS, MaskNet
 from .models.sr import PRESETS, SRTransformer, random_sr, randomize_
 
 __all__ = ["main"]
@@ -72,7 +72,7 @@ def _load_models(args: argparse.Namespace) -> tuple[SRTransformer, MaskNet | Non
         ):
             mask = load_mask(args.mask_weights or DEFAULT_MASK_WEIGHTS)
         else:
-            mask = MaskNet(MaskConfig()).eval()
+            mask = MaskNet(MASK_PRESETS["default"]).eval()
             randomize_(mask, seed=1)
             log.info("random-weights mask net")
     return sr, mask

@@ -57,6 +57,7 @@ from .models.weights import (
     load_mask,
     load_sr,
 )
+from .models.sr import SRTransformer
 from .pipeline import upscale_window
 from .staging import HostPool
 from .windows import Blend, Contribution, WindowPlan
@@ -751,7 +752,7 @@ def skipsr(
     num_streams: int = 1,
     fp16: bool = True,
     show_mask: bool = False,
-    sr_weights: str | os.PathLike[str] | None = None,
+    sr_weights: str | os.PathLike[str] | SRTransformer | None = None,
     mask_weights: str | os.PathLike[str] | None = None,
     cache_windows: int | None = None,
     stats: SkipSRStats | None = None,
@@ -792,7 +793,9 @@ def skipsr(
         fp16: half precision on CUDA (the CPU always runs float32).
         show_mask: draw the keep mask over the output: skipped tokens dimmed and tinted
             blue, kept tokens outlined in green.
-        sr_weights, mask_weights: safetensors files; default the shipped ones.
+        sr_weights, mask_weights: safetensors files; default the shipped ones. sr_weights
+            may also be an SRTransformer already built (benchmarks pass
+            ``vs_skipsr.models.random_sr("seedvr2_3b", ...)`` to time production scale).
         cache_windows: finished windows kept for frames still to come (default enough for
             the core's threads, at least 2 * num_streams + 2). Each holds T RGB frames at
             the output size: float16 in pinned memory on CUDA where the clip's format is
@@ -823,8 +826,9 @@ def skipsr(
     if stats is not None and not isinstance(stats, SkipSRStats):
         raise _fail(f"stats={stats!r}: accepted a SkipSRStats or None")
 
-    sr_path = _weights_path(sr_weights, DEFAULT_SR_WEIGHTS, "sr_weights")
-    if sr_path is None:
+    given_net = sr_weights if isinstance(sr_weights, SRTransformer) else None
+    sr_path = None if given_net else _weights_path(sr_weights, DEFAULT_SR_WEIGHTS, "sr_weights")
+    if sr_path is None and given_net is None:
         raise _fail(
             f"sr_weights=None: the shipped weights {DEFAULT_SR_WEIGHTS} are not there; "
             "accepted a path to SR weights (.safetensors)"
@@ -840,7 +844,7 @@ def skipsr(
             "accepted mask_weights=<path> or scorer='gradient'"
         )
     try:
-        sr_net = load_sr(sr_path)
+        sr_net = given_net if given_net is not None else load_sr(sr_path)  # type: ignore[arg-type]
         mask_net = None if mask_path is None else load_mask(mask_path)
     except WeightsError as e:
         raise _fail(str(e)) from e

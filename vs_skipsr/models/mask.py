@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "MASK_PRESETS",
     "MaskConfig",
     "MaskNet",
     "dilate_keep",
@@ -33,6 +34,12 @@ __all__ = [
 class MaskConfig:
     width: int = 32
     depth: int = 4
+    # "gradient": the convs learn a correction to log10 of the gradient-energy heuristic
+    # (zero at initialisation), so a fresh net already ranks like the heuristic and training
+    # can only have to improve on it. "none": the convs alone (weights saved before this).
+    prior: str = "none"
+    # "replicate" keeps frame borders from reading as edges; "zeros" for older weights
+    padding_mode: str = "zeros"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -42,24 +49,53 @@ class MaskConfig:
         return cls(**d)  # type: ignore[arg-type]
 
 
+MASK_PRESETS: dict[str, MaskConfig] = {
+    # what scripts/train_mask.py trains and ships
+    "default": MaskConfig(prior="gradient", padding_mode="replicate"),
+}
+
+
 class MaskNet(nn.Module):
-    """A few 3x3 convs on the LR frame (and its neighbours' difference, for motion)."""
+    """A few 3x3 convs on the LR frame (and its neighbours' difference, for motion), on top
+    of the gradient-energy prior when ``config.prior == "gradient"``."""
+
+    PRIOR_FLOOR = 1e-5  # log10 of the energy is floored here (flat areas)
 
     def __init__(self, config: MaskConfig) -> None:
         super().__init__()
+        if config.prior not in ("none", "gradient"):
+            raise ValueError(f"MaskConfig prior={config.prior!r}: expected 'none' or 'gradient'")
+        if config.padding_mode not in ("zeros", "replicate"):
+            raise ValueError(
+                f"MaskConfig padding_mode={config.padding_mode!r}: expected 'zeros' or 'replicate'"
+            )
         self.config = config
-        w = config.width
-        layers: list[nn.Module] = [nn.Conv2d(6, w, 3, padding=1), nn.SiLU()]
+        w, pm = config.width, config.padding_mode
+
+        def conv(cin: int, cout: int, dilation: int = 1) -> nn.Conv2d:
+            return nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, padding_mode=pm)
+
+        layers: list[nn.Module] = [conv(6, w), nn.SiLU()]
         for i in range(config.depth - 2):
-            layers += [nn.Conv2d(w, w, 3, padding=1 + i % 2, dilation=1 + i % 2), nn.SiLU()]
-        layers.append(nn.Conv2d(w, 1, 3, padding=1))
+            layers += [conv(w, w, 1 + i % 2), nn.SiLU()]
+        layers.append(conv(w, 1))
         self.net = nn.Sequential(*layers)
+        if config.prior == "gradient":
+            # score = a * log10(energy) + b + convs; a, b start as the identity, convs at 0
+            self.prior_affine = nn.Parameter(torch.tensor([1.0, 0.0]))
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
 
     def forward(self, lr: Tensor) -> Tensor:
         """lr [T, 3, h, w] in [0, 1] -> score map [T, 1, h, w] (higher = more SR gain)."""
         prev = torch.cat((lr[:1], lr[:-1]), dim=0)  # [T, 3, h, w], frame 0 repeats itself
         x = torch.cat((lr - 0.5, lr - prev), dim=1)  # [T, 6, h, w]
-        return self.net(x)
+        out = self.net(x)
+        if self.config.prior == "gradient":
+            energy = gradient_energy(lr.float()).clamp_min(self.PRIOR_FLOOR)
+            a, b = self.prior_affine.unbind()
+            out = out + (a * torch.log10(energy) + b).to(out.dtype)
+        return out
 
 
 def gradient_energy(lr: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attend, padded_window_attention
@@ -41,6 +42,12 @@ class SRConfig:
     window: tuple[int, int, int] = (5, 8, 8)
     noise_std: float = 0.25
     rope_base: float = 64.0
+    # how a token's feature becomes its p x p residual: "linear" (one projection, DiT's final
+    # layer) or "conv" (a few convs on a sub-grid of p/head_cell cells that also read the
+    # token's base pixels; see ConvHead). Weights saved before the conv head say "linear".
+    head: str = "linear"
+    head_width: int = 48
+    head_cell: int = 4
 
     @property
     def token_dim(self) -> int:
@@ -62,13 +69,17 @@ class SRConfig:
 
 PRESETS: dict[str, SRConfig] = {
     # shipped default: small enough for a CPU demo, trained on real imagery
-    "default": SRConfig(),
+    "default": SRConfig(head="conv"),
     # unit tests: a few thousand parameters, same code paths
-    "tiny": SRConfig(dim=32, depth=2, heads=2, window=(2, 4, 4), mlp_ratio=2.0),
+    "tiny": SRConfig(
+        dim=32, depth=2, heads=2, window=(2, 4, 4), mlp_ratio=2.0, head="conv", head_width=8
+    ),
     # DESIGN.md's measured GPU shape: 12 blocks, width 384
-    "large": SRConfig(dim=384, depth=12, heads=6, mlp_ratio=4.0),
+    "large": SRConfig(dim=384, depth=12, heads=6, mlp_ratio=4.0, head="conv"),
     # production scale (SeedVR2-3B shape), random weights, benchmarks only
-    "seedvr2_3b": SRConfig(dim=2560, depth=32, heads=20, mlp_ratio=4.0, window=(4, 8, 8)),
+    "seedvr2_3b": SRConfig(
+        dim=2560, depth=32, heads=20, mlp_ratio=4.0, window=(4, 8, 8), head="conv"
+    ),
 }
 
 
@@ -183,6 +194,51 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+class ConvHead(nn.Module):
+    """Decodes a token's feature into its p x p residual with convs instead of one projection.
+
+    A linear head can only emit residuals from a fixed dim-wide subspace of patch space, and
+    it learned slowly: x4 detail is a nonlinear function of a few LR pixels. Here the feature
+    is spread over a (p/cell)^2 sub-grid (cell = 4: one LR pixel at x4), joined with the
+    token's own base pixels (space-to-depth), and three convs decode each cell. Everything
+    stays inside the token, so a kept token still depends only on kept tokens (and skipped
+    tokens stay exact).
+    """
+
+    def __init__(self, *, dim: int, patch: int, channels: int, width: int, cell: int) -> None:
+        super().__init__()
+        if patch % cell:
+            raise ValueError(f"SRConfig head_cell={cell} must divide patch={patch}")
+        self.patch, self.channels, self.width, self.cell = patch, channels, width, cell
+        self.grid = patch // cell
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.to_grid = nn.Linear(dim, width * self.grid * self.grid)
+        pix = channels * cell * cell
+        self.convs = nn.Sequential(
+            nn.Conv2d(width + pix, width, 3, padding=1),
+            nn.GELU(approximate="tanh"),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.GELU(approximate="tanh"),
+            nn.Conv2d(width, pix, 1),
+        )
+
+    def zero_output_(self) -> None:
+        nn.init.zeros_(self.ada[-1].weight)
+        nn.init.zeros_(self.ada[-1].bias)
+        nn.init.zeros_(self.convs[-1].weight)
+        nn.init.zeros_(self.convs[-1].bias)
+
+    def forward(self, x: Tensor, temb: Tensor, base: Tensor) -> Tensor:
+        k = x.shape[0]
+        g, c, p = self.grid, self.channels, self.patch
+        shift, scale = self.ada(temb).chunk(2, dim=-1)
+        feat = self.to_grid(modulate(self.norm(x), shift, scale)).reshape(k, self.width, g, g)
+        pix = F.pixel_unshuffle(base.reshape(k, c, p, p) - 0.5, self.cell)  # [K, c*cell², g, g]
+        out = self.convs(torch.cat((feat, pix.to(feat.dtype)), dim=1))  # [K, c*cell², g, g]
+        return F.pixel_shuffle(out, self.cell).reshape(k, c * p * p)
+
+
 # --- the model -------------------------------------------------------------------------------
 
 
@@ -203,7 +259,18 @@ class SRTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
         )
-        self.final = FinalLayer(config.dim, d)
+        if config.head == "linear":
+            self.final: nn.Module = FinalLayer(config.dim, d)
+        elif config.head == "conv":
+            self.final = ConvHead(
+                dim=config.dim,
+                patch=config.patch,
+                channels=config.channels,
+                width=config.head_width,
+                cell=config.head_cell,
+            )
+        else:
+            raise ValueError(f"SRConfig head={config.head!r}: expected 'linear' or 'conv'")
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -222,10 +289,13 @@ class SRTransformer(nn.Module):
         for blk in self.blocks:
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
-        nn.init.zeros_(self.final.ada[-1].weight)
-        nn.init.zeros_(self.final.ada[-1].bias)
-        nn.init.zeros_(self.final.linear.weight)
-        nn.init.zeros_(self.final.linear.bias)
+        if isinstance(self.final, ConvHead):
+            self.final.zero_output_()
+        else:
+            nn.init.zeros_(self.final.ada[-1].weight)
+            nn.init.zeros_(self.final.ada[-1].bias)
+            nn.init.zeros_(self.final.linear.weight)
+            nn.init.zeros_(self.final.linear.bias)
 
     @property
     def head_dim(self) -> int:
@@ -247,7 +317,11 @@ class SRTransformer(nn.Module):
         rope = rope_tables(coords, self.head_dim, cfg.rope_base)  # [K, 1, D/2] x2
         for i, blk in enumerate(self.blocks):
             x = blk(x, temb, rope, attends[i % len(attends)])  # [K, C]
-        r_hat = self.final(x, temb).float() * cfg.noise_std  # [K, 3p²] predicted residual
+        if isinstance(self.final, ConvHead):
+            out = self.final(x, temb, base.to(x.dtype))
+        else:
+            out = self.final(x, temb)
+        r_hat = out.float() * cfg.noise_std  # [K, 3p²] predicted residual
         # velocity from the residual prediction (x0-parameterisation): the net never has to
         # copy the noise through its C-wide bottleneck, and one step from t = 1 lands on r_hat
         return (state.float() - r_hat) / t.float().reshape(-1, 1).clamp_min(1e-3)  # [K, 3p²]
