@@ -123,7 +123,7 @@ def main() -> None:
     )
     val_lr, val_hr, val_s = held.sample(8, scale=4)
     val_gain = token_gain(sr, val_lr, val_hr, val_s).flatten(1)  # [B, N]
-    b, t, _, h, w = val_lr.shape
+    b, _, _, h, w = val_lr.shape
     grid = (h * val_s // p, w * val_s // p)
     grad = gradient_energy(val_lr.flatten(0, 1))
     grad_scores = token_scores(grad, scale=val_s, patch=p, grid=grid).reshape(b, -1)

@@ -50,6 +50,7 @@ import vapoursynth as vs
 from .backends.base import Runner
 from .backends.select import BACKEND_NAMES, Backend, resolve_backend
 from .backends.tensorrt_backend import TensorRTBackend
+from .models.sr import SRTransformer
 from .models.weights import (
     DEFAULT_MASK_WEIGHTS,
     DEFAULT_SR_WEIGHTS,
@@ -57,7 +58,6 @@ from .models.weights import (
     load_mask,
     load_sr,
 )
-from .models.sr import SRTransformer
 from .pipeline import upscale_window
 from .staging import HostPool
 from .windows import Blend, Contribution, WindowPlan
