@@ -10,13 +10,15 @@ Sections (``--sections``, comma-separated):
             on a real validation clip, dense and skipped, at 1, 4 and 8 steps; plus the
             VapourSynth format conversion (resize YUV420P8 <-> RGBS) per frame
   vspipe    end to end: vspipe scripts/demo.vpy to a null sink (and piped into x264 where an
-            encoder is found), dense against SkipSR, same run, at 1, 4 and 8 steps, plus (CUDA)
-            the SeedVR2-3B-shaped preset on 720p windows of 21 frames; steady-state fps from
-            runs over N and 2N frames (the one-time warm-up cancels)
+            encoder is found), dense against SkipSR, same run, for each --vspipe-cases entry:
+            the default model at 1, 4 and 8 steps, eager and (CUDA) with CUDA graphs, and
+            (CUDA) the SeedVR2-3B-shaped preset on 720p windows of 21 frames; steady-state fps
+            from runs over N and 2N frames (the one-time warm-up cancels)
 Prints tables; writes --out/bench.json and --out/bench.png.
 
     python scripts/bench.py --sections peak,sr,large,stages,vspipe --out out/bench   # GPU
-    python scripts/bench.py --device cpu --sections stages,vspipe --frames 15        # CPU
+    python scripts/bench.py --device cpu --sections stages,vspipe --frames 30 \
+        --vspipe-cases eager:1:null,eager:1:x264,eager:4:null --streams 1 --requests 2  # CPU
 """
 
 from __future__ import annotations
@@ -407,16 +409,19 @@ def bench_vspipe(args) -> None:
         else {"skip_ratio": "0.5", "scorer": args.scorer}
     )
     say(f"SkipSR settings: {skip_kw}")
-    # (regime, steps, sink, extra vspipe args, N)
+    # (regime, steps, sink, extra vspipe args, N) from --vspipe-cases
+    regimes = {
+        "eager": ({}, args.frames),
+        "graphs": ({"cuda_graphs": "1"}, args.frames),
+        "large": ({"preset": "seedvr2_3b", "window": "21", "lr_width": "320"}, args.large_frames),
+    }
     cases = []
-    for steps in args.steps:
-        cases.append(("default", steps, "null", {}, args.frames))
-        if steps == args.steps[0]:
-            cases.append(("default", steps, "x264", {}, args.frames))
-    if cuda and args.large_frames:
-        large = {"preset": "seedvr2_3b", "window": "21", "lr_width": "320"}
-        cases.append(("seedvr2_3b", 1, "null", large, args.large_frames))
-        cases.append(("seedvr2_3b", 1, "x264", large, args.large_frames))
+    for item in args.vspipe_cases.split(","):
+        regime, steps, sink = item.split(":")
+        if regime != "eager" and not cuda:
+            continue  # graphs and the 3B shape are GPU regimes
+        extra, n = regimes[regime]
+        cases.append((regime, int(steps), sink, extra, n))
     say(
         f"{'regime':>10} {'steps':>5} {'sink':>5} {'N':>4} {'dense steady':>12} "
         f"{'skip steady':>11} {'speed-up':>8} {'dense short':>11} {'skip short':>10}"
@@ -492,10 +497,16 @@ def main() -> None:
     ap.add_argument("--clip", type=Path, default=ROOT / "data/val/clips/cockatoo.mp4")
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--steps", default="1,4,8")
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--scorer", default="gradient")
     ap.add_argument("--requests", type=int, default=4)
+    ap.add_argument(
+        "--vspipe-cases",
+        default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
+        "graphs:1:x264,graphs:4:null,large:1:null",
+        help="regime:steps:sink list; regimes eager (the default model), graphs (the same "
+        "with cuda_graphs=1), large (SeedVR2-3B shape, random weights, 21-frame 720p windows)",
+    )
     ap.add_argument(
         "--large-frames",
         type=int,
@@ -505,7 +516,6 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "out/bench")
     args = ap.parse_args()
-    args.steps = [int(s) for s in args.steps.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(args.device)
     sections = args.sections.split(",")

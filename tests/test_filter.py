@@ -517,6 +517,25 @@ def test_cuda_pinned_buffers_recycled_under_concurrency_give_the_same_bytes(
     assert pools[1].pinned and pools[1].allocated < n_requests
 
 
+@needs_cuda
+def test_cuda_graphs_under_concurrency_match_a_linear_pass_and_eager(
+    make_clip: MakeClip, sr
+) -> None:
+    """CUDA graphs share static buffers and one memory pool across two streams and six
+    threads: shuffled requests give the bytes of a linear pass, and the frames stay within
+    one code of eager mode."""
+    clip = make_clip(vs.YUV420P10)
+    kw = {"backend": "cuda", "window": 4, "overlap": 1, "skip_ratio": 0.5, "num_streams": 2}
+    eager = [_planes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
+    graphs = sr(clip, cuda_graphs=True, **kw)
+    want = [_bytes(graphs.get_frame(n)) for n in range(N_FRAMES)]
+    shuffled = sr(clip, cuda_graphs=True, cache_windows=2, **kw)
+    _assert_shuffled_threads_match(shuffled, want, seed=12, repeats=2, workers=6)
+    for n in range(N_FRAMES):
+        for a, b in zip(_planes(graphs.get_frame(n)), eager[n], strict=True):
+            assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, f"frame {n}"
+
+
 # --- bad inputs ------------------------------------------------------------------------------
 
 
@@ -569,6 +588,12 @@ def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[obje
         ("scorer", lambda mk: (yuv(mk), {"scorer": "oracle"}), "scorer='oracle'"),
         ("blend", lambda mk: (yuv(mk), {"blend": "cubic"}), "blend='cubic'"),
         ("cache", lambda mk: (yuv(mk), {"cache_windows": 0}), "cache_windows=0"),
+        ("cuda_graphs type", lambda mk: (yuv(mk), {"cuda_graphs": 1}), "cuda_graphs=1"),
+        (
+            "cuda_graphs on cpu",
+            lambda mk: (yuv(mk), {"cuda_graphs": True, "backend": "cpu"}),
+            "backend='cpu'",
+        ),
         ("sr weights", lambda mk: (yuv(mk), {"sr_weights": missing}), str(missing)),
         ("mask weights", lambda mk: (yuv(mk), {"mask_weights": missing}), str(missing)),
     ]

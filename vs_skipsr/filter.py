@@ -677,6 +677,7 @@ def _check_args(
     num_streams: object,
     cache_windows: object,
     backend: object,
+    cuda_graphs: object,
 ) -> None:
     if not _is_int(scale) or scale not in (2, 3, 4):
         raise _fail(f"scale={scale!r}: accepted 2, 3 or 4")
@@ -712,6 +713,15 @@ def _check_args(
     if not _is_int(device_index) or not 0 <= device_index < max(n_cuda, 1):
         seen = f"{n_cuda} CUDA device(s)" if n_cuda else "no CUDA device, so only 0"
         raise _fail(f"device_index={device_index!r}: accepted 0..{max(n_cuda, 1) - 1} ({seen})")
+    if not isinstance(cuda_graphs, bool):
+        raise _fail(f"cuda_graphs={cuda_graphs!r}: accepted True or False")
+    if cuda_graphs and backend in ("cpu", "trt", "tensorrt", "ort", "onnxruntime"):
+        raise _fail(
+            f"cuda_graphs=True with backend={backend!r}: CUDA graphs are for the torch backend "
+            "on CUDA ('auto', 'torch' or 'cuda' on a machine with a GPU)"
+        )
+    if cuda_graphs and n_cuda == 0:
+        raise _fail("cuda_graphs=True: torch sees no CUDA device on this machine")
     if isinstance(backend, str):
         if backend not in BACKEND_NAMES:
             raise _fail(f"backend={backend!r}: accepted {', '.join(map(repr, BACKEND_NAMES))}")
@@ -751,6 +761,7 @@ def skipsr(
     device_index: int = 0,
     num_streams: int = 1,
     fp16: bool = True,
+    cuda_graphs: bool = False,
     show_mask: bool = False,
     sr_weights: str | os.PathLike[str] | SRTransformer | None = None,
     mask_weights: str | os.PathLike[str] | None = None,
@@ -791,6 +802,10 @@ def skipsr(
         device_index: CUDA device for 'auto'/'torch'/'cuda'.
         num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
         fp16: half precision on CUDA (the CPU always runs float32).
+        cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one captured
+            per token-count bucket the first time it occurs. For small models, where
+            launching kernels costs more than running them; replays of graphs do not overlap
+            one another (they share memory), the other stages still do.
         show_mask: draw the keep mask over the output: skipped tokens dimmed and tinted
             blue, kept tokens outlined in green.
         sr_weights, mask_weights: safetensors files; default the shipped ones. sr_weights
@@ -822,6 +837,7 @@ def skipsr(
         num_streams=num_streams,
         cache_windows=cache_windows,
         backend=backend,
+        cuda_graphs=cuda_graphs,
     )
     if stats is not None and not isinstance(stats, SkipSRStats):
         raise _fail(f"stats={stats!r}: accepted a SkipSRStats or None")
@@ -860,7 +876,9 @@ def skipsr(
         raise _fail(f"overlap={overlap} with window={t} (the model's): accepted overlap < {t}")
 
     try:
-        spec = resolve_backend(backend, device_index=device_index, fp16=fp16)
+        spec = resolve_backend(
+            backend, device_index=device_index, fp16=fp16, cuda_graphs=cuda_graphs
+        )
     except ValueError as e:
         raise _fail(f"backend={backend!r}: {e}") from e
     if isinstance(spec, TensorRTBackend):  # engines sized for this clip's windows

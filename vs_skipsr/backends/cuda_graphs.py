@@ -9,6 +9,7 @@ bucket, and :func:`~vs_skipsr.tokens.pad_partition` pads the partitions to a win
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -32,7 +33,9 @@ class _Graph:
                 fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # thread_local: the filter's other threads keep launching work (and allocating) on
+        # their own streams while this one captures
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.output = fn(*self.inputs)
 
     def __call__(self, inputs: list[Tensor]) -> Tensor:
@@ -61,6 +64,13 @@ class GraphCache:
         self.graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
         self.captures = 0
+        # the filter calls from several threads (one CUDA stream each): the cache, a capture
+        # and the order of replays of one graph are guarded by one lock (replays are launches
+        # only, so holding it costs microseconds)
+        self._lock = threading.Lock()
+        # graphs share one memory pool and each its static buffers: a replay must not run on
+        # the GPU beside another, whatever their streams, so each waits for the last one's end
+        self._last: torch.cuda.Event | None = None
 
     def _windows(self, p: Partition, tokens: int) -> int:
         n_pad = tokens - p.order.shape[0]
@@ -86,13 +96,20 @@ class GraphCache:
         inputs = [base, state, coords, t.reshape(1)]
         for p in padded:
             inputs += [p.order, p.cu_seqlens, p.part]
-        graph = self.graphs.get(key)
-        if graph is None:
-            log.info("capturing a CUDA graph for %d tokens, %s windows", k, key[1:])
-            graph = _Graph(self.fn, inputs, self.pool)
-            self.captures += 1
-            self.graphs[key] = graph
-            while len(self.graphs) > self.max_graphs:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(key)
-        return graph(inputs)
+        with self._lock:
+            graph = self.graphs.get(key)
+            if graph is None:
+                log.info("capturing a CUDA graph for %d tokens, %s windows", k, key[1:])
+                graph = _Graph(self.fn, inputs, self.pool)
+                self.captures += 1
+                self.graphs[key] = graph
+                while len(self.graphs) > self.max_graphs:
+                    self.graphs.popitem(last=False)
+            self.graphs.move_to_end(key)
+            stream = torch.cuda.current_stream()
+            if self._last is not None:
+                stream.wait_event(self._last)
+            out = graph(inputs)
+            self._last = torch.cuda.Event()
+            self._last.record(stream)
+            return out
