@@ -70,10 +70,12 @@ log = logging.getLogger(__name__)
 Scorer = Literal["auto", "learned", "gradient"]
 
 # Used when neither threshold nor skip_ratio is given: per scorer, the threshold chosen from the
-# validation curves of reports/quality.md. gradient 0.0054: the largest within 0.1 dB of the
-# dense model on the validation clips (skips 47% there, 68% of the photos' tokens for a
-# 0.07 dB drop); learned -5.89: the last within ~0.06 dB on the photos, skipping only 15%.
-DEFAULT_THRESHOLD = {"gradient": 0.0054, "learned": -5.89}
+# validation curves of reports/quality.md (section 4): the largest whose real drop from the
+# dense model stays within 0.1 dB on the validation photos and clips. gradient 0.006967: skips
+# 72% of the photos' tokens (0.097 dB) and 52% of the clips' (0.009 dB); learned -5.512: the
+# photos allow -4.949, but the clips drop 0.25 dB there; -5.512 skips 37% of the clips' tokens
+# for 0.085 dB.
+DEFAULT_THRESHOLD = {"gradient": 0.006967, "learned": -5.512}
 MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see mostly padding
 # Devices whose windows come back to the host as float16 where the output format allows it
 # (see _host_dtype). Not the CPU: there the window is already in host memory as float32, and
@@ -788,7 +790,7 @@ def skipsr(
             gradient energy of the LR luma with scorer='gradient').
         skip_ratio: skip this fraction of each window's tokens, 0 <= skip_ratio < 1; 0 runs
             every token (the dense model). Give threshold or skip_ratio, not both; with
-            neither, the scorer's default threshold (gradient: 0.0054, chosen on the
+            neither, the scorer's default threshold (gradient: 0.006967, chosen on the
             validation set; see the README).
         scorer: 'gradient' (the default: local gradient energy of the LR luma, which ranked
             tokens better than the shipped mask net on the validation set), 'learned' (the

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One device call: the GPU benchmarks, with VapourSynth, L-SMASH Works and imageio-ffmpeg
+# (ffmpeg + libx264) carried as wheels in .whl/ (the machine has no network).
+# Usage (GPU machine, repo root, data/val/clips/cockatoo.mp4 present):
+#   bash scripts/gpu_bench.sh OUTDIR [scripts/bench.py arguments...]
+set -uo pipefail
+out=${1:-out/gpu_bench}
+shift || true
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH="$PWD:/tmp/site" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
+python3 -m vapoursynth config >/dev/null 2>&1 || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m pytest -q -p no:cacheprovider tests/test_filter.py -k cuda 2>&1 | tail -4
+python3 scripts/bench.py --out "$out" "$@"
