@@ -26,14 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +190,21 @@ def clip_frames(path: Path, n: int, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack(frames)
 
 
+def to_host(frames: torch.Tensor, pinned: dict[tuple[int, ...], torch.Tensor]) -> None:
+    """A window back to the host the way the filter brings it (filter._to_host): from a GPU as
+    float16 converted there, into a reused pinned buffer, then waited for; on the CPU the
+    window already is in host memory."""
+    if frames.device.type != "cuda":
+        return
+    buf = pinned.get(tuple(frames.shape))
+    if buf is None:
+        buf = pinned[tuple(frames.shape)] = torch.empty(
+            frames.shape, dtype=torch.float16, pin_memory=True
+        )
+    buf.copy_(frames.to(torch.float16), non_blocking=True)
+    torch.cuda.current_stream(frames.device).synchronize()
+
+
 def bench_stages(dev: torch.device, args) -> None:
     sr = load_sr()
     mask = load_mask()
@@ -200,6 +216,7 @@ def bench_stages(dev: torch.device, args) -> None:
     windows = [lr_all[i : i + t] for i in range(0, lr_all.shape[0] - t + 1, t)]
     if dev.type == "cuda":
         windows = [w.pin_memory() for w in windows]
+    pinned: dict[tuple[int, ...], torch.Tensor] = {}
     out = {}
     say(
         f"\nper-stage ms per window of {t} frames, {lr_size[0]}x{lr_size[1]} -> x4, {args.clip.name}, "
@@ -234,7 +251,7 @@ def bench_stages(dev: torch.device, args) -> None:
                         acc[k2] += v
                     kept += res.stats.kept_ratio
                     t0 = time.perf_counter()
-                    res.frames.cpu()
+                    to_host(res.frames, pinned)
                     acc["d2h"] += time.perf_counter() - t0
             n = len(windows)
             row = {h: 1e3 * acc[h] / n for h in header}
@@ -329,66 +346,84 @@ def find_encoder() -> list[str] | None:
     return None
 
 
-def vspipe_run(args, extra: dict[str, str], encoder: list[str] | None, frames: int) -> float:
-    """Seconds vspipe reports for ``frames`` frames (its clock starts after the script is
-    evaluated, so torch import and model loading stay out; the first window's CUDA warm-up
-    stays in: see :func:`vspipe_fps`)."""
+def y4m_frame_bytes(header: bytes) -> int:
+    """Bytes of one frame's planes from a YUV4MPEG2 stream header (C tag: 420/422/444/mono,
+    optional p10..p16 for two bytes a sample)."""
+    tags = dict((t[:1], t[1:]) for t in header.split()[1:])
+    w, h = int(tags[b"W"]), int(tags[b"H"])
+    c = tags.get(b"C", b"420").decode()
+    per_px = {"420": 1.5, "422": 2.0, "444": 3.0, "mon": 1.0}[c[:3]]
+    depth = 2 if "p" in c[3:] or c.startswith("mono1") else 1
+    return int(w * h * per_px) * depth
+
+
+def vspipe_run(
+    args, extra: dict[str, str], encoder: list[str] | None, frames: int, warmup: int
+) -> dict[str, float]:
+    """vspipe demo.vpy into a sink that timestamps every frame as it arrives (and passes it on
+    to the encoder, whose back-pressure then paces vspipe). vspipe -p gives one rate for the
+    whole run, and on a GPU the first windows carry seconds of one-time costs (CUDA context,
+    kernel selection, allocator growth, graph capture) that a long encode never sees again:
+    the steady rate is taken over the frames after ``warmup``."""
     vspipe = shutil.which("vspipe") or str(Path(sys.executable).parent / "vspipe")
     extra = dict(extra)
     lr_w = extra.pop("lr_width", "480" if args.device.startswith("cuda") else "160")
-    cmd = [
-        vspipe,
-        "-p",
-        "-c",
-        "y4m",
-        "-r",
-        str(args.requests),
-        "-a",
-        f"src={args.clip}",
-        "-a",
-        f"frames={frames}",
-        "-a",
-        f"lr_width={lr_w}",
-        "-a",
-        f"backend={'cuda' if args.device.startswith('cuda') else 'cpu'}",
-        "-a",
-        f"num_streams={args.streams}",
-    ]
-    for k, v in extra.items():
+    cmd = [vspipe, "-c", "y4m", "-r", str(args.requests)]
+    kw = {
+        "src": str(args.clip),
+        "frames": str(frames),
+        "lr_width": lr_w,
+        "backend": "cuda" if args.device.startswith("cuda") else "cpu",
+        "num_streams": str(args.streams),
+        **extra,
+    }
+    for k, v in kw.items():
         cmd += ["-a", f"{k}={v}"]
-    cmd += [str(ROOT / "scripts" / "demo.vpy"), "-" if encoder else "--"]
-    if encoder:
-        p1 = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        p2 = subprocess.run(encoder, stdin=p1.stdout, capture_output=True, check=False)
-        p1.stdout.close()
-        err = p1.stderr.read().decode()
-        p1.wait()
-        if p1.returncode or p2.returncode:
-            raise RuntimeError(
-                f"vspipe rc={p1.returncode} {err[-800:]} encoder rc={p2.returncode} "
-                f"{p2.stderr[-300:]}"
+    cmd += [str(ROOT / "scripts" / "demo.vpy"), "-"]
+    with tempfile.TemporaryFile() as err:
+        t_start = time.perf_counter()
+        src = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        enc = None
+        if encoder:
+            enc = subprocess.Popen(
+                encoder, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
-    else:
-        p = subprocess.run(cmd, capture_output=True, check=False)
-        err = p.stderr.decode()
-        if p.returncode:
-            raise RuntimeError(f"vspipe rc={p.returncode}: {err[-800:]}")
-    m = re.search(r"Output (\d+) frames in ([\d.]+) seconds \(([\d.]+) fps\)", err)
-    if not m or int(m.group(1)) != frames:
-        raise RuntimeError(f"vspipe did not report {frames} frames: {err[-400:]}")
-    return float(m.group(2))
-
-
-def vspipe_fps(
-    args, extra: dict[str, str], encoder: list[str] | None, frames: int
-) -> tuple[float, float]:
-    """(steady-state fps, fps of the short run). The same settings run over ``frames`` and
-    2 * ``frames``: both pay the one-time warm-up (CUDA context, kernels, first allocations),
-    so the extra ``frames`` over the extra seconds is the rate a long encode settles at."""
-    t1 = vspipe_run(args, extra, encoder, frames)
-    t2 = vspipe_run(args, extra, encoder, 2 * frames)
-    steady = frames / (t2 - t1) if t2 > t1 else float("nan")
-    return steady, frames / t1
+        stamps = []
+        try:
+            header = src.stdout.readline()
+            if not header.startswith(b"YUV4MPEG2"):
+                raise RuntimeError(f"vspipe wrote no y4m header: {header[:80]!r}")
+            size = y4m_frame_bytes(header)
+            if enc:
+                enc.stdin.write(header)
+            for _ in range(frames):
+                tag = src.stdout.readline()
+                data = src.stdout.read(size)
+                if not tag.startswith(b"FRAME") or len(data) != size:
+                    break
+                stamps.append(time.perf_counter())
+                if enc:
+                    enc.stdin.write(tag + data)
+        finally:
+            src.stdout.close()
+            rc = src.wait()
+            enc_err = b""
+            if enc:
+                enc.stdin.close()
+                enc_err = enc.stderr.read()
+                enc.wait()
+        err.seek(0)
+        msg = err.read().decode(errors="replace")
+    if rc or len(stamps) != frames or (enc and enc.returncode):
+        raise RuntimeError(
+            f"vspipe rc={rc}, {len(stamps)}/{frames} frames: {msg[-800:]}"
+            + (f" encoder rc={enc.returncode} {enc_err[-300:]!r}" if enc else "")
+        )
+    return {
+        "steady_fps": (frames - warmup) / (stamps[-1] - stamps[warmup - 1]),
+        "first_frame_s": stamps[0] - t_start,
+        "all_fps": frames / (stamps[-1] - t_start),
+    }
 
 
 def bench_vspipe(args) -> None:
@@ -400,8 +435,9 @@ def bench_vspipe(args) -> None:
         f"num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}"
     )
     say(
-        "steady fps: each setting runs over N and 2N frames, steady = N / (t(2N) - t(N)), so the"
-        " one-time warm-up cancels; 'short' is N / t(N) with the warm-up in"
+        "steady fps: frames timestamped as they leave vspipe (then passed to the encoder), over"
+        " the N - W frames after the first W (warm-up: CUDA context, kernels, graph capture);"
+        " 'first s' = process start to the first frame (script loading included)"
     )
     skip_kw = (
         {"threshold": str(args.threshold), "scorer": args.scorer}
@@ -409,55 +445,97 @@ def bench_vspipe(args) -> None:
         else {"skip_ratio": "0.5", "scorer": args.scorer}
     )
     say(f"SkipSR settings: {skip_kw}")
-    # (regime, steps, sink, extra vspipe args, N) from --vspipe-cases
+    window = 5
+    # regime -> (extra vspipe args, N frames, W warm-up frames)
     regimes = {
-        "eager": ({}, args.frames),
-        "graphs": ({"cuda_graphs": "1"}, args.frames),
-        "large": ({"preset": "seedvr2_3b", "window": "21", "lr_width": "320"}, args.large_frames),
+        "eager": ({}, args.frames, 2 * window),
+        "graphs": ({"cuda_graphs": "1"}, args.frames, 2 * window),
+        "large": (
+            {"preset": "seedvr2_3b", "window": "21", "lr_width": "320"},
+            args.large_frames,
+            42,
+        ),
     }
     cases = []
     for item in args.vspipe_cases.split(","):
         regime, steps, sink = item.split(":")
         if regime != "eager" and not cuda:
             continue  # graphs and the 3B shape are GPU regimes
-        extra, n = regimes[regime]
-        cases.append((regime, int(steps), sink, extra, n))
+        extra, n, w = regimes[regime]
+        cases.append((regime, int(steps), sink, extra, n, w))
     say(
-        f"{'regime':>10} {'steps':>5} {'sink':>5} {'N':>4} {'dense steady':>12} "
-        f"{'skip steady':>11} {'speed-up':>8} {'dense short':>11} {'skip short':>10}"
+        f"{'regime':>8} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
+        f"{'skip fps':>8} {'speed-up':>8} {'kept':>5} {'ideal':>6} {'of ideal':>8} "
+        f"{'first s d/s':>11}"
     )
-    for regime, steps, sink, extra, n in cases:
+    for regime, steps, sink, extra, n, w in cases:
         enc = encoder if sink == "x264" else None
         if sink == "x264" and enc is None:
             say(f"{regime} {steps} x264: no encoder found (ffmpeg, imageio-ffmpeg or x264)")
             continue
         try:
-            fd, fd_short = vspipe_fps(
-                args, {**extra, "skip_ratio": "0", "steps": str(steps)}, enc, n
-            )
-            fs, fs_short = vspipe_fps(args, {**extra, **skip_kw, "steps": str(steps)}, enc, n)
+            d = vspipe_run(args, {**extra, "skip_ratio": "0", "steps": str(steps)}, enc, n, w)
+            s_ = vspipe_run(args, {**extra, **skip_kw, "steps": str(steps)}, enc, n, w)
         except Exception as e:
             say(f"{regime} {steps} {sink}: failed: {e}")
             continue
+        kept = kept_fraction(args, extra, skip_kw, n)
+        speedup = s_["steady_fps"] / d["steady_fps"]
+        ideal = 1 / kept if kept else float("inf")
         rows.append(
             {
                 "regime": regime,
                 "steps": steps,
                 "sink": sink,
                 "frames": n,
-                "dense_fps": fd,
-                "skip_fps": fs,
-                "speedup": fs / fd,
-                "dense_fps_short": fd_short,
-                "skip_fps_short": fs_short,
-                "skip": skip_kw,
+                "warmup": w,
+                "dense": d,
+                "skip": s_,
+                "speedup": speedup,
+                "kept": kept,
+                "ideal": ideal,
+                "of_ideal": speedup / ideal,
+                "skip_settings": skip_kw,
             }
         )
         say(
-            f"{regime:>10} {steps:5d} {sink:>5} {n:4d} {fd:12.2f} {fs:11.2f} {fs / fd:7.2f}x "
-            f"{fd_short:11.2f} {fs_short:10.2f}"
+            f"{regime:>8} {steps:5d} {sink:>5} {n:4d} {w:3d} {d['steady_fps']:9.2f} "
+            f"{s_['steady_fps']:8.2f} {speedup:7.2f}x {kept:5.2f} {ideal:5.2f}x "
+            f"{speedup / ideal:7.0%} {d['first_frame_s']:5.1f}/{s_['first_frame_s']:<5.1f}"
         )
     RESULTS["vspipe"] = rows
+
+
+def kept_fraction(args, extra: dict[str, str], skip_kw: dict[str, str], frames: int) -> float:
+    """The kept token fraction of the skip runs: the keep sets recomputed in this process on
+    the same LR frames (demo.vpy's resize, the filter's conversion to RGB), scorer and
+    threshold; the SR net plays no part in them."""
+    import vapoursynth as vs
+
+    from vs_skipsr.filter import _to_rgbs
+    from vs_skipsr.models.mask import gradient_energy, token_scores
+
+    core = vs.core
+    clip = core.bs.VideoSource(str(args.clip)) if hasattr(core, "bs") else None
+    if clip is None:
+        clip = core.lsmas.LWLibavSource(str(args.clip))
+    clip = clip[:frames]
+    lr_w = int(extra.get("lr_width", "480" if args.device.startswith("cuda") else "160"))
+    lr_h = round(clip.height * lr_w / clip.width / 2) * 2
+    rgb = _to_rgbs(core.resize.Bicubic(clip, lr_w, lr_h, format=vs.YUV420P8))
+    patch, scale = 16, 4
+    grid = (-(-lr_h * scale // patch), -(-lr_w * scale // patch))
+    if "skip_ratio" in skip_kw:
+        return 1.0 - float(skip_kw["skip_ratio"])
+    mask = load_mask() if skip_kw["scorer"] == "learned" else None
+    kept = []
+    for f in rgb.frames():
+        lr = torch.from_numpy(np.stack([np.asarray(f[p]) for p in range(3)]))[None].float()
+        with torch.no_grad():
+            score_map = mask(lr) if mask is not None else gradient_energy(lr)
+        scores = token_scores(score_map, scale=scale, patch=patch, grid=grid)
+        kept.append(float((scores > float(skip_kw["threshold"])).float().mean()))
+    return float(np.mean(kept))
 
 
 def plot(out: Path) -> None:
