@@ -449,17 +449,18 @@ def bench_vspipe(args) -> None:
     # regime -> (extra vspipe args, N frames, W warm-up frames)
     regimes = {
         "eager": ({}, args.frames, 2 * window),
+        "rgb": ({"device_color": "0"}, args.frames, 2 * window),
         "graphs": ({"cuda_graphs": "1"}, args.frames, 2 * window),
         "large": (
             {"preset": "seedvr2_3b", "window": "21", "lr_width": "320"},
             args.large_frames,
-            42,
+            2 * 21,
         ),
     }
     cases = []
     for item in args.vspipe_cases.split(","):
         regime, steps, sink = item.split(":")
-        if regime != "eager" and not cuda:
+        if regime not in ("eager", "rgb") and not cuda:
             continue  # graphs and the 3B shape are GPU regimes
         extra, n, w = regimes[regime]
         cases.append((regime, int(steps), sink, extra, n, w))
@@ -582,8 +583,9 @@ def main() -> None:
         "--vspipe-cases",
         default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
         "graphs:1:x264,graphs:4:null,large:1:null",
-        help="regime:steps:sink list; regimes eager (the default model), graphs (the same "
-        "with cuda_graphs=1), large (SeedVR2-3B shape, random weights, 21-frame 720p windows)",
+        help="regime:steps:sink list; regimes eager (the default model, skipsr's defaults), "
+        "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
+        "(cuda_graphs=1), large (SeedVR2-3B shape, random weights, 21-frame 720p windows)",
     )
     ap.add_argument(
         "--large-frames",

@@ -1298,7 +1298,7 @@ def render_report(
 
     add("\n## 4. Default threshold\n")
     add(
-        "Score units: learned = log10 of the predicted per-pixel MSE gain; gradient = mean squared LR luma "
+        "Score units: learned = the predicted per-pixel MSE gain (RGB in [0, 1]); gradient = mean squared LR luma "
         f"gradient (RGB in [0, 1]). Candidates: quantiles 0..0.95 of the pooled photo token scores; each run for "
         f"real on the photos. Chosen: going up the thresholds (the skip grows with them), the last one before the "
         f"real mean drop on the photos first exceeds {THRESH_MAX_DROP_DB} dB.\n"

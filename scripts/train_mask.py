@@ -6,8 +6,9 @@ token's pixels, with the SR net run one step on all tokens. What matters at infe
 order: skipping token i instead of j costs gain_i - gain_j of squared error. So the loss is a
 pairwise logistic ranking loss inside each window, every pair weighted by |gain_i - gain_j|
 (swapping two flat tokens costs nothing, missing a textured one costs much), plus a small
-regression of log10(max(gain, 1e-6)) that keeps scores calibrated, so a threshold still reads
-as "keep tokens whose predicted per-pixel MSE gain exceeds 10^tau". The net starts as the
+regression of log10(max(gain, 1e-6)) that keeps scores calibrated, so a threshold reads as
+"keep tokens whose predicted per-pixel MSE gain exceeds tau" (the map is linear; tokens
+average it). The net starts as the
 gradient-energy heuristic (MaskConfig.prior) and the checkpoint kept is the one that loses
 the least SR gain on held-out windows at skip ratios 0.3 / 0.5 / 0.7.
 
@@ -164,7 +165,8 @@ def main() -> None:
             group["lr"] = cosine_lr(args.lr, (time.time() - t0) / budget)
         lr, hr, scale = sampler.sample(args.batch)
         gain = token_gain(sr, lr, hr, scale)
-        pred = predicted_scores(mask, lr, scale, p)
+        # the map is a linear gain (tokens average it); rank and regress in log10
+        pred = torch.log10(predicted_scores(mask, lr, scale, p).clamp_min(LOG_FLOOR))
         target = torch.log10(gain.clamp_min(LOG_FLOOR))
         loss = ranking_loss(pred.flatten(1), gain.flatten(1)) + args.reg_weight * (
             F.smooth_l1_loss(pred, target, beta=0.5)

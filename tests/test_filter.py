@@ -631,3 +631,60 @@ def test_learned_scorer_without_mask_weights_is_refused(
 ) -> None:
     with pytest.raises(vs.Error, match="skipsr: scorer='learned' needs mask weights"):
         skipsr(make_clip(vs.RGB24), sr_weights=sr_weights, scorer="learned")
+
+
+# --- colour conversion on the device ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.YUV420P10, vs.YUV422P8, vs.YUV444P8])
+@pytest.mark.parametrize("matrix", [1, 6])
+def test_device_color_matches_the_resize_within_one_code(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, fmt: int, matrix: int
+) -> None:
+    """The planes converted in torch (here on the CPU, as on a GPU) against the resize back
+    from RGB: every sample within one code, the same props, frames in order."""
+    monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
+    clip = vs.core.std.SetFrameProps(make_clip(fmt), _Matrix=matrix, _Range=0, _ChromaLocation=0)
+    kw = {"window": 4, "skip_ratio": 0.5}
+    on_device = sr(clip, **kw)  # auto: chosen because "cpu" counts as a device here
+    resized = sr(clip, device_color=False, **kw)
+    assert on_device.format.id == resized.format.id == fmt
+    for n in range(N_FRAMES):
+        a, b = on_device.get_frame(n), resized.get_frame(n)
+        for pa, pb in zip(_planes(a), _planes(b), strict=True):
+            assert np.abs(pa.astype(np.int32) - pb.astype(np.int32)).max() <= 1, f"frame {n}"
+        luma = np.asarray(a[0]).astype(np.float64) / ((1 << a.format.bits_per_sample) - 1)
+        assert read_index(luma, scale=4) == n
+        assert {k: v for k, v in a.props.items() if k != "SkipSRWindowMs"} == {
+            k: v for k, v in b.props.items() if k != "SkipSRWindowMs"
+        }
+
+
+@needs_cuda
+def test_cuda_device_color_under_concurrency_gives_the_same_bytes(make_clip: MakeClip, sr) -> None:
+    """On a GPU (device_color on by default there), two streams, a two-window cache and
+    shuffled requests from six threads give the bytes of a linear pass; within one code of
+    the resize path."""
+    clip = make_clip(vs.YUV420P10)
+    kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5, "num_streams": 2}
+    want = [_bytes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
+    _assert_shuffled_threads_match(
+        sr(clip, cache_windows=2, **kw), want, seed=13, repeats=2, workers=6
+    )
+    resized = sr(clip, device_color=False, **kw)
+    on_device = sr(clip, **kw)
+    for n in range(N_FRAMES):
+        for a, b in zip(
+            _planes(on_device.get_frame(n)), _planes(resized.get_frame(n)), strict=True
+        ):
+            assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, f"frame {n}"
+
+
+def test_device_color_refuses_what_it_cannot_convert(make_clip: MakeClip, sr) -> None:
+    with pytest.raises(vs.Error, match="device_color=True: overlap=1"):
+        sr(make_clip(vs.YUV420P8), window=4, overlap=1, device_color=True)
+    with pytest.raises(vs.Error, match="device_color=True: the clip is RGB24"):
+        sr(make_clip(vs.RGB24), device_color=True)
+    clip = vs.core.std.SetFrameProps(make_clip(vs.YUV420P8), _Matrix=8)  # YCgCo
+    with pytest.raises(vs.Error, match="_Matrix=8"):
+        sr(clip, window=4, device_color=True).get_frame(0)

@@ -5,6 +5,9 @@
          pipeline.upscale_window and kept in a small LRU cache, blended by overlap weights
       -> an RGBS frame, or RGBH where half floats carry all the output can show (see below)
       -> resize back to the clip's format at the new size, frame props carried over
+    (device_color, the default on CUDA for YUV clips without overlap: the window is converted
+    to the clip's YUV planes on the GPU (color.py) and the frame is written in the clip's
+    format directly, with no resize back)
 
 VapourSynth asks for frames one at a time, from several threads, in any order, while the
 network wants T frames at once. A :func:`~vapoursynth.core.std.FrameEval` looks at frame n,
@@ -23,7 +26,9 @@ resize as RGBH unchanged (the resize converts half floats in native code), so no
 of a 1080p frame is made on the host at all; float32 and deeper integer formats keep float32
 all the way. On the CPU the window stays the pipeline's own float32 tensor (no copy, no
 pinning) and frames go to the resize as RGBS: converting there to half in Python costs more
-than the resize saves (scripts/bench_plumbing.py measures both).
+than the resize saves (scripts/bench_plumbing.py measures both). With device_color only the
+clip's planes cross the bus (1.5 bytes a pixel for 4:2:0 8-bit instead of 6 for RGBH) and the
+host's per-frame work is three plane copies.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import vapoursynth as vs
 from .backends.base import Runner
 from .backends.select import BACKEND_NAMES, Backend, resolve_backend
 from .backends.tensorrt_backend import TensorRTBackend
+from .color import YuvLayout, rgb_to_yuv, yuv_layout
 from .models.sr import SRTransformer
 from .models.weights import (
     DEFAULT_MASK_WEIGHTS,
@@ -82,6 +88,10 @@ MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see 
 # a float16 copy would cost a conversion the resize does not win back. Tests add "cpu" to run
 # the half-precision path without a GPU.
 _HALF_HOST_DEVICES = frozenset({"cuda"})
+# Devices on which YUV output is converted from the window's RGB there (color.py), by default.
+# Not the CPU: there the resize in native code is as fast and runs on VapourSynth's threads.
+# Tests add "cpu" to run the path without a GPU.
+_DEVICE_COLOR_DEVICES = frozenset({"cuda"})
 
 
 # --- what a caller can watch -----------------------------------------------------------------
@@ -122,10 +132,12 @@ class _WindowResult:
     pool when this object is garbage (HostPool.bind): keep views of ``frames`` no longer than
     a reference to the result itself."""
 
-    frames: np.ndarray  # [L, 3, H, W] float32 or float16 (_host_dtype), the real positions
+    frames: np.ndarray | None  # [L, 3, H, W] float32 or float16 (_host_dtype), the real positions
     keep: np.ndarray  # [L, Hp, Wp] bool, the keep mask of each position
     kept_ratio: np.ndarray  # [L] float64
     ms: float  # wall time of the whole window (all of its pieces)
+    # instead of frames where the device converts to the clip's YUV: Y [L, H, W], U, V
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 class _Entry:
@@ -346,6 +358,7 @@ class _Settings:
     seed: int
     scene_cuts: bool
     show_mask: bool
+    device_color: bool  # YUV planes converted on the device (color.py), not by the resize
 
 
 class _Slots:
@@ -401,8 +414,10 @@ class _SkipSRNode:
         # the frames the callback writes: RGBH when windows are kept as float16 (copied as they
         # are, converted by the resize in native code), else RGBS
         rgb = vs.RGBH if self.host_dtype == torch.float16 else vs.RGBS
+        # with device colour conversion the callback writes the clip's own format directly
+        fmt = clip.format.id if settings.device_color else rgb
         self.blank = self.core.std.BlankClip(
-            self.lr, width=self.out_w, height=self.out_h, format=rgb, keep=True
+            self.lr, width=self.out_w, height=self.out_h, format=fmt, keep=True
         )
         self._create_frame = getattr(self.core, "create_video_frame", None)
         t = plan.size
@@ -416,7 +431,7 @@ class _SkipSRNode:
     def build(self) -> vs.VideoNode:
         self.sr = self.core.std.FrameEval(self.blank, self._select)
         fmt = self.clip.format
-        if fmt.id == self.blank.format.id:
+        if fmt.id == self.blank.format.id or self.settings.device_color:
             return self.sr
         target = self.core.std.BlankClip(
             self.clip, width=self.out_w, height=self.out_h, format=fmt.id, keep=True
@@ -474,27 +489,44 @@ class _SkipSRNode:
     ) -> vs.VideoFrame:
         blank, source, lr_frames = f[0], f[1], f[2:]
         by_index = {n + d: frame for d, frame in zip(offsets, lr_frames, strict=True)}
+        layout = self._layout(n, source.props) if self.settings.device_color else None
         results = []
         for c in contributions:
             result = ready.get(c.window)
             if result is None:
-                result = self.cache.get(c.window, partial(self._compute, c.window, by_index))
+                compute = partial(self._compute, c.window, by_index, layout)
+                result = self.cache.get(c.window, compute)
             else:
                 self.stats._add(hits=1)
             results.append(result)
 
-        img = self._blend(contributions, results)
         primary = max(range(len(contributions)), key=lambda i: contributions[i].weight)
         main, main_pos = results[primary], contributions[primary].position
-        if self.settings.show_mask:
-            img = _draw_mask(
-                _as_float32(img), main.keep[main_pos], patch=self.runner.sr_config.patch
-            )
-
         out = self._new_frame(blank)
-        for p in range(3):
-            _copy_plane(np.asarray(out[p]), img[p])
-        self._set_props(out, source.props)
+        if main.planes is not None:  # device colour: one window per frame (no overlap)
+            for p in range(3):
+                dst = np.asarray(out[p])
+                np.copyto(dst, main.planes[p][main_pos].view(dst.dtype))
+            props = out.props
+            props.clear()
+            for key, value in source.props.items():
+                props[key] = value
+            assert layout is not None  # what the resize back would write, from this frame's
+            props["_Matrix"] = layout.matrix
+            props["_Range"] = 1 if layout.full_range else 0
+            if layout.ss_w or layout.ss_h:
+                props["_ChromaLocation"] = layout.chromaloc
+            elif "_ChromaLocation" in props:
+                del props["_ChromaLocation"]  # as the resize leaves 4:4:4
+        else:
+            img = self._blend(contributions, results)
+            if self.settings.show_mask:
+                img = _draw_mask(
+                    _as_float32(img), main.keep[main_pos], patch=self.runner.sr_config.patch
+                )
+            for p in range(3):
+                _copy_plane(np.asarray(out[p]), img[p])
+            self._set_props(out, source.props)
         out.props["SkipSRKeptRatio"] = float(
             sum(
                 c.weight * r.kept_ratio[c.position]
@@ -507,6 +539,27 @@ class _SkipSRNode:
         for c in contributions:
             self.cache.delivered(c.window, c.position)
         return out
+
+    def _layout(self, n: int, props: Mapping[str, Any]) -> YuvLayout:
+        """How frame n's window is converted on the device: the clip's depth and subsampling
+        with this frame's matrix, range and chroma location (a window takes them from the
+        frame whose request computes it)."""
+        fmt = self.clip.format
+        color = _color_of(props, family=fmt.color_family)
+        layout = yuv_layout(
+            bits=fmt.bits_per_sample,
+            ss_w=fmt.subsampling_w,
+            ss_h=fmt.subsampling_h,
+            matrix=color.matrix,
+            full_range=color.range == 1,
+            chromaloc=color.chromaloc,
+        )
+        if layout is None:
+            raise _fail(
+                f"frame {n} has _Matrix={color.matrix}, which device_color does not convert "
+                "(accepted 1, 4, 5, 6, 7, 9): pass device_color=False"
+            )
+        return layout
 
     def _new_frame(self, blank: vs.VideoFrame) -> vs.VideoFrame:
         """A fresh frame to write the picture into. Not ``blank.copy()``: that shares the blank
@@ -548,7 +601,9 @@ class _SkipSRNode:
         props["_Matrix"] = 0
         props["_Range"] = 1
 
-    def _compute(self, window: int, by_index: Mapping[int, vs.VideoFrame]) -> _WindowResult:
+    def _compute(
+        self, window: int, by_index: Mapping[int, vs.VideoFrame], layout: YuvLayout | None = None
+    ) -> _WindowResult:
         """One window through the network, split into pieces at scene cuts if asked. ``ms``
         counts the time in the network slot (copy in, network, copy out), not the wait for it.
 
@@ -571,10 +626,16 @@ class _SkipSRNode:
                 if by_index[i].props.get("_SceneChangePrev", 0)
             }
         pieces = plan.pieces(window, cuts)
-        as_is = len(pieces) == 1 and device.type == "cpu" and self.host_dtype == torch.float32
+        as_is = (
+            layout is None
+            and len(pieces) == 1
+            and device.type == "cpu"
+            and self.host_dtype == torch.float32
+        )
         lr_shape = (plan.size, 3, self.clip.height, self.clip.width)
         out_shape = (real, 3, self.out_h, self.out_w)
         frames: torch.Tensor | None = None  # [real, 3, H, W] on the host
+        planes: tuple[torch.Tensor, ...] = ()  # or Y, U, V [real, h, w] views of frames
         pooled = False
         keep_parts, ratios = [], np.empty(real, dtype=np.float64)
         for piece in pieces:
@@ -599,7 +660,13 @@ class _SkipSRNode:
                         buckets=device.type == "cuda",
                     )
                     out = res.frames[: piece.length]
-                    if as_is:
+                    if layout is not None:
+                        if frames is None:
+                            frames, planes = self._plane_buffer(real, layout)
+                            pooled = True
+                        for dst, src in zip(planes, rgb_to_yuv(out, layout), strict=True):
+                            dst[span].copy_(src, non_blocking=True)
+                    elif as_is:
                         frames = out  # a fresh tensor of this window's own: no copy needed
                     else:
                         if frames is None:
@@ -616,11 +683,28 @@ class _SkipSRNode:
             "skipsr: window %d (frames %d..%d) in %.1f ms", window, first, first + real - 1, ms
         )
         result = _WindowResult(
-            frames=frames.numpy(), keep=np.concatenate(keep_parts), kept_ratio=ratios, ms=ms
+            frames=None if layout is not None else frames.numpy(),
+            planes=tuple(p.numpy() for p in planes) if layout is not None else None,  # type: ignore[arg-type]
+            keep=np.concatenate(keep_parts),
+            kept_ratio=ratios,
+            ms=ms,
         )
         if pooled:
             self.host.bind(result, frames)
         return result
+
+    def _plane_buffer(
+        self, real: int, layout: YuvLayout
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One pooled host buffer for a window's Y, U, V planes, and the three views of it."""
+        shapes = layout.plane_shapes(self.out_h, self.out_w)
+        sizes = [real * h * w for h, w in shapes]
+        flat = self.host.take((sum(sizes),), layout.dtype)
+        views, start = [], 0
+        for (h, w), size in zip(shapes, sizes, strict=True):
+            views.append(flat[start : start + size].view(real, h, w))
+            start += size
+        return flat, tuple(views)
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -680,6 +764,7 @@ def _check_args(
     cache_windows: object,
     backend: object,
     cuda_graphs: object,
+    device_color: object,
 ) -> None:
     if not _is_int(scale) or scale not in (2, 3, 4):
         raise _fail(f"scale={scale!r}: accepted 2, 3 or 4")
@@ -715,6 +800,8 @@ def _check_args(
     if not _is_int(device_index) or not 0 <= device_index < max(n_cuda, 1):
         seen = f"{n_cuda} CUDA device(s)" if n_cuda else "no CUDA device, so only 0"
         raise _fail(f"device_index={device_index!r}: accepted 0..{max(n_cuda, 1) - 1} ({seen})")
+    if device_color is not None and not isinstance(device_color, bool):
+        raise _fail(f"device_color={device_color!r}: accepted True, False or None")
     if not isinstance(cuda_graphs, bool):
         raise _fail(f"cuda_graphs={cuda_graphs!r}: accepted True or False")
     if cuda_graphs and backend in ("cpu", "trt", "tensorrt", "ort", "onnxruntime"):
@@ -729,6 +816,21 @@ def _check_args(
             raise _fail(f"backend={backend!r}: accepted {', '.join(map(repr, BACKEND_NAMES))}")
     elif not callable(getattr(backend, "load", None)):
         raise _fail(f"backend={backend!r}: accepted a backend name or a backend value")
+
+
+def _device_color_unavailable(fmt: vs.VideoFormat, *, overlap: int, show_mask: bool) -> str | None:
+    """Why the output cannot be converted to the clip's format on the device, or None."""
+    if fmt.color_family != vs.YUV or fmt.sample_type != vs.INTEGER:
+        return f"the clip is {fmt.name}; accepted YUV with integer samples"
+    if not 8 <= fmt.bits_per_sample <= 15:
+        return f"the clip is {fmt.name}; accepted 8-15 bits a sample"
+    if fmt.subsampling_w > 1 or fmt.subsampling_h > 1:
+        return f"the clip is {fmt.name}; accepted 4:4:4, 4:2:2 or 4:2:0"
+    if overlap:
+        return f"overlap={overlap} blends windows in RGB; accepted overlap=0"
+    if show_mask:
+        return "show_mask=True draws on RGB; accepted show_mask=False"
+    return None
 
 
 def _weights_path(value: str | os.PathLike[str] | None, default: Path, name: str) -> Path | None:
@@ -764,6 +866,7 @@ def skipsr(
     num_streams: int = 1,
     fp16: bool = True,
     cuda_graphs: bool = False,
+    device_color: bool | None = None,
     show_mask: bool = False,
     sr_weights: str | os.PathLike[str] | SRTransformer | None = None,
     mask_weights: str | os.PathLike[str] | None = None,
@@ -808,6 +911,13 @@ def skipsr(
             per token-count bucket the first time it occurs. For small models, where
             launching kernels costs more than running them; replays of graphs do not overlap
             one another (they share memory), the other stages still do.
+        device_color: convert the output to the clip's YUV on the network's device and copy
+            back only its planes, instead of RGB floats for VapourSynth's resize (which costs
+            ~7 ms per 1080p frame on the host). None (default): on CUDA where it applies;
+            True: wherever it applies, else an error saying why. It applies to YUV clips of
+            8-15 bit integers, 4:4:4, 4:2:2 or 4:2:0, with overlap=0 and show_mask=False;
+            the frames' matrix must be one with constant luma weights (BT.709, BT.601,
+            BT.2020 NCL, FCC, 240M). Output matches the resize within one code.
         show_mask: draw the keep mask over the output: skipped tokens dimmed and tinted
             blue, kept tokens outlined in green.
         sr_weights, mask_weights: safetensors files; default the shipped ones. sr_weights
@@ -840,6 +950,7 @@ def skipsr(
         cache_windows=cache_windows,
         backend=backend,
         cuda_graphs=cuda_graphs,
+        device_color=device_color,
     )
     if stats is not None and not isinstance(stats, SkipSRStats):
         raise _fail(f"stats={stats!r}: accepted a SkipSRStats or None")
@@ -891,6 +1002,13 @@ def skipsr(
             num_streams=num_streams,
         )
     runner = spec.load(sr=sr_net, mask=mask_net)
+    why_not = _device_color_unavailable(clip.format, overlap=overlap, show_mask=bool(show_mask))
+    if device_color is None:
+        use_device_color = why_not is None and runner.device.type in _DEVICE_COLOR_DEVICES
+    elif device_color and why_not is not None:
+        raise _fail(f"device_color=True: {why_not}")
+    else:
+        use_device_color = bool(device_color)
 
     used_scorer = "learned" if mask_net is not None else "gradient"
     if threshold is None and skip_ratio is None:
@@ -907,6 +1025,7 @@ def skipsr(
         seed=seed,
         scene_cuts=bool(scene_cuts),
         show_mask=bool(show_mask),
+        device_color=use_device_color,
     )
     plan = WindowPlan(num_frames=clip.num_frames, size=t, overlap=overlap, blend=blend)
     if cache_windows is None:
@@ -915,7 +1034,8 @@ def skipsr(
             2 * num_streams + 2, -(-vs.core.num_threads // plan.stride) + per_frame + 1
         )
     log.info(
-        "skipsr: %dx%d %s x%d -> %dx%d, window=%d overlap=%d scorer=%s %s backend=%s cache=%d",
+        "skipsr: %dx%d %s x%d -> %dx%d, window=%d overlap=%d scorer=%s %s backend=%s cache=%d "
+        "device_color=%s",
         clip.width,
         clip.height,
         clip.format.name,
@@ -930,6 +1050,7 @@ def skipsr(
         else f"skip_ratio={settings.skip_ratio or 0.0}",
         f"{runner.name}:{runner.device}",
         cache_windows,
+        use_device_color,
     )
     node = _SkipSRNode(
         clip,

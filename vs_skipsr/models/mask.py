@@ -34,9 +34,12 @@ __all__ = [
 class MaskConfig:
     width: int = 32
     depth: int = 4
-    # "gradient": the convs learn a correction to log10 of the gradient-energy heuristic
-    # (zero at initialisation), so a fresh net already ranks like the heuristic and training
-    # can only have to improve on it. "none": the convs alone (weights saved before this).
+    # "gradient": the map is the gradient-energy heuristic times a learned factor,
+    # 10 ** (b + convs) * energy ** (a - 1), with a = 1 and b = convs = 0 at initialisation, so
+    # a fresh net ranks exactly like the heuristic and training starts from it. The map stays
+    # linear (a predicted per-pixel MSE gain) because tokens average it: a mean of logs
+    # under-weights a token's few textured pixels and ranked worse than the heuristic.
+    # "none": the convs alone, in log10 units (weights saved before the prior).
     prior: str = "none"
     # "replicate" keeps frame borders from reading as edges; "zeros" for older weights
     padding_mode: str = "zeros"
@@ -59,7 +62,8 @@ class MaskNet(nn.Module):
     """A few 3x3 convs on the LR frame (and its neighbours' difference, for motion), on top
     of the gradient-energy prior when ``config.prior == "gradient"``."""
 
-    PRIOR_FLOOR = 1e-5  # log10 of the energy is floored here (flat areas)
+    PRIOR_FLOOR = 1e-5  # the energy is floored here (flat areas) before the log
+    MAX_LOG_FACTOR = 6.0  # the learned factor stays within 10 ** +-6
 
     def __init__(self, config: MaskConfig) -> None:
         super().__init__()
@@ -81,7 +85,7 @@ class MaskNet(nn.Module):
         layers.append(conv(w, 1))
         self.net = nn.Sequential(*layers)
         if config.prior == "gradient":
-            # score = a * log10(energy) + b + convs; a, b start as the identity, convs at 0
+            # score = 10 ** (a * log10(energy) + b + convs); a, b start as the identity
             self.prior_affine = nn.Parameter(torch.tensor([1.0, 0.0]))
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
@@ -94,7 +98,9 @@ class MaskNet(nn.Module):
         if self.config.prior == "gradient":
             energy = gradient_energy(lr.float()).clamp_min(self.PRIOR_FLOOR)
             a, b = self.prior_affine.unbind()
-            out = out + (a * torch.log10(energy) + b).to(out.dtype)
+            m = self.MAX_LOG_FACTOR
+            log_score = a * torch.log10(energy) + b + out.float().clamp(-m, m)
+            out = torch.pow(10.0, log_score).to(out.dtype)
         return out
 
 

@@ -1,0 +1,146 @@
+"""RGB windows to the clip's YUV planes on the network's device.
+
+On a GPU the default model's window costs a few milliseconds, while VapourSynth's resize from
+RGB floats back to YUV420P8 costs ~7 ms per 1080p frame on the host (scripts/bench.py, stages
+section) and the float RGB frames it reads are 2-4 times the bytes of the YUV planes over the
+bus. So for YUV integer clips the filter converts each window on the device, copies back the
+planes the clip stores and writes them straight into the output frames.
+
+The conversion follows what ``resize.Bicubic(format=..., matrix=..., range=...,
+chromaloc=...)`` does with its defaults: the matrix's luma/chroma equations in float, chroma
+downsampled by the bicubic kernel (b = 0, c = 0.5) stretched to the subsampling factor and
+centred at the chroma location, then scaled to the integer range and rounded to nearest. The
+tests compare both paths code by code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["YuvLayout", "rgb_to_yuv", "yuv_layout"]
+
+# _Matrix values (ITU-T H.273) with constant (Kr, Kb) luma weights
+_KR_KB: dict[int, tuple[float, float]] = {
+    1: (0.2126, 0.0722),  # BT.709
+    4: (0.30, 0.11),  # FCC
+    5: (0.299, 0.114),  # BT.470BG (BT.601)
+    6: (0.299, 0.114),  # SMPTE 170M (BT.601)
+    7: (0.212, 0.087),  # SMPTE 240M
+    9: (0.2627, 0.0593),  # BT.2020 non-constant luminance
+}
+
+
+@dataclass(frozen=True)
+class YuvLayout:
+    """What one output frame holds: sample depth, subsampling (log2), and the colour props
+    that decide the conversion."""
+
+    bits: int
+    ss_w: int
+    ss_h: int
+    matrix: int
+    full_range: bool
+    chromaloc: int
+
+    def plane_shapes(self, height: int, width: int) -> tuple[tuple[int, int], ...]:
+        ch, cw = -(-height >> self.ss_h), -(-width >> self.ss_w)
+        return ((height, width), (ch, cw), (ch, cw))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """uint8 up to 8 bits; int16 (the same bytes as uint16 for values below 2^15) above."""
+        return torch.uint8 if self.bits <= 8 else torch.int16
+
+
+def yuv_layout(
+    *, bits: int, ss_w: int, ss_h: int, matrix: int, full_range: bool, chromaloc: int
+) -> YuvLayout | None:
+    """The layout, or None where this module does not convert (the filter then leaves the
+    conversion to VapourSynth's resize): matrices without constant luma weights, more than 15
+    bits, subsampling beyond 4:2:0."""
+    if matrix not in _KR_KB or not 8 <= bits <= 15 or ss_w > 1 or ss_h > 1:
+        return None
+    return YuvLayout(
+        bits=bits,
+        ss_w=ss_w,
+        ss_h=ss_h,
+        matrix=matrix,
+        full_range=full_range,
+        chromaloc=chromaloc if 0 <= chromaloc <= 5 else 0,
+    )
+
+
+def _bicubic(x: float, b: float = 0.0, c: float = 0.5) -> float:
+    x = abs(x)
+    if x < 1:
+        return ((12 - 9 * b - 6 * c) * x**3 + (-18 + 12 * b + 6 * c) * x**2 + (6 - 2 * b)) / 6
+    if x < 2:
+        return (
+            (-b - 6 * c) * x**3
+            + (6 * b + 30 * c) * x**2
+            + (-12 * b - 48 * c) * x
+            + (8 * b + 24 * c)
+        ) / 6
+    return 0.0
+
+
+@lru_cache(maxsize=16)
+def _taps(offset: float) -> tuple[float, ...]:
+    """Weights of luma positions 2i-4 .. 2i+4 for the chroma sample at 2i + offset (x2
+    downscale: the kernel stretched by 2), normalised to sum 1."""
+    w = [_bicubic((m - offset) / 2) for m in range(-4, 5)]
+    s = sum(w)
+    return tuple(v / s for v in w)
+
+
+def _chroma_offsets(chromaloc: int) -> tuple[float, float]:
+    """(horizontal, vertical) chroma sample position past the first luma sample of its 2x2
+    block, in luma samples (VapourSynth's _ChromaLocation: 0 left, 1 center, 2 top-left,
+    3 top, 4 bottom-left, 5 bottom)."""
+    horizontal = 0.0 if chromaloc in (0, 2, 4) else 0.5
+    vertical = {2: 0.0, 3: 0.0, 4: 1.0, 5: 1.0}.get(chromaloc, 0.5)
+    return horizontal, vertical
+
+
+def _downsample(c: Tensor, *, axis: int, offset: float) -> Tensor:
+    """Halve [N, 1, H, W] along ``axis`` (2 rows, 3 columns), edges replicated."""
+    k = torch.tensor(_taps(offset), dtype=c.dtype, device=c.device)
+    if axis == 3:
+        padded = F.pad(c, (4, 4, 0, 0), mode="replicate")
+        return F.conv2d(padded, k.reshape(1, 1, 1, 9), stride=(1, 2))
+    padded = F.pad(c, (0, 0, 4, 4), mode="replicate")
+    return F.conv2d(padded, k.reshape(1, 1, 9, 1), stride=(2, 1))
+
+
+def rgb_to_yuv(rgb: Tensor, layout: YuvLayout) -> tuple[Tensor, Tensor, Tensor]:
+    """[T, 3, H, W] float RGB in [0, 1] -> (Y [T, H, W], U [T, h, w], V [T, h, w]) integer
+    samples in ``layout.dtype``."""
+    kr, kb = _KR_KB[layout.matrix]
+    x = rgb.float()
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # [T, 1, H, W] each
+    y = kr * r + (1 - kr - kb) * g + kb * b
+    u = (b - y) / (2 * (1 - kb))
+    v = (r - y) / (2 * (1 - kr))
+    off_x, off_y = _chroma_offsets(layout.chromaloc)
+    if layout.ss_w:
+        u, v = (_downsample(p, axis=3, offset=off_x) for p in (u, v))
+    if layout.ss_h:
+        u, v = (_downsample(p, axis=2, offset=off_y) for p in (u, v))
+    peak = (1 << layout.bits) - 1
+    if layout.full_range:
+        y_scale, y_off = float(peak), 0.0
+        c_scale, c_off = float(peak), float(1 << (layout.bits - 1))
+    else:
+        unit = 1 << (layout.bits - 8)
+        y_scale, y_off = 219.0 * unit, 16.0 * unit
+        c_scale, c_off = 224.0 * unit, 128.0 * unit
+
+    def quantise(p: Tensor, scale: float, offset: float) -> Tensor:
+        return (p * scale + offset).round_().clamp_(0, peak)[:, 0].to(layout.dtype)
+
+    return quantise(y, y_scale, y_off), quantise(u, c_scale, c_off), quantise(v, c_scale, c_off)
