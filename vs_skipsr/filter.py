@@ -78,10 +78,10 @@ Scorer = Literal["auto", "learned", "gradient"]
 # Used when neither threshold nor skip_ratio is given: per scorer, the threshold chosen from the
 # validation curves of reports/quality.md (section 4): the largest whose real drop from the
 # dense model stays within 0.1 dB on the validation photos and clips. gradient 0.006967: skips
-# 72% of the photos' tokens (0.097 dB) and 52% of the clips' (0.009 dB); learned -5.512: the
-# photos allow -4.949, but the clips drop 0.25 dB there; -5.512 skips 37% of the clips' tokens
-# for 0.085 dB.
-DEFAULT_THRESHOLD = {"gradient": 0.006967, "learned": -5.512}
+# 72% of the photos' tokens (0.097 dB) and 52% of the clips' (0.009 dB); learned 1.372e-06 (a
+# predicted per-pixel MSE gain): skips 70% of the photos' tokens (0.080 dB) and 51% of the
+# clips' (-0.015 dB).
+DEFAULT_THRESHOLD = {"gradient": 0.006967, "learned": 1.372e-06}
 MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see mostly padding
 # Devices whose windows come back to the host as float16 where the output format allows it
 # (see _host_dtype). Not the CPU: there the window is already in host memory as float32, and
