@@ -2,8 +2,8 @@
 
 On a GPU the default model's window costs a few milliseconds, while VapourSynth's resize from
 RGB floats back to YUV420P8 costs ~7 ms per 1080p frame on the host (scripts/bench.py, stages
-section) and the float RGB frames it reads are 2-4 times the bytes of the YUV planes over the
-bus. So for YUV integer clips the filter converts each window on the device, copies back the
+section) and the RGB half floats it reads are four times the bytes of 4:2:0 8-bit planes
+over the bus. So for YUV integer clips the filter converts each window on the device, copies back the
 planes the clip stores and writes them straight into the output frames.
 
 The conversion follows what ``resize.Bicubic(format=..., matrix=..., range=...,
@@ -60,9 +60,9 @@ class YuvLayout:
 def yuv_layout(
     *, bits: int, ss_w: int, ss_h: int, matrix: int, full_range: bool, chromaloc: int
 ) -> YuvLayout | None:
-    """The layout, or None where this module does not convert (the filter then leaves the
-    conversion to VapourSynth's resize): matrices without constant luma weights, more than 15
-    bits, subsampling beyond 4:2:0."""
+    """The layout, or None where this module does not convert (the filter then refuses with
+    an error naming the value): matrices without constant luma weights, more than 15 bits,
+    subsampling beyond 4:2:0."""
     if matrix not in _KR_KB or not 8 <= bits <= 15 or ss_w > 1 or ss_h > 1:
         return None
     return YuvLayout(

@@ -89,7 +89,8 @@ MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see 
 # the half-precision path without a GPU.
 _HALF_HOST_DEVICES = frozenset({"cuda"})
 # Devices on which YUV output is converted from the window's RGB there (color.py), by default.
-# Not the CPU: there the resize in native code is as fast and runs on VapourSynth's threads.
+# Not the CPU: there the window already is in host memory and the resize runs in native code
+# on VapourSynth's threads (the GPU-side gain, fewer bytes over the bus, does not exist).
 # Tests add "cpu" to run the path without a GPU.
 _DEVICE_COLOR_DEVICES = frozenset({"cuda"})
 
@@ -895,8 +896,9 @@ def skipsr(
             every token (the dense model). Give threshold or skip_ratio, not both; with
             neither, the scorer's default threshold (gradient: 0.006967, chosen on the
             validation set; see the README).
-        scorer: 'gradient' (the default: local gradient energy of the LR luma, which ranked
-            tokens better than the shipped mask net on the validation set), 'learned' (the
+        scorer: 'gradient' (the default: local gradient energy of the LR luma; the shipped
+            mask net, which starts from it, ranked tokens about as well on the validation
+            set and costs a network pass), 'learned' (the
             mask net) or 'auto' (learned if mask weights are there, else gradient).
         dilate: grow the keep set by this many tokens, giving kept regions context.
         steps: flow sampling steps; all reuse one keep set, so skipping saves on each.
@@ -924,8 +926,9 @@ def skipsr(
             may also be an SRTransformer already built (benchmarks pass
             ``vs_skipsr.models.random_sr("seedvr2_3b", ...)`` to time production scale).
         cache_windows: finished windows kept for frames still to come (default enough for
-            the core's threads, at least 2 * num_streams + 2). Each holds T RGB frames at
-            the output size: float16 in pinned memory on CUDA where the clip's format is
+            the core's threads, at least 2 * num_streams + 2). Each holds T frames at the
+            output size: the clip's YUV planes with device_color, else RGB, float16 in
+            pinned memory on CUDA where the clip's format is
             integer of at most 10 bits or half float, else float32.
         stats: a :class:`SkipSRStats` to fill with window counts (tests, benchmarks).
 
@@ -956,7 +959,11 @@ def skipsr(
         raise _fail(f"stats={stats!r}: accepted a SkipSRStats or None")
 
     given_net = sr_weights if isinstance(sr_weights, SRTransformer) else None
-    sr_path = None if given_net else _weights_path(sr_weights, DEFAULT_SR_WEIGHTS, "sr_weights")
+    sr_path = (
+        None
+        if given_net is not None
+        else _weights_path(sr_weights, DEFAULT_SR_WEIGHTS, "sr_weights")  # type: ignore[arg-type]
+    )
     if sr_path is None and given_net is None:
         raise _fail(
             f"sr_weights=None: the shipped weights {DEFAULT_SR_WEIGHTS} are not there; "
