@@ -344,3 +344,19 @@ def test_fresh_mask_net_ranks_like_the_gradient_heuristic():
     with torch.no_grad():
         net.net[-1].weight.normal_(0, 0.1)  # trained convs move it away from the prior
         assert not torch.allclose(net(lr), expect, rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_cpu_upsample_through_opencv_equals_torch_bicubic(scale):
+    """The CPU base comes from OpenCV (a dependency): the same Keys a = -0.75 interpolation as
+    torch's, borders included, to float rounding."""
+    import torch.nn.functional as F
+
+    from vs_skipsr.pipeline import _opencv
+
+    assert _opencv() is not None
+    lr = _lr(t=2, h=21, w=29, seed=scale)
+    want = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    got = upsample(lr, scale=scale)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 5e-6

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -88,8 +89,36 @@ class _Timer:
 
 
 def upsample(lr: Tensor, *, scale: int) -> Tensor:
-    """The cheap path every skipped token takes: bicubic x scale, clamped to [0, 1]."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0, 1)
+    """The cheap path every skipped token takes: bicubic x scale (Keys, a = -0.75, pixel
+    centres aligned), clamped to [0, 1].
+
+    On the CPU, OpenCV's INTER_CUBIC resize computes the same interpolation (within 4e-7 of
+    torch's, borders included) about four times faster; torch's took ~14 ms of a 5-frame
+    160x90 -> 640x360 window on two cores, the largest fixed cost of a CPU window
+    (scripts/bench.py, stages). Elsewhere, or without OpenCV, torch's."""
+    cv2 = _opencv() if lr.device.type == "cpu" and lr.dtype == torch.float32 else None
+    if cv2 is None or lr.requires_grad:
+        return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(
+            0, 1
+        )
+    t, c, h, w = lr.shape
+    out = torch.empty(t, c, h * scale, w * scale, dtype=torch.float32)
+    src, dst = lr.detach().contiguous().numpy(), out.numpy()
+    for i in range(t):
+        for j in range(c):
+            cv2.resize(
+                src[i, j], (w * scale, h * scale), dst=dst[i, j], interpolation=cv2.INTER_CUBIC
+            )
+    return out.clamp_(0, 1)
+
+
+@lru_cache(maxsize=1)
+def _opencv() -> ModuleType | None:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
 
 
 @lru_cache(maxsize=8)
