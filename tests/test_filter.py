@@ -4,6 +4,7 @@ order, overlap and scene cuts matching the pipeline, and a clear error for each 
 from __future__ import annotations
 
 import io
+import logging
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -639,14 +640,21 @@ def test_learned_scorer_without_mask_weights_is_refused(
 @pytest.mark.parametrize("fmt", [vs.YUV420P8, vs.YUV420P10, vs.YUV422P8, vs.YUV444P8])
 @pytest.mark.parametrize("matrix", [1, 6])
 def test_device_color_matches_the_resize_within_one_code(
-    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, fmt: int, matrix: int
+    make_clip: MakeClip,
+    sr,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fmt: int,
+    matrix: int,
 ) -> None:
     """The planes converted in torch (here on the CPU, as on a GPU) against the resize back
     from RGB: every sample within one code, the same props, frames in order."""
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
     clip = vs.core.std.SetFrameProps(make_clip(fmt), _Matrix=matrix, _Range=0, _ChromaLocation=0)
     kw = {"window": 4, "skip_ratio": 0.5}
-    on_device = sr(clip, **kw)  # auto: chosen because "cpu" counts as a device here
+    with caplog.at_level(logging.INFO, logger="vs_skipsr.filter"):
+        on_device = sr(clip, **kw)  # auto: chosen because "cpu" counts as a device here
+    assert "device_color=True" in caplog.text  # the path under test was taken
     resized = sr(clip, device_color=False, **kw)
     assert on_device.format.id == resized.format.id == fmt
     for n in range(N_FRAMES):
