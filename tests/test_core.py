@@ -142,6 +142,30 @@ def test_padded_attention_equals_masked_dense_on_random_windows():
     )
 
 
+@pytest.mark.parametrize("frac", [0.15, 0.6, 1.0])
+def test_grouped_attention_equals_masked_dense_on_uneven_windows(frac):
+    """The CPU's length-grouped form: windows cut from clustered keep sets (some full, some
+    nearly empty) and from a full grid give the masked reference's numbers."""
+    from vs_skipsr.benchmark import clustered_keep
+    from vs_skipsr.models.attention import grouped_window_attention
+
+    g = torch.Generator().manual_seed(6)
+    grid = (4, 16, 16)
+    keep = clustered_keep(grid, frac, seed=3).reshape(-1)
+    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
+    k = coords.shape[0]
+    q, kk, v = (torch.randn(k, 2, 8, generator=g) for _ in range(3))
+    p = build_partition(coords, grid=grid, window=(2, 8, 8), shift=(1, 4, 4))
+    win = (coords + torch.tensor([1, 4, 4])) // torch.tensor([2, 8, 8])
+    allowed = (win[:, None] == win[None]).all(-1)
+    torch.testing.assert_close(
+        grouped_window_attention(q, kk, v, p),
+        masked_dense_attention(q, kk, v, allowed),
+        atol=1e-6,
+        rtol=1e-5,
+    )
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 def test_skipped_tokens_equal_base_bit_for_bit(runner, steps):
     lr = _lr(seed=7)

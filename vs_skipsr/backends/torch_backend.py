@@ -9,7 +9,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..models.attention import padded_window_attention, varlen_available, varlen_window_attention
+from ..models.attention import (
+    grouped_window_attention,
+    padded_window_attention,
+    varlen_available,
+    varlen_window_attention,
+)
 from ..models.mask import MaskNet
 from ..models.sr import SRTransformer
 from ..tokens import Partition
@@ -25,7 +30,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @dataclass(frozen=True, kw_only=True)
 class TorchBackend:
     """PyTorch on ``device``. ``attention``: 'varlen' (CUDA flash varlen, half precision only),
-    'padded' (windows padded to the longest, runs anywhere) or 'auto' (varlen where it can).
+    'padded' (windows padded to the longest, runs anywhere) or 'auto' (varlen where it can;
+    on the CPU windows grouped by length, each group padded to its own longest).
     ``cuda_graphs`` replays the SR net as one CUDA graph per token/window bucket."""
 
     device: str = "cpu"
@@ -55,6 +61,8 @@ class TorchRunner:
                 f"got device={spec.device}, dtype={spec.dtype}"
             )
         self.use_varlen = want_varlen and half and varlen_available(self.device)
+        # data-dependent groups: eager CPU only (a CUDA graph needs static shapes)
+        self.use_grouped = spec.attention == "auto" and self.device.type == "cpu"
         self.graphs: GraphCache | None = None
         if spec.cuda_graphs:
             if self.device.type != "cuda":
@@ -102,6 +110,10 @@ class TorchRunner:
         if self.use_varlen:
             attends = tuple(
                 (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in partitions
+            )
+        elif self.use_grouped:
+            attends = tuple(
+                (lambda q, k, v, p=p: grouped_window_attention(q, k, v, p)) for p in partitions
             )
         else:
             attends = tuple(

@@ -8,6 +8,9 @@ applied) and returns [K, H, D]. A token attends only to kept tokens of its own w
   window.
 - :func:`varlen_window_attention`: tokens sorted window by window and handed to torch's
   variable-length flash attention (CUDA, fp16/bf16): no padding work at all.
+- :func:`grouped_window_attention`: the padded form run per group of windows of similar
+  length, each padded only to its group's longest (the CPU's eager path: skipping leaves
+  windows of very different fill, and one [nW, L_max] layout pays for the fullest).
 - :func:`masked_dense_attention`: the slow reference, a [K, K] mask; tests only.
 """
 
@@ -34,6 +37,7 @@ _MASKED_SDPA_BACKENDS = [
 
 __all__ = [
     "Attend",
+    "grouped_window_attention",
     "masked_dense_attention",
     "padded_window_attention",
     "varlen_available",
@@ -74,6 +78,39 @@ def padded_window_attention(q: Tensor, k: Tensor, v: Tensor, part: Tensor) -> Te
         )  # [nW, H, L, D]
     out = torch.cat((out.transpose(1, 2).reshape(slots, heads, dim), q.new_zeros(1, heads, dim)))
     return out[slot]  # [K, H, D]; tokens in no window get zeros
+
+
+def grouped_window_attention(q: Tensor, k: Tensor, v: Tensor, partition: Partition) -> Tensor:
+    """:func:`padded_window_attention` with windows grouped by length (powers of two), each
+    group padded to its own longest window, where that saves at least a quarter of the
+    padded layout's attention work; else the padded form itself. Inference only (a token's
+    rows are gathered through one zero row, which a backward pass would serialise on)."""
+    part = partition.part  # [nW, L], each window's tokens first, then -1
+    lengths = (part >= 0).sum(dim=1)  # [nW]
+    n_w, length = part.shape
+    groups = torch.ceil(torch.log2(lengths.clamp_min(1).float())).long()  # [nW]
+    caps = (2**groups).clamp(max=length)
+    single = n_w * length * length
+    grouped = int((caps * caps).sum())
+    if n_w < 2 or grouped > 0.75 * single:
+        return padded_window_attention(q, k, v, part)
+    n_k, heads, dim = q.shape
+    zero = q.new_zeros(1, heads, dim)
+    qx, kx, vx = (torch.cat((x, zero)) for x in (q, k, v))  # row K: the pad
+    out = torch.zeros_like(q)
+    for g in torch.unique(groups).tolist():
+        rows = torch.nonzero(groups == g).squeeze(1)
+        cap = min(1 << g, length)
+        pg = part[rows, :cap]  # [n, cap]
+        pad = pg < 0
+        idx = torch.where(pad, torch.full_like(pg, n_k), pg)  # pads -> the zero row
+        keep_key = ~pad
+        keep_key = keep_key | ~keep_key.any(dim=1, keepdim=True)
+        qw, kw, vw = (x[idx].transpose(1, 2) for x in (qx, kx, vx))  # [n, H, cap, D]
+        ow = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=keep_key[:, None, None, :])
+        ow = ow.transpose(1, 2)  # [n, cap, H, D]
+        out[pg[~pad]] = ow[~pad]
+    return out
 
 
 def varlen_available(device: torch.device) -> bool:
