@@ -508,14 +508,17 @@ def bench_vspipe(args) -> None:
 
 
 def kept_fraction(args, extra: dict[str, str], skip_kw: dict[str, str], frames: int) -> float:
-    """The kept token fraction of the skip runs: the keep sets recomputed in this process on
-    the same LR frames (demo.vpy's resize, the filter's conversion to RGB), scorer and
-    threshold; the SR net plays no part in them."""
+    """The kept token fraction of the skip runs: the keep sets recomputed in this process by
+    the pipeline's own select_tokens, window by window, on the same LR frames (demo.vpy's
+    resize, the filter's conversion to RGB) with the same scorer and threshold; the SR net's
+    weights play no part in them."""
     import vapoursynth as vs
 
     from vs_skipsr.filter import _to_rgbs
-    from vs_skipsr.models.mask import gradient_energy, token_scores
+    from vs_skipsr.pipeline import select_tokens
 
+    if "skip_ratio" in skip_kw:
+        return 1.0 - float(skip_kw["skip_ratio"])
     core = vs.core
     clip = core.bs.VideoSource(str(args.clip)) if hasattr(core, "bs") else None
     if clip is None:
@@ -524,19 +527,31 @@ def kept_fraction(args, extra: dict[str, str], skip_kw: dict[str, str], frames: 
     lr_w = int(extra.get("lr_width", "480" if args.device.startswith("cuda") else "160"))
     lr_h = round(clip.height * lr_w / clip.width / 2) * 2
     rgb = _to_rgbs(core.resize.Bicubic(clip, lr_w, lr_h, format=vs.YUV420P8))
-    patch, scale = 16, 4
-    grid = (-(-lr_h * scale // patch), -(-lr_w * scale // patch))
-    if "skip_ratio" in skip_kw:
-        return 1.0 - float(skip_kw["skip_ratio"])
-    mask = load_mask() if skip_kw["scorer"] == "learned" else None
-    kept = []
-    for f in rgb.frames():
-        lr = torch.from_numpy(np.stack([np.asarray(f[p]) for p in range(3)]))[None].float()
-        with torch.no_grad():
-            score_map = mask(lr) if mask is not None else gradient_energy(lr)
-        scores = token_scores(score_map, scale=scale, patch=patch, grid=grid)
-        kept.append(float((scores > float(skip_kw["threshold"])).float().mean()))
-    return float(np.mean(kept))
+    scorer = skip_kw["scorer"]
+    runner = TorchBackend(device="cpu").load(
+        sr=load_sr(), mask=load_mask() if scorer == "learned" else None
+    )
+    patch, scale, window = runner.sr_config.patch, 4, int(extra.get("window", 5))
+    lr_all = torch.stack(
+        [torch.from_numpy(np.stack([np.asarray(f[p]) for p in range(3)])) for f in rgb.frames()]
+    )  # [N, 3, h, w]
+    kept, total = 0, 0
+    for start in range(0, lr_all.shape[0], window):
+        lr = lr_all[start : start + window].float()
+        grid = (lr.shape[0], -(-lr_h * scale // patch), -(-lr_w * scale // patch))
+        with torch.inference_mode():
+            keep = select_tokens(
+                lr,
+                runner=runner,
+                scale=scale,
+                grid=grid,
+                scorer=scorer,
+                threshold=float(skip_kw["threshold"]),
+                skip_ratio=None,
+                dilate=0,
+            )
+        kept, total = kept + int(keep.sum()), total + keep.numel()
+    return kept / total
 
 
 def plot(out: Path) -> None:
