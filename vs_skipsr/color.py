@@ -90,12 +90,14 @@ def _bicubic(x: float, b: float = 0.0, c: float = 0.5) -> float:
 
 
 @lru_cache(maxsize=16)
-def _taps(offset: float) -> tuple[float, ...]:
-    """Weights of luma positions 2i-4 .. 2i+4 for the chroma sample at 2i + offset (x2
-    downscale: the kernel stretched by 2), normalised to sum 1."""
+def _taps(offset: float, device: torch.device) -> Tensor:
+    """Weights [9] of luma positions 2i-4 .. 2i+4 for the chroma sample at 2i + offset (x2
+    downscale: the kernel stretched by 2), normalised to sum 1. Cached per device: built from
+    a Python list each window, it would be a pageable host-to-device copy that waits for the
+    stream."""
     w = [_bicubic((m - offset) / 2) for m in range(-4, 5)]
     s = sum(w)
-    return tuple(v / s for v in w)
+    return torch.tensor([v / s for v in w], dtype=torch.float32, device=device)
 
 
 def _chroma_offsets(chromaloc: int) -> tuple[float, float]:
@@ -109,7 +111,7 @@ def _chroma_offsets(chromaloc: int) -> tuple[float, float]:
 
 def _downsample(c: Tensor, *, axis: int, offset: float) -> Tensor:
     """Halve [N, 1, H, W] along ``axis`` (2 rows, 3 columns), edges replicated."""
-    k = torch.tensor(_taps(offset), dtype=c.dtype, device=c.device)
+    k = _taps(offset, c.device)  # c is float32 (rgb_to_yuv converts)
     if axis == 3:
         padded = F.pad(c, (4, 4, 0, 0), mode="replicate")
         return F.conv2d(padded, k.reshape(1, 1, 1, 9), stride=(1, 2))
