@@ -508,17 +508,7 @@ class _SkipSRNode:
             for p in range(3):
                 dst = np.asarray(out[p])
                 np.copyto(dst, main.planes[p][main_pos].view(dst.dtype))
-            props = out.props
-            props.clear()
-            for key, value in source.props.items():
-                props[key] = value
-            assert layout is not None  # what the resize back would write, from this frame's
-            props["_Matrix"] = layout.matrix
-            props["_Range"] = 1 if layout.full_range else 0
-            if layout.ss_w or layout.ss_h:
-                props["_ChromaLocation"] = layout.chromaloc
-            elif "_ChromaLocation" in props:
-                del props["_ChromaLocation"]  # as the resize leaves 4:4:4
+            self._set_props(out, source.props, layout)
         else:
             img = self._blend(contributions, results)
             if self.settings.show_mask:
@@ -589,9 +579,13 @@ class _SkipSRNode:
         return acc
 
     @staticmethod
-    def _set_props(out: vs.VideoFrame, source: Mapping[str, Any]) -> None:
-        """The source frame's props on an RGB float frame; the resize back sets the clip's
-        matrix, range and chroma location again from the source's values."""
+    def _set_props(
+        out: vs.VideoFrame, source: Mapping[str, Any], layout: YuvLayout | None = None
+    ) -> None:
+        """The source frame's props with the colour ones of what ``out`` holds: an RGB float
+        frame (the resize back then sets the clip's matrix, range and chroma location again
+        from the source's values), or with ``layout`` the YUV planes converted on the device,
+        labelled as the resize would label them (no chroma location for 4:4:4)."""
         props = out.props
         props.clear()
         for key, value in source.items():
@@ -599,8 +593,14 @@ class _SkipSRNode:
         for key in ("_ChromaLocation", "_ColorRange"):
             if key in props:
                 del props[key]
-        props["_Matrix"] = 0
-        props["_Range"] = 1
+        if layout is None:
+            props["_Matrix"] = 0
+            props["_Range"] = 1
+            return
+        props["_Matrix"] = layout.matrix
+        props["_Range"] = 1 if layout.full_range else 0
+        if layout.ss_w or layout.ss_h:
+            props["_ChromaLocation"] = layout.chromaloc
 
     def _compute(
         self, window: int, by_index: Mapping[int, vs.VideoFrame], layout: YuvLayout | None = None
