@@ -384,3 +384,15 @@ def test_cpu_upsample_through_opencv_equals_torch_bicubic(scale):
     got = upsample(lr, scale=scale)
     assert got.shape == want.shape
     assert (got - want).abs().max() < 5e-6
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"prior": "edges"}, "prior='edges'"),
+        ({"padding_mode": "reflect"}, "padding_mode='reflect'"),
+    ],
+)
+def test_unknown_mask_config_is_refused_by_name(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        MaskNet(MaskConfig(**kw))

@@ -590,6 +590,7 @@ def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[obje
         ("blend", lambda mk: (yuv(mk), {"blend": "cubic"}), "blend='cubic'"),
         ("cache", lambda mk: (yuv(mk), {"cache_windows": 0}), "cache_windows=0"),
         ("cuda_graphs type", lambda mk: (yuv(mk), {"cuda_graphs": 1}), "cuda_graphs=1"),
+        ("cuda_graphs without cuda", lambda mk: (yuv(mk), {"cuda_graphs": True}), "no CUDA"),
         (
             "cuda_graphs on cpu",
             lambda mk: (yuv(mk), {"cuda_graphs": True, "backend": "cpu"}),
@@ -607,7 +608,7 @@ BAD = _bad_cases(Path("/nonexistent/sr.safetensors"))
 def test_bad_input_gives_a_clear_error(
     make_clip: MakeClip, sr, name: str, build, needle: str
 ) -> None:
-    if name == "backend cuda" and torch.cuda.is_available():
+    if name in ("backend cuda", "cuda_graphs without cuda") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     clip, kw = build(make_clip)
     with pytest.raises(vs.Error, match=r"^skipsr: ") as err:
