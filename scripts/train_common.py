@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vs_skipsr.models.mask import gradient_energy, token_scores
 from vs_skipsr.models.sr import SRConfig
 from vs_skipsr.pipeline import upsample
-from vs_skipsr.tokens import Partition, build_partition, patchify, token_coords
+from vs_skipsr.tokens import Partition, build_partition, gather_patches, patchify, token_coords
 
 FRAME_GAP = 64
 
 
 @dataclass
 class TokenBatch:
-    base: Tensor  # [K, 3p²] kept tokens of the bicubic base
+    base: Tensor  # [K, 3(p+2 halo)²] kept tokens of the bicubic base, with their halo
     target: Tensor  # [K, 3p²] HR - base on kept tokens
     coords: Tensor  # [K, 3]
     sample: Tensor  # [K] which window each token came from
@@ -62,8 +63,11 @@ def make_batch(
         for s in ((0, 0, 0), cfg.shift)
     )
     base_k = base_tok[bi, ni]
+    net_base = base_k
+    if cfg.halo:
+        net_base = gather_patches(base, bi * (t * hp * wp) + ni, patch=p, halo=cfg.halo)
     return TokenBatch(
-        base=base_k,
+        base=net_base,
         target=hr_tok[bi, ni] - base_k,
         coords=coords,
         sample=bi,
@@ -80,7 +84,7 @@ def one_step_all_tokens(model, lr: Tensor, hr: Tensor, *, scale: int) -> tuple[T
     cfg = model.config
     batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=None)
     g = torch.Generator(device=lr.device).manual_seed(0)
-    noise = torch.randn(batch.base.shape, generator=g, device=lr.device) * cfg.noise_std
+    noise = torch.randn(batch.target.shape, generator=g, device=lr.device) * cfg.noise_std
     t = torch.ones(1, device=lr.device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=lr.is_cuda):
         v = model(batch.base, noise, batch.coords, t, batch.parts[0].part, batch.parts[1].part)
@@ -109,6 +113,57 @@ def training_keep(lr: Tensor, *, scale: int, patch: int, generator: torch.Genera
         keep[i] = False
         keep[i, torch.topk(mixed[i], n_keep).indices] = True
     return keep.reshape(b, t, hp, wp)
+
+
+@dataclass
+class Distributed:
+    """Data-parallel training under torchrun (NCCL on GPUs, gloo on the CPU), or one
+    process. Only what the training loop needs: the device, a wrapped model, and one clock."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if world > 1:
+            cuda = device.type == "cuda"
+            torch.distributed.init_process_group(
+                "nccl" if cuda else "gloo", device_id=device if cuda else None
+            )
+        return cls(rank=rank, world=world, device=device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return net
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids)
+
+    def max(self, value: float) -> float:
+        """The largest ``value`` over the ranks (each rank's own where there is one)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t)
+
+    def close(self) -> None:
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
 
 
 def cosine_lr(base_lr: float, progress: float, warmup: float = 0.03) -> float:

@@ -4,11 +4,13 @@
 Each step samples B windows of T frames (photos with sub-pixel camera motion and real clip
 runs, scales 2-4), drops tokens as inference would (training_keep), and regresses the
 residual estimate behind the velocity (v = (x_t - r_hat) / t) at t ~ {1 (3/4 of the time: the
-one-step default), U(0, 1)} on kept tokens only. The budget is wall time (--minutes), so a run fits a device lease; --resume
-continues from the checkpoint. bf16 autocast on CUDA.
+one-step default), U(0, 1)} on kept tokens only. The budget is wall time (--minutes), so a
+run fits a device lease; --resume continues from the checkpoint. bf16 autocast on CUDA. Under torchrun it trains data-parallel
+(DDP, one GPU a rank; gloo on CPU), each rank drawing its own windows.
 
     python scripts/train_sr.py --pack data/pack --minutes 6 --out out/train_sr \
         --weights vs_skipsr/weights/sr_default.safetensors
+    torchrun --nproc_per_node 4 scripts/train_sr.py ...   # 4 GPUs
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from train_common import (
     CurveLog,
+    Distributed,
     StageTimer,
     cosine_lr,
     make_batch,
@@ -36,15 +39,14 @@ from train_common import (
 )
 from train_data import WindowSampler
 
-from vs_skipsr.models import PRESETS, SRTransformer
+from vs_skipsr.models import PRESETS, SRConfig, SRTransformer
 from vs_skipsr.models.weights import save_weights
 from vs_skipsr.tokens import unpatchify
 
 log = logging.getLogger("train_sr")
 
 
-def velocity_loss(model, batch, *, generator, one_step_frac: float) -> torch.Tensor:
-    cfg = model.config
+def velocity_loss(model, cfg, batch, *, generator, one_step_frac: float) -> torch.Tensor:
     k = batch.base.shape[0]
     dev = batch.base.device
     b = int(batch.sample.max()) + 1
@@ -71,6 +73,21 @@ def one_step_psnr(model, lr, hr, scale) -> tuple[float, float]:
     return psnr(batch.base_frames, hr), psnr(out, hr)
 
 
+def with_overrides(cfg: SRConfig, items: list[str]) -> SRConfig:
+    """The config with FIELD=VALUE overrides, each value parsed as the field's current type."""
+    fields = cfg.to_dict()
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        kind = type(fields[name])
+        if kind is tuple:
+            fields[name] = tuple(int(v) for v in value.split(","))
+        else:
+            fields[name] = kind(value)
+    return SRConfig.from_dict(fields)
+
+
 def save_checkpoint(path: Path, model, opt, *, step: int, spent_s: float) -> None:
     """What --resume needs: weights, optimiser state, step and the time budget spent."""
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "spent_s": spent_s}
@@ -83,6 +100,13 @@ def main() -> None:
     )
     ap.add_argument("--pack", type=Path, default=Path("data/pack"))
     ap.add_argument("--preset", default="default")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the preset's SRConfig (an int, float or string), e.g. halo=0",
+    )
     ap.add_argument("--minutes", type=float, default=6.0)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--hr-size", type=int, default=192)
@@ -94,45 +118,53 @@ def main() -> None:
         "--weights", type=Path, default=None, help="where to write the final safetensors"
     )
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--half-weights", action="store_true", help="store the safetensors in float16"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-step-s", type=float, default=1e9, help="give up early if slower")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist = Distributed.from_env()
+    dev = dist.device
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = PRESETS[args.preset]
+    cfg = with_overrides(PRESETS[args.preset], args.set)
     frames = cfg.window[0]
-    model = SRTransformer(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    net = SRTransformer(cfg).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     ckpt = args.out / "ckpt.pt"
     step, spent = 0, 0.0
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=dev)
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, spent = state["step"], state["spent_s"]
         log.info("resumed at step %d (%.0f s spent)", step, spent)
+    model = dist.wrap(net)
     budget = args.minutes * 60.0 + spent
-    curve = CurveLog(args.out / "curve.jsonl", append=args.resume)
+    curve = CurveLog(args.out / "curve.jsonl", append=args.resume) if dist.main else None
+    # each rank its own stream of windows; the held-out batch is the same everywhere
     sampler = WindowSampler(
         pack_dir=args.pack,
         frames=frames,
         hr_size=args.hr_size,
         device=str(dev),
-        seed=args.seed + step,
+        seed=args.seed + step + 1000 * dist.rank,
     )
     held = WindowSampler(
         pack_dir=args.pack, frames=frames, hr_size=args.hr_size, device=str(dev), seed=12345
     )
     val_lr, val_hr, val_s = held.sample(8, scale=4)
-    g = torch.Generator(device=dev).manual_seed(args.seed + 1 + step)
-    n_params = sum(p.numel() for p in model.parameters())
+    g = torch.Generator(device=dev).manual_seed(args.seed + 1 + step + 1000 * dist.rank)
+    n_params = sum(p.numel() for p in net.parameters())
     log.info(
-        "SR net %s: %.2f M params, %s, budget %.1f min",
+        "SR net %s: %.2f M params, %s x %d, batch %d per rank, budget %.1f min",
         args.preset,
         n_params / 1e6,
         dev,
+        dist.world,
+        args.batch,
         args.minutes,
     )
 
@@ -141,7 +173,8 @@ def main() -> None:
     ema = None
     t10 = time.time()
     while True:
-        elapsed = time.time() - t_start
+        # every rank takes the slowest rank's clock: one learning rate and one last step
+        elapsed = dist.max(time.time() - t_start)
         if elapsed >= budget:
             break
         for group in opt.param_groups:
@@ -153,11 +186,11 @@ def main() -> None:
         keep = training_keep(lr, scale=scale, patch=cfg.patch, generator=g)
         batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=keep)
         stages.mark("tokens")
-        loss = velocity_loss(model, batch, generator=g, one_step_frac=args.one_step_frac)
+        loss = velocity_loss(model, cfg, batch, generator=g, one_step_frac=args.one_step_frac)
         stages.mark("forward")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         stages.mark("backward+step")
         step += 1
@@ -171,12 +204,14 @@ def main() -> None:
             )
             sys.exit(3)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if not dist.main:
+            continue
         if step % 50 == 0:
             curve.log(step=step, loss=loss.item(), loss_ema=ema, lr=opt.param_groups[0]["lr"])
         if step % 500 == 0:
-            model.eval()
-            p_bic, p_sr = one_step_psnr(model, val_lr, val_hr, val_s)
-            model.train()
+            net.eval()  # the bare net: the wrapper's forward would wait for the other ranks
+            p_bic, p_sr = one_step_psnr(net, val_lr, val_hr, val_s)
+            net.train()
             curve.log(step=step, psnr_bicubic=p_bic, psnr_sr=p_sr, gain_db=p_sr - p_bic)
             log.info(
                 "step %d loss %.5f  x4 held-out: bicubic %.2f dB, SR %.2f dB (%+.2f)  %.0f s",
@@ -187,22 +222,31 @@ def main() -> None:
                 p_sr - p_bic,
                 elapsed,
             )
-            save_checkpoint(ckpt, model, opt, step=step, spent_s=time.time() - t_start)
+            save_checkpoint(ckpt, net, opt, step=step, spent_s=time.time() - t_start)
 
-    model.eval()
-    p_bic, p_sr = one_step_psnr(model, val_lr, val_hr, val_s)
+    dist.close()
+    if not dist.main:
+        return
+    net.eval()
+    p_bic, p_sr = one_step_psnr(net, val_lr, val_hr, val_s)
     curve.log(step=step, psnr_bicubic=p_bic, psnr_sr=p_sr, gain_db=p_sr - p_bic)
     log.info(
-        "done: %d steps, x4 held-out bicubic %.2f dB, SR %.2f dB (%+.2f)",
+        "done: %d steps x %d ranks, x4 held-out bicubic %.2f dB, SR %.2f dB (%+.2f)",
         step,
+        dist.world,
         p_bic,
         p_sr,
         p_sr - p_bic,
     )
-    save_checkpoint(ckpt, model, opt, step=step, spent_s=time.time() - t_start)
+    save_checkpoint(ckpt, net, opt, step=step, spent_s=time.time() - t_start)
     curve.plot(args.out / "curve_sr.png", ("loss_ema", "gain_db"))
     if args.weights:
-        save_weights(model, args.weights, extra={"steps": str(step), "trained_on": "data/pack"})
+        save_weights(
+            net,
+            args.weights,
+            extra={"steps": str(step), "ranks": str(dist.world), "trained_on": "data/pack"},
+            half=args.half_weights,
+        )
         log.info("wrote %s", args.weights)
 
 

@@ -68,7 +68,7 @@ def _window(net: SRTransformer, k: int, *, seed: int, valid: int | None = None):
         build_partition(coords, grid=GRID, window=cfg.window, shift=s, valid=n_real).part
         for s in ((0, 0, 0), cfg.shift)
     ]
-    base = torch.rand(k, cfg.token_dim, generator=g)
+    base = torch.rand(k, cfg.base_dim, generator=g)
     state = torch.randn(k, cfg.token_dim, generator=g) * cfg.noise_std
     return base, state, coords, parts
 

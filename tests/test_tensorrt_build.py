@@ -69,7 +69,7 @@ def test_each_call_takes_the_tightest_profile_that_covers_it():
 
     def shapes(k: int, n_w: int = 8, length: int = 40) -> dict[str, tuple[int, ...]]:
         return {
-            "base": (k, d),
+            "base": (k, spec.base_dim),
             "state": (k, d),
             "coords": (k, 3),
             "t": (1,),
@@ -103,7 +103,7 @@ def test_real_partitions_fit_the_profile_their_k_selects(fraction):
         for s in ((0, 0, 0), cfg.shift)
     ]
     shapes = {
-        "base": (index.numel(), spec.token_dim),
+        "base": (index.numel(), spec.base_dim),
         "coords": (index.numel(), 3),
         "part0": tuple(parts[0].shape),
         "part1": tuple(parts[1].shape),
@@ -194,7 +194,8 @@ def test_rtx_builds_both_engines_with_three_profiles_without_a_gpu(rtx, tmp_path
     sr_seconds = time.perf_counter() - t0
     assert built.num_profiles == 3 and built.strongly_typed
     assert list(built.inputs) == ["base", "state", "coords", "t", "part0", "part1"]
-    assert built.inputs["base"] == ((-1, sr.config.token_dim), "FLOAT")
+    assert built.inputs["base"] == ((-1, sr.config.base_dim), "FLOAT")
+    assert built.inputs["state"] == ((-1, sr.config.token_dim), "FLOAT")
     assert built.inputs["part1"] == ((-1, -1), "INT64")
     assert built.outputs["velocity"][1] == "FLOAT"
     assert len(built.data) > 100_000
@@ -365,7 +366,7 @@ def test_engine_runner_picks_profiles_and_binds_per_stream(tmp_path):
     def feeds(k: int) -> dict[str, torch.Tensor]:
         d = spec.token_dim
         return {
-            "base": torch.rand(k, d),
+            "base": torch.rand(k, spec.base_dim),
             "state": torch.rand(k, d),
             "coords": torch.zeros(k, 3, dtype=torch.long),
             "t": torch.ones(1),

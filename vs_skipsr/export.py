@@ -146,7 +146,7 @@ def sr_example_inputs(config: SRConfig) -> tuple[Tensor, ...]:
     ]
     g = torch.Generator().manual_seed(0)
     k = index.numel()
-    base = torch.rand(k, config.token_dim, generator=g)  # [K, 3p²]
+    base = torch.rand(k, config.base_dim, generator=g)  # [K, 3(p+2h)²]
     state = torch.randn(k, config.token_dim, generator=g) * config.noise_std  # [K, 3p²]
     t = torch.ones(1)
     return base, state, coords, t, parts[0], parts[1]
@@ -213,8 +213,8 @@ def export_sr_onnx(
     opset: int = OPSET,
     dtype: Precision = "fp32",
 ) -> None:
-    """Write the SR net as ONNX: inputs base/state [K, 3p²] f32, coords [K, 3] i64, t [1] f32,
-    part0/part1 [nW, L] i64; output velocity [K, 3p²] f32. ``model`` is not modified."""
+    """Write the SR net as ONNX: inputs base [K, 3(p+2 halo)²] and state [K, 3p²] f32, coords
+    [K, 3] i64, t [1] f32, part0/part1 [nW, L] i64; output velocity [K, 3p²] f32. ``model`` is not modified."""
     net = copy.deepcopy(model).to("cpu", _check_precision(dtype)).eval()
     _export(
         net,
@@ -306,6 +306,7 @@ class ProfileSpec:
     patch: int = 16
     window: tuple[int, int, int] = (5, 8, 8)
     token_dim: int = 768
+    base_dim: int = 768  # token plus halo (SRConfig.base_dim)
     buckets: tuple[float, ...] = (0.25, 0.5, 1.0)
     multiple: int = 256
 
@@ -335,6 +336,7 @@ class ProfileSpec:
             patch=config.patch,
             window=tuple(config.window),  # type: ignore[arg-type]
             token_dim=config.token_dim,
+            base_dim=config.base_dim,
             buckets=tuple(float(f) for f in buckets),
         )
 
@@ -395,11 +397,12 @@ class ProfileSpec:
             nw_opt = min(n_w, k_opt)
             k_shapes = ((k_min,), (k_opt,), (k_max,))
             tok = tuple((k[0], d) for k in k_shapes)
+            base = tuple((k[0], self.base_dim) for k in k_shapes)
             coords = tuple((k[0], 3) for k in k_shapes)
             part = ((1, 1), (nw_opt, length), (n_w, length))
             profiles.append(
                 {
-                    "base": tok,
+                    "base": base,
                     "state": tok,
                     "coords": coords,
                     "part0": part,

@@ -26,6 +26,9 @@ class Runner(Protocol):
     device: torch.device
     sr_config: SRConfig
     has_mask: bool
+    # True where the runner replays shapes it captured (CUDA graphs): the pipeline then pads
+    # the kept count up to a bucket; engines and eager kernels take any count as it is
+    wants_buckets: bool
 
     def mask(self, lr: Tensor) -> Tensor:
         """LR frames [T, 3, h, w] float32 on ``device`` -> score map [T, 1, h, w] float32."""
@@ -39,5 +42,6 @@ class Runner(Protocol):
         t: Tensor,
         partitions: tuple[Partition, Partition],
     ) -> Tensor:
-        """Velocity [K, 3p²] float32 for kept tokens (base/state [K, 3p²], coords [K, 3])."""
+        """Velocity [K, 3p²] float32 for kept tokens (base [K, 3(p+2 halo)²], state [K, 3p²],
+        coords [K, 3])."""
         ...

@@ -48,10 +48,23 @@ class SRConfig:
     head: str = "linear"
     head_width: int = 48
     head_cell: int = 4
+    # output pixels of base context each side of a token that the net reads (a multiple of
+    # head_cell; conv head only): the base input is then a (p + 2 halo)^2 patch, so the head
+    # decodes a token's border from its neighbours' pixels instead of zero padding (block edges)
+    halo: int = 0
 
     @property
     def token_dim(self) -> int:
         return self.channels * self.patch * self.patch
+
+    @property
+    def base_patch(self) -> int:
+        """Side of the base patch the net reads: the token plus its halo."""
+        return self.patch + 2 * self.halo
+
+    @property
+    def base_dim(self) -> int:
+        return self.channels * self.base_patch * self.base_patch
 
     @property
     def shift(self) -> tuple[int, int, int]:
@@ -69,16 +82,17 @@ class SRConfig:
 
 PRESETS: dict[str, SRConfig] = {
     # shipped default: small enough for a CPU demo, trained on real imagery
-    "default": SRConfig(head="conv"),
+    "default": SRConfig(head="conv", halo=8, head_width=64),
     # unit tests: a few thousand parameters, same code paths
     "tiny": SRConfig(
-        dim=32, depth=2, heads=2, window=(2, 4, 4), mlp_ratio=2.0, head="conv", head_width=8
+        dim=32, depth=2, heads=2, window=(2, 4, 4), mlp_ratio=2.0, head="conv", head_width=8,
+        halo=8,
     ),
     # DESIGN.md's measured GPU shape: 12 blocks, width 384
-    "large": SRConfig(dim=384, depth=12, heads=6, mlp_ratio=4.0, head="conv"),
+    "large": SRConfig(dim=384, depth=12, heads=6, mlp_ratio=4.0, head="conv", halo=8),
     # production scale (SeedVR2-3B shape), random weights, benchmarks only
     "seedvr2_3b": SRConfig(
-        dim=2560, depth=32, heads=20, mlp_ratio=4.0, window=(4, 8, 8), head="conv"
+        dim=2560, depth=32, heads=20, mlp_ratio=4.0, window=(4, 8, 8), head="conv", halo=8
     ),
 }
 
@@ -200,23 +214,39 @@ class ConvHead(nn.Module):
     A linear head can only emit residuals from a fixed dim-wide subspace of patch space, and
     it learned slowly: x4 detail is a nonlinear function of a few LR pixels. Here the feature
     is spread over a (p/cell)^2 sub-grid (cell = 4: one LR pixel at x4), joined with the
-    token's own base pixels (space-to-depth), and three convs decode each cell. Everything
-    stays inside the token, so a kept token still depends only on kept tokens (and skipped
-    tokens stay exact).
+    token's own base pixels (space-to-depth), and three convs decode each cell.
+
+    With a halo of h cells the base pixels come with h cells of the neighbours' base around
+    them, and h unpadded 3x3 convs (the stem) reduce that to the token's grid: each cell then
+    sees a (2h+1)^2 LR neighbourhood whatever the token border, which is where a token-local
+    head left block edges. The halo is base (the LR input), never another token's output, so
+    a kept token still depends only on kept tokens and the LR, and skipped tokens stay exact.
     """
 
-    def __init__(self, *, dim: int, patch: int, channels: int, width: int, cell: int) -> None:
+    def __init__(
+        self, *, dim: int, patch: int, channels: int, width: int, cell: int, halo: int = 0
+    ) -> None:
         super().__init__()
-        if patch % cell:
-            raise ValueError(f"SRConfig head_cell={cell} must divide patch={patch}")
+        if patch % cell or halo % cell:
+            raise ValueError(
+                f"SRConfig head_cell={cell} must divide patch={patch} and halo={halo}"
+            )
         self.patch, self.channels, self.width, self.cell = patch, channels, width, cell
         self.grid = patch // cell
+        self.halo_cells = halo // cell
+        self.base_patch = patch + 2 * halo
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.to_grid = nn.Linear(dim, width * self.grid * self.grid)
         pix = channels * cell * cell
+        self.stem: nn.Module | None = None
+        if self.halo_cells:
+            layers: list[nn.Module] = []
+            for i in range(self.halo_cells):
+                layers += [nn.Conv2d(pix if i == 0 else width, width, 3), nn.GELU(approximate="tanh")]
+            self.stem = nn.Sequential(*layers)
         self.convs = nn.Sequential(
-            nn.Conv2d(width + pix, width, 3, padding=1),
+            nn.Conv2d(width + (width if self.stem is not None else pix), width, 3, padding=1),
             nn.GELU(approximate="tanh"),
             nn.Conv2d(width, width, 3, padding=1),
             nn.GELU(approximate="tanh"),
@@ -234,8 +264,12 @@ class ConvHead(nn.Module):
         g, c, p = self.grid, self.channels, self.patch
         shift, scale = self.ada(temb).chunk(2, dim=-1)
         feat = self.to_grid(modulate(self.norm(x), shift, scale)).reshape(k, self.width, g, g)
-        pix = F.pixel_unshuffle(base.reshape(k, c, p, p) - 0.5, self.cell)  # [K, c*cell², g, g]
-        out = self.convs(torch.cat((feat, pix.to(feat.dtype)), dim=1))  # [K, c*cell², g, g]
+        bp = self.base_patch
+        pix = F.pixel_unshuffle(base.reshape(k, c, bp, bp) - 0.5, self.cell)  # [K, c·cell², G, G]
+        pix = pix.to(feat.dtype)
+        if self.stem is not None:
+            pix = self.stem(pix)  # [K, width, g, g]: the halo is consumed
+        out = self.convs(torch.cat((feat, pix), dim=1))  # [K, c*cell², g, g]
         return F.pixel_shuffle(out, self.cell).reshape(k, c * p * p)
 
 
@@ -243,7 +277,8 @@ class ConvHead(nn.Module):
 
 
 class SRTransformer(nn.Module):
-    """Velocity net over kept tokens: (base patches, state patches, coords, t) -> velocity."""
+    """Velocity net over kept tokens: (base patches with their halo, state patches, coords,
+    t) -> velocity. ``base`` is [K, 3 (p+2 halo)²], ``state`` and the velocity [K, 3p²]."""
 
     def __init__(self, config: SRConfig) -> None:
         super().__init__()
@@ -253,8 +288,10 @@ class SRTransformer(nn.Module):
                 "of an even size (rotary positions rotate pairs)"
             )
         self.config = config
+        if config.halo and config.head == "linear":
+            raise ValueError(f"SRConfig halo={config.halo} needs head='conv'")
         d = config.token_dim
-        self.embed = nn.Linear(2 * d, config.dim)
+        self.embed = nn.Linear(config.base_dim + d, config.dim)
         self.t_embed = TimestepEmbedder(config.dim)
         self.blocks = nn.ModuleList(
             Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
@@ -268,6 +305,7 @@ class SRTransformer(nn.Module):
                 channels=config.channels,
                 width=config.head_width,
                 cell=config.head_cell,
+                halo=config.halo,
             )
         else:
             raise ValueError(f"SRConfig head={config.head!r}: expected 'linear' or 'conv'")
@@ -331,7 +369,7 @@ class SRTransformer(nn.Module):
     ) -> Tensor:
         """Exportable form: windows as padded index tensors [nW, L] (-1 = padding).
 
-        base, state: [K, 3p²] float; coords: [K, 3] int64; t: [1] float in [0, 1].
+        base: [K, 3(p+2·halo)²], state: [K, 3p²] float; coords: [K, 3] int64; t: [1] float.
         Returns the velocity [K, 3p²] (float32); (state - t * velocity) is the residual estimate.
         """
         attends = (

@@ -37,13 +37,24 @@ class WeightsError(ValueError):
 
 
 def save_weights(
-    model: SRTransformer | MaskNet, path: Path, *, extra: dict[str, str] | None = None
+    model: SRTransformer | MaskNet,
+    path: Path,
+    *,
+    extra: dict[str, str] | None = None,
+    half: bool = False,
 ) -> None:
-    """Write fp32 weights plus {kind, config, extra} metadata; atomic via a temp file."""
+    """Write the weights plus {kind, config, extra} metadata; atomic via a temp file.
+
+    ``half`` stores float16 (half the bytes, what lets the shipped pair stay under the repo's
+    25 MB); loading always gives float32. fp16 rather than bf16: weights are small numbers,
+    where fp16's 10 mantissa bits beat bf16's 7."""
     kind = "sr" if isinstance(model, SRTransformer) else "mask"
     meta = {"kind": kind, "config": json.dumps(model.config.to_dict())}
     meta.update(extra or {})
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    dtype = torch.float16 if half else torch.float32
+    tensors = {
+        k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -84,7 +95,7 @@ def _fill(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> Non
         if wrong:
             parts.append(f"shape mismatch {wrong[:5]}")
         raise WeightsError(f"{path} does not fit its config: " + "; ".join(parts))
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
 
 
 def load_sr(path: Path | None = None) -> SRTransformer:
