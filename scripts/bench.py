@@ -13,7 +13,7 @@ Sections (``--sections``, comma-separated):
             encoder is found), dense against SkipSR, same run, for each --vspipe-cases entry:
             the default model at 1, 4 and 8 steps, eager and (CUDA) with CUDA graphs, and
             (CUDA) the SeedVR2-3B-shaped preset on 720p windows of 21 frames; steady-state fps
-            from runs over N and 2N frames (the one-time warm-up cancels)
+            from the times frames leave vspipe, after W warm-up frames
 Prints tables; writes --out/bench.json and --out/bench.png.
 
     python scripts/bench.py --sections peak,sr,large,stages,vspipe --out out/bench   # GPU
@@ -448,11 +448,11 @@ def bench_vspipe(args) -> None:
     window = 5
     # regime -> (extra vspipe args, N frames, W warm-up frames)
     regimes = {
-        "eager": ({}, args.frames, 2 * window),
-        "rgb": ({"device_color": "0"}, args.frames, 2 * window),
+        "eager": ({"cuda_graphs": "0"}, args.frames, 2 * window),
+        "rgb": ({"device_color": "0", "cuda_graphs": "0"}, args.frames, 2 * window),
         "graphs": ({"cuda_graphs": "1"}, args.frames, 2 * window),
         "large": (
-            {"preset": "seedvr2_3b", "window": "21", "lr_width": "320"},
+            {"preset": "seedvr2_3b", "window": "21", "lr_width": "320", "cuda_graphs": "0"},
             args.large_frames,
             2 * 21,
         ),
@@ -598,9 +598,10 @@ def main() -> None:
         "--vspipe-cases",
         default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
         "graphs:1:x264,graphs:4:null,large:1:null",
-        help="regime:steps:sink list; regimes eager (the default model, skipsr's defaults), "
+        help="regime:steps:sink list; regimes eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
-        "(cuda_graphs=1), large (SeedVR2-3B shape, random weights, 21-frame 720p windows)",
+        "(cuda_graphs=1, skipsr's default on CUDA), large (SeedVR2-3B shape, random weights, "
+        "21-frame 720p windows, eager)",
     )
     ap.add_argument(
         "--large-frames",

@@ -67,6 +67,7 @@ class StubRunner:
 
     name = "stub"
     has_mask = False
+    wants_buckets = False
 
     def __init__(self, device: torch.device, sr_config) -> None:
         self.device = device

@@ -12,6 +12,7 @@ from vs_skipsr.models.attention import masked_dense_attention, padded_window_att
 from vs_skipsr.pipeline import token_noise, upsample, upscale_window
 from vs_skipsr.tokens import (
     build_partition,
+    gather_patches,
     pad_to_grid,
     patchify,
     token_coords,
@@ -79,6 +80,48 @@ def test_partition_puts_each_kept_token_in_exactly_one_window(shift):
     assert p.max_len == int((p.part >= 0).sum(1).max())
 
 
+def test_partition_shapes_depend_on_the_grid_only():
+    """Every window of the grid has a segment (empty ones too), so two keep sets of one grid
+    give packed forms of one shape: what lets one CUDA graph serve both. Segments still hold
+    exactly the tokens of their window, and static_len bounds max_len by the window volume."""
+    grid, window, shift = (3, 7, 9), (2, 4, 4), (1, 2, 2)
+    shapes = set()
+    for frac, seed in ((0.1, 1), (0.5, 2), (1.0, 3)):
+        keep = _random_keep(grid, frac, seed).reshape(-1)
+        coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
+        p = build_partition(coords, grid=grid, window=window, shift=shift, static_len=True)
+        shapes.add(tuple(p.cu_seqlens.shape))
+        assert p.max_len == 32
+        cu = p.cu_seqlens.long()
+        for w in range(cu.shape[0] - 1):
+            members = p.order[cu[w] : cu[w + 1]]
+            win = (coords[members] + torch.tensor(shift)) // torch.tensor(window)
+            assert (win == win[:1]).all(), "a segment mixes windows"
+        assert sorted(p.order.tolist()) == list(range(coords.shape[0]))
+    n_windows = 2 * 3 * 3  # (3+1)/2, (7+2)/4 and (9+2)/4 windows, rounded up
+    assert shapes == {(n_windows + 1,)}
+
+
+def test_geometric_buckets_pad_little_and_stay_few():
+    from vs_skipsr.pipeline import BUCKET_GROWTH
+    from vs_skipsr.tokens import bucket_size
+
+    sizes = [bucket_size(k, growth=BUCKET_GROWTH) for k in range(1, 40_801)]
+    assert all(b >= k for k, b in zip(range(1, 40_801), sizes, strict=True))
+    assert all(b % 64 == 0 for b in sizes)
+    for k, b in zip(range(257, 40_801), sizes[256:], strict=True):  # below 256: 256
+        assert (b - k) / k <= BUCKET_GROWTH - 1 + 64 * BUCKET_GROWTH / k, (k, b)
+    assert len(set(sizes)) <= 60  # multiples of 256 would give 160 shapes
+
+
+def test_eager_runner_gets_no_bucket_padding(runner):
+    """Only captured graphs need static shapes: an eager runner's kept count is not padded."""
+    lr = _lr(seed=4)
+    out = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.5)
+    assert not runner.wants_buckets
+    assert out.stats.bucket == out.stats.kept
+
+
 def test_keep_all_equals_dense_path(runner):
     lr = _lr()
     dense = upscale_window(lr, scale=2, runner=runner)
@@ -103,10 +146,23 @@ def _reference_kept_velocity(net, lr, keep, scale, seed=0):
         same = (win[:, None, :] == win[None, :, :]).all(-1)  # [N, N]
         allowed = same & kept[:, None] & kept[None, :]
         attends.append(lambda q, k, v, a=allowed: masked_dense_attention(q, k, v, a))
-    tokens = patchify(base, patch=cfg.patch)
+    tokens = gather_patches(base, all_idx, patch=cfg.patch, halo=cfg.halo)
     state = token_noise(all_idx, dim=cfg.token_dim, seed=seed) * cfg.noise_std
     v = net.forward_attend(tokens, state, coords, torch.ones(1), attends)
     return base, grid, v[kept], state[kept]
+
+
+def test_gather_patches_reads_each_token_with_its_replicated_halo():
+    g = torch.Generator().manual_seed(3)
+    frames = torch.rand(2, 3, 32, 48, generator=g)  # grid (2, 2, 3)
+    index = torch.tensor([0, 2, 3, 5, 6, 11])
+    assert torch.equal(gather_patches(frames, index, patch=16), patchify(frames, patch=16)[index])
+    got = gather_patches(frames, index, patch=16, halo=8).reshape(-1, 3, 32, 32)
+    for row, i in enumerate(index.tolist()):
+        t, y, x = i // 6, (i % 6) // 3, i % 3
+        ys = torch.arange(y * 16 - 8, y * 16 + 24).clamp(0, 31)  # replicate = clamped rows
+        xs = torch.arange(x * 16 - 8, x * 16 + 24).clamp(0, 47)
+        assert torch.equal(got[row], frames[t][:, ys][:, :, xs]), f"token {i}"
 
 
 @pytest.mark.parametrize("frac,seed", [(0.15, 0), (0.5, 1), (0.85, 2)])
@@ -301,6 +357,14 @@ def test_cuda_graphs_equal_eager_and_are_reused():
         err = (a.frames - b.frames).abs().max()
         assert err < 2e-2, f"graph differs from eager by {err}"
     assert graphed.graphs.captures == 2
+    # keep sets that fill different windows but land in a captured bucket reuse its graph
+    grid = _grid(lr, 2, 16)
+    for seed in (1, 2, 3):
+        keep = _random_keep(grid, 0.3, seed).cuda()
+        a = upscale_window(lr, scale=2, runner=eager, keep=keep, buckets=(128, 256))
+        b = upscale_window(lr, scale=2, runner=graphed, keep=keep, buckets=(128, 256))
+        assert (a.frames - b.frames).abs().max() < 2e-2
+    assert graphed.graphs.captures == 2
 
 
 def test_linear_head_weights_still_load(tmp_path):
@@ -314,7 +378,7 @@ def test_linear_head_weights_still_load(tmp_path):
     from vs_skipsr.models import PRESETS
     from vs_skipsr.models.weights import load_sr, save_weights
 
-    cfg = dataclasses.replace(PRESETS["tiny"], head="linear")
+    cfg = dataclasses.replace(PRESETS["tiny"], head="linear", halo=0)
     net = random_sr("tiny", seed=3)  # conv head: a different state dict
     old = SRTransformer(cfg)
     with torch.no_grad():
@@ -328,7 +392,7 @@ def test_linear_head_weights_still_load(tmp_path):
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata())
     conf = json.loads(meta["config"])
-    for k in ("head", "head_width", "head_cell"):
+    for k in ("head", "head_width", "head_cell", "halo"):
         conf.pop(k)
     meta["config"] = json.dumps(conf)
     save_file(load_file(str(path)), str(path), metadata=meta)
@@ -349,6 +413,10 @@ def test_unknown_head_is_refused_by_name():
 
     with pytest.raises(ValueError, match="head='mlp'"):
         SRTransformer(dataclasses.replace(PRESETS["tiny"], head="mlp"))
+    with pytest.raises(ValueError, match="halo=8 needs head='conv'"):
+        SRTransformer(dataclasses.replace(PRESETS["tiny"], head="linear", halo=8))
+    with pytest.raises(ValueError, match="head_cell=4 must divide patch=16 and halo=6"):
+        SRTransformer(dataclasses.replace(PRESETS["tiny"], halo=6))
 
 
 def test_fresh_mask_net_ranks_like_the_gradient_heuristic():
@@ -396,3 +464,38 @@ def test_cpu_upsample_through_opencv_equals_torch_bicubic(scale):
 def test_unknown_mask_config_is_refused_by_name(kw, needle):
     with pytest.raises(ValueError, match=needle):
         MaskNet(MaskConfig(**kw))
+
+
+def test_half_weights_load_as_float32_close_to_the_original(tmp_path):
+    from vs_skipsr.models.weights import load_sr, save_weights
+
+    net = random_sr("tiny", seed=5, std=0.05)
+    save_weights(net, tmp_path / "full.safetensors")
+    save_weights(net, tmp_path / "half.safetensors", half=True)
+    full, half = (tmp_path / n for n in ("full.safetensors", "half.safetensors"))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_sr(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    lr = _lr(t=2, h=24, w=24, seed=6)
+    a = upscale_window(lr, scale=2, runner=TorchBackend().load(sr=net, mask=None))
+    b = upscale_window(lr, scale=2, runner=TorchBackend().load(sr=loaded, mask=None))
+    err = (a.frames - b.frames).abs().max()
+    assert 0 < err < 2e-3, f"half storage moved the output by {err}"
+
+
+def test_shipped_weights_load_and_fit_the_repo_budget():
+    """The defaults every user gets: both files load against their configs, together
+    at most 25 MB (the issue's budget for the repo)."""
+    from vs_skipsr.models.weights import (
+        DEFAULT_MASK_WEIGHTS,
+        DEFAULT_SR_WEIGHTS,
+        load_mask,
+        load_sr,
+    )
+
+    if not (DEFAULT_SR_WEIGHTS.is_file() and DEFAULT_MASK_WEIGHTS.is_file()):
+        pytest.skip("the shipped weights are not in this checkout")
+    total = DEFAULT_SR_WEIGHTS.stat().st_size + DEFAULT_MASK_WEIGHTS.stat().st_size
+    assert total <= 25_000_000, f"shipped weights take {total / 1e6:.1f} MB"
+    assert load_sr().config.head == "conv"
+    load_mask()

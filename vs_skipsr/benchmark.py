@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends.base import Runner
+from .pipeline import BUCKET_GROWTH
 from .models.sr import SRConfig
 from .tokens import Partition, bucket_size, build_partition, token_coords
 
@@ -77,13 +78,31 @@ def sr_flops(cfg: SRConfig, parts: Sequence[Partition], kept: int) -> float:
     window sizes (QK^T and PV, 4 n^2 C per window and block)."""
     c, d = cfg.dim, cfg.token_dim
     hidden = int(c * cfg.mlp_ratio)
-    per_token = 2 * (2 * d * c) + cfg.depth * 2 * (4 * c * c + 2 * c * hidden) + 2 * c * d
+    embed = 2 * (cfg.base_dim + d) * c
+    per_token = embed + cfg.depth * 2 * (4 * c * c + 2 * c * hidden) + _head_flops(cfg)
     attn = 0.0
     for i in range(cfg.depth):
         cu = parts[i % len(parts)].cu_seqlens
         counts = (cu[1:] - cu[:-1]).double()
         attn += float(4 * c * (counts**2).sum())
     return per_token * kept + attn
+
+
+def _head_flops(cfg: SRConfig) -> float:
+    """Per-token flops of the output head (models/sr.py: FinalLayer or ConvHead)."""
+    c, d = cfg.dim, cfg.token_dim
+    if cfg.head != "conv":
+        return 2 * c * d
+    w, g = cfg.head_width, cfg.patch // cfg.head_cell
+    pix = cfg.channels * cfg.head_cell**2
+    flops = 2 * c * w * g * g  # to_grid
+    side, cin = g + 2 * (cfg.halo // cfg.head_cell), pix
+    while side > g:  # the stem's unpadded 3x3 convs
+        side -= 2
+        flops += 2 * 9 * cin * w * side * side
+        cin = w
+    flops += 2 * g * g * (9 * (w + cin) * w + 9 * w * w + w * pix)
+    return flops
 
 
 def scaling_table(
@@ -107,14 +126,21 @@ def scaling_table(
     for frac in fractions:
         index = torch.nonzero(clustered_keep(grid, frac).reshape(-1)).squeeze(1).to(dev)
         k = index.numel()
-        kb = min(bucket_size(k), total) if bucketed else k
+        kb = min(bucket_size(k, growth=BUCKET_GROWTH), total) if bucketed else k
         padded = F.pad(index, (0, kb - k))
         coords = token_coords(padded, grid=grid)
         parts = tuple(
-            build_partition(coords, grid=grid, window=cfg.window, shift=s, valid=k)
+            build_partition(
+                coords,
+                grid=grid,
+                window=cfg.window,
+                shift=s,
+                valid=k,
+                static_len=dev.type == "cuda",
+            )
             for s in ((0, 0, 0), cfg.shift)
         )
-        base = torch.rand(kb, cfg.token_dim, generator=g).to(dev)
+        base = torch.rand(kb, cfg.base_dim, generator=g).to(dev)
         state = (torch.randn(kb, cfg.token_dim, generator=g) * cfg.noise_std).to(dev)
         t = torch.ones(1, device=dev)
         args = (base, state, coords, t, parts)

@@ -658,7 +658,6 @@ class _SkipSRNode:
                         dilate=s.dilate,
                         steps=s.steps,
                         seed=s.seed + piece.frames[0],
-                        buckets=device.type == "cuda",
                     )
                     out = res.frames[: piece.length]
                     if layout is not None:
@@ -803,8 +802,8 @@ def _check_args(
         raise _fail(f"device_index={device_index!r}: accepted 0..{max(n_cuda, 1) - 1} ({seen})")
     if device_color is not None and not isinstance(device_color, bool):
         raise _fail(f"device_color={device_color!r}: accepted True, False or None")
-    if not isinstance(cuda_graphs, bool):
-        raise _fail(f"cuda_graphs={cuda_graphs!r}: accepted True or False")
+    if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+        raise _fail(f"cuda_graphs={cuda_graphs!r}: accepted True, False or None")
     if cuda_graphs and backend in ("cpu", "trt", "tensorrt", "ort", "onnxruntime"):
         raise _fail(
             f"cuda_graphs=True with backend={backend!r}: CUDA graphs are for the torch backend "
@@ -866,7 +865,7 @@ def skipsr(
     device_index: int = 0,
     num_streams: int = 1,
     fp16: bool = True,
-    cuda_graphs: bool = False,
+    cuda_graphs: bool | None = None,
     device_color: bool | None = None,
     show_mask: bool = False,
     sr_weights: str | os.PathLike[str] | SRTransformer | None = None,
@@ -910,9 +909,11 @@ def skipsr(
         num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one captured
-            per token-count bucket the first time it occurs. For small models, where
-            launching kernels costs more than running them; replays of graphs do not overlap
-            one another (they share memory), the other stages still do.
+            per token-count bucket (geometric, at most 9% padding) the first time it occurs.
+            None (default): on where it applies, since a small model launching kernels
+            costs more than running them and skipping would otherwise save nothing; False
+            for eager kernels; True: an error where it does not apply. Replays of graphs do
+            not overlap one another (they share memory), the other stages still do.
         device_color: convert the output to the clip's YUV on the network's device and copy
             back only its planes, instead of RGB floats for VapourSynth's resize (which costs
             ~7 ms per 1080p frame on the host). None (default): on CUDA where it applies;
@@ -997,7 +998,7 @@ def skipsr(
 
     try:
         spec = resolve_backend(
-            backend, device_index=device_index, fp16=fp16, cuda_graphs=cuda_graphs
+            backend, device_index=device_index, fp16=fp16, cuda_graphs=cuda_graphs is not False
         )
     except ValueError as e:
         raise _fail(f"backend={backend!r}: {e}") from e

@@ -34,16 +34,26 @@ from .models.mask import (
 from .tokens import (
     bucket_size,
     build_partition,
+    gather_patches,
     pad_to_grid,
-    patchify,
     scatter_tokens,
     token_coords,
     unpatchify,
 )
 
-__all__ = ["WindowOutput", "WindowStats", "select_tokens", "upsample", "upscale_window"]
+__all__ = [
+    "BUCKET_GROWTH",
+    "WindowOutput",
+    "WindowStats",
+    "select_tokens",
+    "upsample",
+    "upscale_window",
+]
 
 Scorer = Literal["learned", "gradient"]
+
+# geometric token buckets for captured graphs: at most 9% padding, 8 shapes per doubling
+BUCKET_GROWTH = 2**0.125
 
 NOISE_ROWS = 8191  # prime: token rows of the noise table wrap with no short period
 
@@ -178,7 +188,7 @@ def upscale_window(
     dilate: int = 0,
     steps: int = 1,
     seed: int = 0,
-    buckets: tuple[int, ...] | bool = True,
+    buckets: tuple[int, ...] | bool | None = None,
     timing: bool = False,
 ) -> WindowOutput:
     """Super-resolve one window ``lr`` [T, 3, h, w] (float RGB in [0, 1], on the runner's
@@ -188,8 +198,10 @@ def upscale_window(
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
     kept and the mask is not evaluated (the dense path). ``steps`` Euler steps of the flow all
     reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
-    bucket (True: multiples of 256) so compiled graphs and engine profiles are reused; padding
-    never changes the result.
+    bucket (True: geometric, see :func:`bucket_size`; None: where the runner wants it, i.e.
+    CUDA graphs) so captured graphs are reused; padding never changes the result.
+
+    On CUDA the window costs one device-to-host sync (the kept count), none when dense.
     """
     device = lr.device
     cfg = runner.sr_config
@@ -203,6 +215,7 @@ def upscale_window(
     grid = (t_count, base.shape[-2] // patch, base.shape[-1] // patch)
     total = grid[0] * grid[1] * grid[2]
 
+    dense = keep is None and threshold is None and skip_ratio is None
     with timer.stage("mask"):
         if keep is None and (threshold is not None or skip_ratio is not None):
             keep = select_tokens(
@@ -220,19 +233,31 @@ def upscale_window(
         elif tuple(keep.shape) != grid:
             raise ValueError(f"keep has shape {tuple(keep.shape)}, the token grid is {grid}")
 
+    if buckets is None:
+        buckets = runner.wants_buckets
     with timer.stage("gather"):
-        index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [K]
+        if dense:
+            index = torch.arange(total, device=device)  # no nonzero: nothing to wait for
+        else:
+            index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [K]: the one sync
         n_keep = int(index.numel())
         n_bucket = n_keep
         if buckets and n_keep:
-            n_bucket = bucket_size(n_keep, buckets=buckets if isinstance(buckets, tuple) else None)
+            fixed = buckets if isinstance(buckets, tuple) else None
+            n_bucket = bucket_size(n_keep, buckets=fixed, growth=BUCKET_GROWTH)
             n_bucket = min(n_bucket, total)
-        tokens = patchify(base, patch=patch)  # [N, 3p²] (a view where possible)
         padded = F.pad(index, (0, n_bucket - n_keep))  # [Kb], padding points at token 0
-        base_tok = tokens[padded]  # [Kb, 3p²]
+        base_tok = gather_patches(base, padded, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
         coords = token_coords(padded, grid=grid)  # [Kb, 3]
         parts = tuple(
-            build_partition(coords, grid=grid, window=cfg.window, shift=s, valid=n_keep)
+            build_partition(
+                coords,
+                grid=grid,
+                window=cfg.window,
+                shift=s,
+                valid=n_keep,
+                static_len=device.type == "cuda",
+            )
             for s in ((0, 0, 0), cfg.shift)
         )
         state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std  # [Kb, 3p²]
@@ -246,7 +271,10 @@ def upscale_window(
         residual = state[:n_keep]  # [K, 3p²]
 
     with timer.stage("scatter"):
-        res = scatter_tokens(residual.float(), index, total=total)  # [N, 3p²]
+        if n_keep == total:  # every token kept: index is 0..N-1, nothing to scatter
+            res = residual.float()
+        else:
+            res = scatter_tokens(residual.float(), index, total=total)  # [N, 3p²]
         res = unpatchify(res, grid=grid, patch=patch)  # [T, 3, Hg, Wg]
         out = (base + res)[..., :out_h, :out_w].clamp_(0, 1)
 

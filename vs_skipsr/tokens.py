@@ -8,6 +8,7 @@ the CPU, CUDA and the ONNX export's preprocessing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +19,13 @@ __all__ = [
     "Partition",
     "bucket_size",
     "build_partition",
+    "gather_patches",
     "pad_to_grid",
     "patchify",
     "scatter_tokens",
     "token_coords",
     "unpatchify",
+    "window_grid",
 ]
 
 
@@ -45,6 +48,27 @@ def patchify(frames: Tensor, *, patch: int) -> Tensor:
     x = frames.reshape(t, c, hp, patch, wp, patch)  # [T, C, Hp, p, Wp, p]
     x = x.permute(0, 2, 4, 1, 3, 5)  # [T, Hp, Wp, C, p, p]
     return x.reshape(t * hp * wp, c * patch * patch)
+
+
+def gather_patches(frames: Tensor, index: Tensor, *, patch: int, halo: int = 0) -> Tensor:
+    """The p x p patches of tokens ``index`` [K] (flat (t, y, x) order over the token grid of
+    ``frames`` [T, C, H, W]), each with ``halo`` pixels of its surroundings: [K, C*(p+2h)²].
+
+    The frame border is replicated into the halo, as :func:`pad_to_grid` pads. Only the K
+    requested patches are copied: the overlapping patches are an unfold view, indexed.
+    """
+    if halo == 0:
+        return patchify(frames, patch=patch)[index]
+    t, c, h, w = frames.shape
+    hp, wp = h // patch, w // patch
+    side = patch + 2 * halo
+    padded = F.pad(frames, (halo, halo, halo, halo), mode="replicate")
+    view = padded.unfold(2, side, patch).unfold(3, side, patch)  # [T, C, Hp, Wp, s, s]
+    ti = index // (hp * wp)
+    rem = index - ti * (hp * wp)
+    yi = rem // wp
+    xi = rem - yi * wp
+    return view[ti, :, yi, xi].reshape(index.shape[0], c * side * side)  # [K, C, s, s] first
 
 
 def unpatchify(tokens: Tensor, *, grid: tuple[int, int, int], patch: int) -> Tensor:
@@ -73,34 +97,79 @@ def scatter_tokens(values: Tensor, index: Tensor, *, total: int) -> Tensor:
     return out
 
 
-def bucket_size(k: int, *, buckets: tuple[int, ...] | None = None, multiple: int = 256) -> int:
+def bucket_size(
+    k: int,
+    *,
+    buckets: tuple[int, ...] | None = None,
+    multiple: int = 256,
+    growth: float | None = None,
+) -> int:
     """The token count a compiled graph is built for: the smallest bucket >= k.
 
-    Without explicit buckets, k rounds up to a multiple of ``multiple`` (so graphs are reused
-    across windows whose kept counts differ a little).
+    Without explicit buckets, k rounds up to a multiple of ``multiple``. With ``growth`` the
+    buckets above ``multiple`` are geometric instead, multiple * growth^j rounded up to 64,
+    so a keep set that wanders over a wide range of counts meets a few dozen shapes, not
+    hundreds, for at most (growth - 1) + 64 growth / k of padding.
     """
     if buckets:
         for b in sorted(buckets):
             if b >= k:
                 return b
         return k
-    return max(multiple, -(-k // multiple) * multiple)
+    if growth is None or k <= multiple:
+        return max(multiple, -(-k // multiple) * multiple)
+    j = math.ceil(math.log(k / multiple, growth) - 1e-9)
+    b = -(-math.ceil(multiple * growth**j - 1e-6) // 64) * 64
+    return b if b >= k else -(-k // 64) * 64
 
 
 @dataclass(frozen=True)
 class Partition:
     """Kept tokens grouped into 3D attention windows, in two equivalent forms.
 
-    ``part`` [nW, L] (int64 indices into the kept tokens, -1 as padding) is the exportable
-    form (ONNX, TensorRT, CPU). ``order`` [K] with ``cu_seqlens`` [nW+1] is the packed form
-    for variable-length attention kernels: ``order`` lists kept tokens window by window.
-    Tokens with ``index >= valid`` (bucket padding) belong to no window.
+    ``order`` [K] with ``cu_seqlens`` [nW+1] is the packed form for variable-length attention
+    kernels: ``order`` lists kept tokens window by window, and every window of the grid has a
+    segment, empty ones too, so its shape depends on the grid only (no host sync to build it,
+    and a CUDA graph sees the same shapes for any keep set). ``part`` [nW', L] (int64 indices
+    into the kept tokens, -1 as padding; non-empty windows only, L the longest) is the
+    exportable form (ONNX, TensorRT, CPU); it is built on first use, since its shape needs the
+    counts on the host. Tokens with ``index >= valid`` (bucket padding) belong to no window.
     """
 
-    part: Tensor  # [nW, L] int64, -1 = padding
     order: Tensor  # [Kv] int64
     cu_seqlens: Tensor  # [nW+1] int32
     max_len: int
+    padded: Tensor | None = None  # [nW', L] int64, -1 = padding (see ``part``)
+
+    @property
+    def part(self) -> Tensor:
+        if self.padded is None:
+            object.__setattr__(self, "padded", _padded_form(self.order, self.cu_seqlens))
+        return self.padded  # type: ignore[return-value]
+
+
+def _padded_form(order: Tensor, cu: Tensor) -> Tensor:
+    """[nW', L] from the packed form: one row per non-empty window, -1 after its tokens."""
+    device = order.device
+    counts = (cu[1:] - cu[:-1]).long()  # [nW]
+    rows = torch.nonzero(counts).squeeze(1)  # non-empty windows
+    counts = counts[rows]
+    n_w = rows.shape[0]
+    length = max(1, int(counts.max()) if n_w else 0)
+    k = order.shape[0]
+    starts = torch.repeat_interleave(cu[:-1].long()[rows], counts, output_size=k)  # [K]
+    pos = torch.arange(k, device=device) - starts
+    row = torch.repeat_interleave(torch.arange(n_w, device=device), counts, output_size=k)
+    part = torch.full((max(n_w, 1), length), -1, dtype=torch.long, device=device)
+    part[row, pos] = order
+    return part
+
+
+def window_grid(
+    grid: tuple[int, int, int], *, window: tuple[int, int, int], shift: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """Attention windows along (t, y, x) of a partition with offset ``shift``."""
+    return tuple(-(-(grid[i] + shift[i]) // window[i]) for i in range(3))  # type: ignore[return-value]
 
 
 def build_partition(
@@ -110,6 +179,7 @@ def build_partition(
     window: tuple[int, int, int],
     shift: tuple[int, int, int],
     valid: int | None = None,
+    static_len: bool = False,
 ) -> Partition:
     """Group kept tokens by the 3D window their original (t, y, x) falls in.
 
@@ -117,55 +187,58 @@ def build_partition(
     shifted partition straddles the borders of the regular one). Edge windows are simply
     smaller, so no cyclic roll and no cross-edge masking is needed. Only the first ``valid``
     rows of ``coords`` are real tokens; the rest are bucket padding and join no window.
+    ``static_len`` sets ``max_len`` to the window volume instead of the longest window,
+    which would cost a device-to-host sync (varlen kernels only need an upper bound).
     """
     k = coords.shape[0] if valid is None else valid
     device = coords.device
     c = coords[:k]
-    n_y, n_x = (-(-(grid[i] + shift[i]) // window[i]) for i in (1, 2))
+    per_axis = window_grid(grid, window=window, shift=shift)
+    _, n_y, n_x = per_axis
+    n_w = math.prod(per_axis)
     wt, wy, wx = ((c[:, i] + shift[i]) // window[i] for i in range(3))
-    win = (wt * n_y + wy) * n_x + wx  # [K] window id, not compact
+    win = (wt * n_y + wy) * n_x + wx  # [K] window id in [0, nW)
     order = torch.argsort(win, stable=True)  # [K]
-    sorted_win = win[order]
-    _, counts = torch.unique_consecutive(sorted_win, return_counts=True)  # [nW]
-    n_w = counts.shape[0]
+    counts = torch.zeros(n_w, dtype=torch.long, device=device)
+    counts.index_add_(0, win, torch.ones_like(win))  # no bincount: it syncs for its size
     cu = torch.zeros(n_w + 1, dtype=torch.int32, device=device)
     cu[1:] = torch.cumsum(counts, 0)
-    max_len = int(counts.max()) if n_w else 0
-    length = max(1, max_len)
-    # position of each sorted token inside its window
-    starts = torch.repeat_interleave(cu[:-1].long(), counts)  # [K]
-    pos = torch.arange(k, device=device) - starts
-    row = torch.repeat_interleave(torch.arange(n_w, device=device), counts)
-    part = torch.full((max(n_w, 1), length), -1, dtype=torch.long, device=device)
-    part[row, pos] = order
-    return Partition(part=part, order=order, cu_seqlens=cu, max_len=max_len)
+    if static_len:
+        max_len = window[0] * window[1] * window[2]
+    else:
+        max_len = int(counts.max()) if k else 0
+    return Partition(order=order, cu_seqlens=cu, max_len=max_len)
 
 
-def pad_partition(p: Partition, *, tokens: int, windows: int, window_volume: int) -> Partition:
+def pad_partition(
+    p: Partition, *, tokens: int, windows: int, window_volume: int, with_part: bool = True
+) -> Partition:
     """The same partition with static shapes, for CUDA graphs and engine profiles.
 
     Bucket-padding tokens (indices ``len(p.order)`` .. ``tokens``-1) are packed into extra
     segments of at most ``window_volume`` tokens, so the packed form covers every row exactly
-    once; the rest of the ``windows`` slots are empty segments. The padded form grows to
-    [windows, window_volume] with -1. Real tokens' windows are unchanged, so padding changes
-    no real token's result.
+    once; the rest of the ``windows`` slots are empty segments. The padded form (built only
+    ``with_part``: varlen attention never reads it) grows to [windows, window_volume] with -1.
+    Real tokens' windows are unchanged, so padding changes no real token's result.
     """
     dev = p.order.device
     valid = p.order.shape[0]
     n_pad = tokens - valid
-    chunks = [window_volume] * (n_pad // window_volume)
-    if n_pad % window_volume:
-        chunks.append(n_pad % window_volume)
+    n_chunks = -(-n_pad // window_volume)
     n_w = p.cu_seqlens.shape[0] - 1
-    if n_w + len(chunks) > windows or p.max_len > window_volume:
+    if n_w + n_chunks > windows or p.max_len > window_volume:
         raise ValueError(
-            f"partition of {n_w} windows (+{len(chunks)} padding) x {p.max_len} does not fit "
+            f"partition of {n_w} windows (+{n_chunks} padding) x {p.max_len} does not fit "
             f"{windows} x {window_volume}"
         )
     order = torch.cat((p.order, torch.arange(valid, tokens, device=dev)))
-    ends = valid + torch.cumsum(torch.tensor(chunks, dtype=torch.int64), 0).to(dev, torch.int32)
-    cu = torch.cat((p.cu_seqlens, ends))
+    # segment ends made on the device: a host list would be a pageable copy per call
+    ends = valid + (torch.arange(1, n_chunks + 1, device=dev) * window_volume).clamp_(max=n_pad)
+    cu = torch.cat((p.cu_seqlens, ends.to(torch.int32)))
     cu = torch.cat((cu, cu[-1:].expand(windows + 1 - cu.shape[0])))
-    part = torch.full((windows, window_volume), -1, dtype=torch.long, device=dev)
-    part[: p.part.shape[0], : p.part.shape[1]] = p.part
-    return Partition(part=part, order=order, cu_seqlens=cu, max_len=window_volume)
+    part = None
+    if with_part:
+        src = p.part
+        part = torch.full((windows, window_volume), -1, dtype=torch.long, device=dev)
+        part[: src.shape[0], : src.shape[1]] = src
+    return Partition(order=order, cu_seqlens=cu, max_len=window_volume, padded=part)

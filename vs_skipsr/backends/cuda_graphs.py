@@ -2,8 +2,11 @@
 
 A small net on a GPU spends more time launching kernels than running them; skipping makes
 each launch smaller still, so eager mode stops scaling with the kept count. A captured graph
-replays the whole net as one launch. Shapes must be static: the pipeline already pads K to a
-bucket, and :func:`~vs_skipsr.tokens.pad_partition` pads the partitions to a window bucket.
+replays the whole net as one launch. Shapes must be static: the pipeline pads K to a
+geometric bucket, partitions have one segment per window of the grid (empty ones too), and
+:func:`~vs_skipsr.tokens.pad_partition` adds room for the bucket padding, so the shapes of a
+call depend on the grid and the bucket only: one capture per bucket, whatever the keep set.
+(Keying on the windows a keep set happens to fill gave a new shape nearly every window.)
 """
 
 from __future__ import annotations
@@ -46,19 +49,22 @@ class _Graph:
 
 
 class GraphCache:
-    """Captures and replays graphs of ``fn(base, state, coords, t, order0, cu0, part0, order1,
-    cu1, part1)``; at most ``max_graphs`` are kept (least recently used go)."""
+    """Captures and replays graphs of ``fn(base, state, coords, t, order0, cu0[, part0],
+    order1, cu1[, part1])`` (the padded form ``part`` only ``with_part``); at most
+    ``max_graphs`` are kept (least recently used go)."""
 
     def __init__(
         self,
         fn: Callable[..., Tensor],
         *,
         window_volume: int,
-        max_graphs: int = 12,
+        with_part: bool,
+        max_graphs: int = 32,
         window_multiple: int = 32,
     ) -> None:
         self.fn = fn
         self.window_volume = window_volume
+        self.with_part = with_part
         self.max_graphs = max_graphs
         self.window_multiple = window_multiple
         self.graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
@@ -73,8 +79,9 @@ class GraphCache:
         self._last: torch.cuda.Event | None = None
 
     def _windows(self, p: Partition, tokens: int) -> int:
-        n_pad = tokens - p.order.shape[0]
-        need = p.cu_seqlens.shape[0] - 1 + -(-n_pad // self.window_volume)
+        """Segments for the grid's windows plus room for any bucket padding of ``tokens``:
+        an upper bound that depends on the grid and the bucket, not on the keep set."""
+        need = p.cu_seqlens.shape[0] - 1 + -(-tokens // self.window_volume)
         return bucket_size(need, multiple=self.window_multiple)
 
     def __call__(
@@ -88,14 +95,20 @@ class GraphCache:
         k = base.shape[0]
         padded = [
             pad_partition(
-                p, tokens=k, windows=self._windows(p, k), window_volume=self.window_volume
+                p,
+                tokens=k,
+                windows=self._windows(p, k),
+                window_volume=self.window_volume,
+                with_part=self.with_part,
             )
             for p in partitions
         ]
-        key = (k, *(p.part.shape[0] for p in padded))
+        key = (k, *(p.cu_seqlens.shape[0] for p in padded))
         inputs = [base, state, coords, t.reshape(1)]
         for p in padded:
-            inputs += [p.order, p.cu_seqlens, p.part]
+            inputs += [p.order, p.cu_seqlens]
+            if self.with_part:
+                inputs.append(p.part)
         with self._lock:
             graph = self.graphs.get(key)
             if graph is None:

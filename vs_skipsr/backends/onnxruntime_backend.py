@@ -64,6 +64,7 @@ class OnnxRuntimeRunner:
         self.device = torch.device(spec.device)
         self.sr_config = sr.config
         self.has_mask = mask is not None
+        self.wants_buckets = False
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError(

@@ -333,6 +333,7 @@ class TensorRTRunner:
         self.device = torch.device("cuda", spec.device_index)
         self.sr_config = sr.config
         self.has_mask = "mask" in records
+        self.wants_buckets = False
         self._logger = trt_logger(trt)
         torch.cuda.init()  # TensorRT runs in torch's (primary) CUDA context
         with torch.cuda.device(self.device):

@@ -68,7 +68,11 @@ class TorchRunner:
             if self.device.type != "cuda":
                 raise ValueError(f"cuda_graphs=True needs a CUDA device, not {spec.device!r}")
             window_volume = sr.config.window[0] * sr.config.window[1] * sr.config.window[2]
-            self.graphs = GraphCache(self._graph_fn, window_volume=window_volume)
+            self.graphs = GraphCache(
+                self._graph_fn, window_volume=window_volume, with_part=not self.use_varlen
+            )
+        # a captured graph needs static shapes: the pipeline pads K to geometric buckets
+        self.wants_buckets = self.graphs is not None
 
     @torch.inference_mode()
     def mask(self, lr: Tensor) -> Tensor:
@@ -85,6 +89,9 @@ class TorchRunner:
         t: Tensor,
         partitions: tuple[Partition, Partition],
     ) -> Tensor:
+        # the net reads base in its own precision anyway: casting here halves what a captured
+        # graph keeps as its static input (4 x 3p² values a token with the halo)
+        base = base.to(self.dtype)
         if self.graphs is not None:
             return self.graphs(base, state, coords, t, partitions)
         return self._eager(base, state, coords, t, partitions)
@@ -93,9 +100,15 @@ class TorchRunner:
         self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor
     ) -> Tensor:
         v = self.graphs.window_volume  # type: ignore[union-attr]
+        n = 3 if self.graphs.with_part else 2  # type: ignore[union-attr]
         parts = tuple(
-            Partition(order=flat[i], cu_seqlens=flat[i + 1], part=flat[i + 2], max_len=v)
-            for i in range(0, len(flat), 3)
+            Partition(
+                order=flat[i],
+                cu_seqlens=flat[i + 1],
+                max_len=v,
+                padded=flat[i + 2] if n == 3 else None,
+            )
+            for i in range(0, len(flat), n)
         )
         return self._eager(base, state, coords, t, parts)  # type: ignore[arg-type]
 
