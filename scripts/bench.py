@@ -459,17 +459,22 @@ def bench_vspipe(args) -> None:
     }
     cases = []
     for item in args.vspipe_cases.split(","):
-        regime, steps, sink = item.split(":")
+        regime, steps, sink, *rest = item.split(":")
         if regime not in ("eager", "rgb") and not cuda:
             continue  # graphs and the 3B shape are GPU regimes
         extra, n, w = regimes[regime]
-        cases.append((regime, int(steps), sink, extra, n, w))
+        kw = skip_kw
+        if rest:  # a case of its own skip ratio: regime:steps:sink:r0.5
+            if not rest[0].startswith("r"):
+                raise SystemExit(f"--vspipe-cases {item!r}: a 4th field is rRATIO, e.g. r0.5")
+            kw = {"skip_ratio": rest[0][1:], "scorer": args.scorer}
+        cases.append((regime, int(steps), sink, extra, n, w, kw))
     say(
         f"{'regime':>8} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
         f"{'skip fps':>8} {'speed-up':>8} {'kept':>5} {'ideal':>6} {'of ideal':>8} "
         f"{'first s d/s':>11}"
     )
-    for regime, steps, sink, extra, n, w in cases:
+    for regime, steps, sink, extra, n, w, skip_kw in cases:
         enc = encoder if sink == "x264" else None
         if sink == "x264" and enc is None:
             say(f"{regime} {steps} x264: no encoder found (ffmpeg, imageio-ffmpeg or x264)")
@@ -598,7 +603,8 @@ def main() -> None:
         "--vspipe-cases",
         default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
         "graphs:1:x264,graphs:4:null,large:1:null",
-        help="regime:steps:sink list; regimes eager (the default model, cuda_graphs=0), "
+        help="regime:steps:sink[:rRATIO] list (rRATIO: this case skips a fixed fraction "
+        "instead of --threshold); regimes eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
         "(cuda_graphs=1, skipsr's default on CUDA), large (SeedVR2-3B shape, random weights, "
         "21-frame 720p windows, eager)",

@@ -79,7 +79,9 @@ def with_overrides(cfg: SRConfig, items: list[str]) -> SRConfig:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in fields:
-            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+            raise SystemExit(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}"
+            )
         kind = type(fields[name])
         if kind is tuple:
             fields[name] = tuple(int(v) for v in value.split(","))
@@ -118,9 +120,7 @@ def main() -> None:
         "--weights", type=Path, default=None, help="where to write the final safetensors"
     )
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument(
-        "--half-weights", action="store_true", help="store the safetensors in float16"
-    )
+    ap.add_argument("--half-weights", action="store_true", help="store the safetensors in float16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-step-s", type=float, default=1e9, help="give up early if slower")
     args = ap.parse_args()

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .backends.base import Runner
-from .pipeline import BUCKET_GROWTH
 from .models.sr import SRConfig
+from .pipeline import BUCKET_GROWTH
 from .tokens import Partition, bucket_size, build_partition, token_coords
 
 __all__ = [

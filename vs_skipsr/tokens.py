@@ -59,7 +59,7 @@ def gather_patches(frames: Tensor, index: Tensor, *, patch: int, halo: int = 0) 
     """
     if halo == 0:
         return patchify(frames, patch=patch)[index]
-    t, c, h, w = frames.shape
+    _, c, h, w = frames.shape
     hp, wp = h // patch, w // patch
     side = patch + 2 * halo
     padded = F.pad(frames, (halo, halo, halo, halo), mode="replicate")
@@ -147,6 +147,22 @@ class Partition:
             object.__setattr__(self, "padded", _padded_form(self.order, self.cu_seqlens))
         return self.padded  # type: ignore[return-value]
 
+    @property
+    def inverse(self) -> Tensor | None:
+        """Where each of the K rows sits in ``order``, when ``order`` covers all K rows (set
+        by :meth:`cover`); attention then gathers its output back instead of scattering it
+        into zeros in every block."""
+        return self.__dict__.get("_inverse")
+
+    def cover(self, rows: int) -> Partition:
+        """Record the inverse permutation if ``order`` lists all ``rows`` rows; once per
+        forward, shared by every block that uses this partition."""
+        if self.order.shape[0] == rows and "_inverse" not in self.__dict__:
+            inv = torch.empty_like(self.order)
+            inv[self.order] = torch.arange(rows, device=self.order.device)
+            object.__setattr__(self, "_inverse", inv)
+        return self
+
 
 def _padded_form(order: Tensor, cu: Tensor) -> Tensor:
     """[nW', L] from the packed form: one row per non-empty window, -1 after its tokens."""
@@ -203,10 +219,8 @@ def build_partition(
     counts.index_add_(0, win, torch.ones_like(win))  # no bincount: it syncs for its size
     cu = torch.zeros(n_w + 1, dtype=torch.int32, device=device)
     cu[1:] = torch.cumsum(counts, 0)
-    if static_len:
-        max_len = window[0] * window[1] * window[2]
-    else:
-        max_len = int(counts.max()) if k else 0
+    longest = int(counts.max()) if k and not static_len else 0  # the sync static_len avoids
+    max_len = math.prod(window) if static_len else longest
     return Partition(order=order, cu_seqlens=cu, max_len=max_len)
 
 

@@ -121,6 +121,7 @@ class TorchRunner:
         partitions: tuple[Partition, Partition],
     ) -> Tensor:
         if self.use_varlen:
+            partitions = tuple(p.cover(base.shape[0]) for p in partitions)  # type: ignore[assignment]
             attends = tuple(
                 (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in partitions
             )

@@ -130,6 +130,9 @@ def varlen_window_attention(q: Tensor, k: Tensor, v: Tensor, partition: Partitio
 
     order, cu, max_len = partition.order, partition.cu_seqlens, partition.max_len
     out_sorted = varlen_attn(q[order], k[order], v[order], cu, cu, max_len, max_len)  # [Kv, H, D]
+    inverse = partition.inverse
+    if inverse is not None:  # order is a permutation of all K rows: one gather back
+        return out_sorted[inverse]
     out = torch.zeros_like(q)
     out[order] = out_sorted
     return out

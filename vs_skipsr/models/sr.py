@@ -85,7 +85,13 @@ PRESETS: dict[str, SRConfig] = {
     "default": SRConfig(head="conv", halo=8, head_width=64),
     # unit tests: a few thousand parameters, same code paths
     "tiny": SRConfig(
-        dim=32, depth=2, heads=2, window=(2, 4, 4), mlp_ratio=2.0, head="conv", head_width=8,
+        dim=32,
+        depth=2,
+        heads=2,
+        window=(2, 4, 4),
+        mlp_ratio=2.0,
+        head="conv",
+        head_width=8,
         halo=8,
     ),
     # DESIGN.md's measured GPU shape: 12 blocks, width 384
@@ -155,7 +161,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+    # one fused kernel for x * (1 + scale) + shift: a small net on a GPU is launch-bound,
+    # and every elementwise kernel saved is saved in each block
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 class WindowAttention(nn.Module):
@@ -167,9 +175,12 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attend: Attend) -> Tensor:
         n, c = x.shape  # [K, C]
-        q, k, v = self.qkv(x).reshape(n, 3, self.heads, c // self.heads).unbind(1)  # [K, H, D]
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attend(q, k, v)  # [K, H, D]
+        h, d = self.heads, c // self.heads
+        qkv = self.qkv(x).reshape(n, 3, h, d)
+        # q and k rotated together: one set of rotary kernels instead of two
+        qk = apply_rope(qkv[:, :2].reshape(n, 2 * h, d), *rope).reshape(n, 2, h, d)
+        q, k = qk.unbind(1)  # [K, H, D]
+        out = attend(q, k, qkv[:, 2])  # [K, H, D]
         return self.proj(out.reshape(n, c))
 
 
@@ -191,8 +202,8 @@ class Block(nn.Module):
         self, x: Tensor, temb: Tensor, rope: tuple[Tensor, Tensor], attend: Attend
     ) -> Tensor:
         s1, g1, a1, s2, g2, a2 = self.ada(temb).chunk(6, dim=-1)  # [1, C] each
-        x = x + a1 * self.attn(modulate(self.norm1(x), s1, g1), rope, attend)  # [K, C]
-        x = x + a2 * self.mlp(modulate(self.norm2(x), s2, g2))  # [K, C]
+        x = torch.addcmul(x, a1, self.attn(modulate(self.norm1(x), s1, g1), rope, attend))
+        x = torch.addcmul(x, a2, self.mlp(modulate(self.norm2(x), s2, g2)))  # [K, C]
         return x
 
 
@@ -228,9 +239,7 @@ class ConvHead(nn.Module):
     ) -> None:
         super().__init__()
         if patch % cell or halo % cell:
-            raise ValueError(
-                f"SRConfig head_cell={cell} must divide patch={patch} and halo={halo}"
-            )
+            raise ValueError(f"SRConfig head_cell={cell} must divide patch={patch} and halo={halo}")
         self.patch, self.channels, self.width, self.cell = patch, channels, width, cell
         self.grid = patch // cell
         self.halo_cells = halo // cell
@@ -243,7 +252,10 @@ class ConvHead(nn.Module):
         if self.halo_cells:
             layers: list[nn.Module] = []
             for i in range(self.halo_cells):
-                layers += [nn.Conv2d(pix if i == 0 else width, width, 3), nn.GELU(approximate="tanh")]
+                layers += [
+                    nn.Conv2d(pix if i == 0 else width, width, 3),
+                    nn.GELU(approximate="tanh"),
+                ]
             self.stem = nn.Sequential(*layers)
         self.convs = nn.Sequential(
             nn.Conv2d(width + (width if self.stem is not None else pix), width, 3, padding=1),

@@ -52,9 +52,7 @@ def save_weights(
     meta = {"kind": kind, "config": json.dumps(model.config.to_dict())}
     meta.update(extra or {})
     dtype = torch.float16 if half else torch.float32
-    tensors = {
-        k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()
-    }
+    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
