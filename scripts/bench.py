@@ -358,13 +358,20 @@ def y4m_frame_bytes(header: bytes) -> int:
 
 
 def vspipe_run(
-    args, extra: dict[str, str], encoder: list[str] | None, frames: int, warmup: int
+    args,
+    extra: dict[str, str],
+    encoder: list[str] | None,
+    frames: int,
+    warmup: int,
+    label: str = "run",
 ) -> dict[str, float]:
     """vspipe demo.vpy into a sink that timestamps every frame as it arrives (and passes it on
     to the encoder, whose back-pressure then paces vspipe). vspipe -p gives one rate for the
     whole run, and on a GPU the first windows carry seconds of one-time costs (CUDA context,
     kernel selection, allocator growth, graph capture) that a long encode never sees again:
-    the steady rate is taken over the frames after ``warmup``."""
+    the steady rate is taken over the frames after ``warmup``. With ``--profile DIR`` vspipe
+    runs under py-spy (all threads, raw collapsed stacks to DIR/label.txt), where it is found:
+    what the host does per frame is the question once the GPU is idle most of the time."""
     vspipe = shutil.which("vspipe") or str(Path(sys.executable).parent / "vspipe")
     extra = dict(extra)
     lr_w = extra.pop("lr_width", "480" if args.device.startswith("cuda") else "160")
@@ -380,9 +387,29 @@ def vspipe_run(
     for k, v in kw.items():
         cmd += ["-a", f"{k}={v}"]
     cmd += [str(ROOT / "scripts" / "demo.vpy"), "-"]
+    spy = shutil.which("py-spy") if args.profile else None
     with tempfile.TemporaryFile() as err:
         t_start = time.perf_counter()
         src = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        if spy:  # attached, not launching vspipe: py-spy talks on stdout, vspipe's y4m pipe
+            args.profile.mkdir(parents=True, exist_ok=True)
+            out = args.profile / f"{label}.txt"
+            spy_cmd = [
+                spy,
+                "record",
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "--threads",
+                "--subprocesses",
+                "--nonblocking",
+            ]
+            subprocess.Popen(
+                [*spy_cmd, "-o", str(out), "--pid", str(src.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         enc = None
         if encoder:
             enc = subprocess.Popen(
@@ -480,8 +507,13 @@ def bench_vspipe(args) -> None:
             say(f"{regime} {steps} x264: no encoder found (ffmpeg, imageio-ffmpeg or x264)")
             continue
         try:
-            d = vspipe_run(args, {**extra, "skip_ratio": "0", "steps": str(steps)}, enc, n, w)
-            s_ = vspipe_run(args, {**extra, **skip_kw, "steps": str(steps)}, enc, n, w)
+            name = f"{regime}-{steps}-{sink}-" + "-".join(skip_kw.values())
+            d = vspipe_run(
+                args, {**extra, "skip_ratio": "0", "steps": str(steps)}, enc, n, w, name + "-dense"
+            )
+            s_ = vspipe_run(
+                args, {**extra, **skip_kw, "steps": str(steps)}, enc, n, w, name + "-skip"
+            )
         except Exception as e:
             say(f"{regime} {steps} {sink}: failed: {e}")
             continue
@@ -616,6 +648,12 @@ def main() -> None:
         help="N for the SeedVR2-3B-shape regime end to end (0 skips it; windows of 21)",
     )
     ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run each vspipe under py-spy (if installed), collapsed stacks into this folder",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "out/bench")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -77,11 +77,11 @@ Scorer = Literal["auto", "learned", "gradient"]
 
 # Used when neither threshold nor skip_ratio is given: per scorer, the threshold chosen from the
 # validation curves of reports/quality.md (section 4): the largest whose real drop from the
-# dense model stays within 0.1 dB on the validation photos and clips. gradient 0.006967: skips
-# 72% of the photos' tokens (0.097 dB) and 52% of the clips' (0.009 dB); learned 1.372e-06 (a
-# predicted per-pixel MSE gain): skips 70% of the photos' tokens (0.080 dB) and 51% of the
-# clips' (-0.015 dB).
-DEFAULT_THRESHOLD = {"gradient": 0.006967, "learned": 1.372e-06}
+# dense model stays within 0.1 dB on the validation photos and clips. gradient 0.004766: skips
+# 65% of the photos' tokens (0.091 dB) and 46% of the clips' (0.048 dB); learned 5.03e-05 (a
+# predicted per-pixel MSE gain): skips 65% of the photos' tokens (0.100 dB) and 46% of the
+# clips' (0.053 dB).
+DEFAULT_THRESHOLD = {"gradient": 0.004766, "learned": 5.03e-05}
 MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see mostly padding
 # Devices whose windows come back to the host as float16 where the output format allows it
 # (see _host_dtype). Not the CPU: there the window is already in host memory as float32, and
@@ -893,7 +893,7 @@ def skipsr(
             gradient energy of the LR luma with scorer='gradient').
         skip_ratio: skip this fraction of each window's tokens, 0 <= skip_ratio < 1; 0 runs
             every token (the dense model). Give threshold or skip_ratio, not both; with
-            neither, the scorer's default threshold (gradient: 0.006967, chosen on the
+            neither, the scorer's default threshold (gradient: 0.004766, chosen on the
             validation set; see the README).
         scorer: 'gradient' (the default: local gradient energy of the LR luma; the shipped
             mask net, which starts from it, ranked tokens about as well on the validation
