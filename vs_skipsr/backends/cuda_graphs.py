@@ -34,12 +34,20 @@ class _Graph:
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up: lazy init and autotuning stay out of the graph
                 fn(*self.inputs)
-        torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
+        # capture_begin/end on the side stream, not the torch.cuda.graph context manager: that
+        # one synchronises the whole device and empties the allocator's caches (device and
+        # pinned host) before each capture, which stalls the other stream's window and makes
+        # it allocate again; a capture per new token bucket mid-run paid that every time.
         # thread_local: the filter's other threads keep launching work (and allocating) on
-        # their own streams while this one captures
-        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.output = fn(*self.inputs)
+        # their own streams while this one captures.
+        with torch.cuda.stream(stream):
+            self.graph.capture_begin(pool, capture_error_mode="thread_local")
+            try:
+                self.output = fn(*self.inputs)
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
 
     def __call__(self, inputs: list[Tensor]) -> Tensor:
         for dst, src in zip(self.inputs, inputs, strict=True):
