@@ -114,8 +114,9 @@ def test_geometric_buckets_pad_little_and_stay_few():
     assert len(set(sizes)) <= 60  # multiples of 256 would give 160 shapes
 
 
-def test_eager_runner_gets_no_bucket_padding(runner):
-    """Only captured graphs need static shapes: an eager runner's kept count is not padded."""
+def test_cpu_runner_gets_no_bucket_padding(runner):
+    """Only CUDA pays for new shapes (graph captures, cuDNN plans): on the CPU the kept count
+    is not padded."""
     lr = _lr(seed=4)
     out = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.5)
     assert not runner.wants_buckets

@@ -199,7 +199,8 @@ def upscale_window(
     kept and the mask is not evaluated (the dense path). ``steps`` Euler steps of the flow all
     reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
     bucket (True: geometric, see :func:`bucket_size`; None: where the runner wants it, i.e.
-    CUDA graphs) so captured graphs are reused; padding never changes the result.
+    torch on CUDA) so captured graphs and per-shape kernel plans are reused; padding never
+    changes the result.
 
     On CUDA the window costs one device-to-host sync (the kept count), none when dense.
     """

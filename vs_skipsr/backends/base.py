@@ -26,8 +26,8 @@ class Runner(Protocol):
     device: torch.device
     sr_config: SRConfig
     has_mask: bool
-    # True where the runner replays shapes it captured (CUDA graphs): the pipeline then pads
-    # the kept count up to a bucket; engines and eager kernels take any count as it is
+    # True where few distinct token counts pay (captured CUDA graphs, per-shape cuDNN plans):
+    # the pipeline then pads the kept count up to a bucket; the others take any count as is
     wants_buckets: bool
 
     def mask(self, lr: Tensor) -> Tensor:

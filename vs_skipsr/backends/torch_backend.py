@@ -71,8 +71,12 @@ class TorchRunner:
             self.graphs = GraphCache(
                 self._graph_fn, window_volume=window_volume, with_part=not self.use_varlen
             )
-        # a captured graph needs static shapes: the pipeline pads K to geometric buckets
-        self.wants_buckets = self.graphs is not None
+        # CUDA wants few distinct shapes: a captured graph needs static ones, and eager cuDNN
+        # convs (the head's) build a new plan for every new batch size, so a kept count that
+        # changes every window cost more host time than the skipped work saved (py-spy on an
+        # H100: the head's convs took 2.5x the samples of a dense run). The pipeline pads K
+        # to geometric buckets there; the CPU takes any count as it is.
+        self.wants_buckets = self.device.type == "cuda"
 
     @torch.inference_mode()
     def mask(self, lr: Tensor) -> Tensor:
