@@ -909,7 +909,7 @@ def skipsr(
         num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one captured
-            per token-count bucket (geometric, at most 9% padding) the first time it occurs.
+            per token-count bucket (geometric, ~9% padding) the first time it occurs.
             None (default): on where it applies, since a small model launching kernels
             costs more than running them and skipping would otherwise save nothing; False
             for eager kernels; True: an error where it does not apply. Replays of graphs do

@@ -52,7 +52,8 @@ __all__ = [
 
 Scorer = Literal["learned", "gradient"]
 
-# geometric token buckets for captured graphs: at most 9% padding, 8 shapes per doubling
+# geometric token buckets where the runner wants few shapes (torch on CUDA: captured graphs,
+# cuDNN plans): about 9% padding at most, 8 shapes per doubling
 BUCKET_GROWTH = 2**0.125
 
 NOISE_ROWS = 8191  # prime: token rows of the noise table wrap with no short period
