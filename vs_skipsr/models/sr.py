@@ -281,10 +281,21 @@ class ConvHead(nn.Module):
         bp = self.base_patch
         pix = F.pixel_unshuffle(base.reshape(k, c, bp, bp) - 0.5, self.cell)  # [K, c·cell², G, G]
         pix = pix.to(feat.dtype)
+        if _channels_last(pix):
+            # oneDNN runs these small-grid convs ~1.5x faster on channels-last inputs (the
+            # head is half of the CPU's dense SR time); the weights need no conversion
+            pix = pix.contiguous(memory_format=torch.channels_last)
+            feat = feat.contiguous(memory_format=torch.channels_last)
         if self.stem is not None:
             pix = self.stem(pix)  # [K, width, g, g]: the halo is consumed
         out = self.convs(torch.cat((feat, pix), dim=1))  # [K, c*cell², g, g]
         return F.pixel_shuffle(out, self.cell).reshape(k, c * p * p)
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether the head runs its convs channels-last: on the CPU, outside export tracing."""
+    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return x.device.type == "cpu" and not tracing
 
 
 # --- the model -------------------------------------------------------------------------------
