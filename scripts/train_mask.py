@@ -8,7 +8,8 @@ pairwise logistic ranking loss inside each window, every pair weighted by |gain_
 (swapping two flat tokens costs nothing, missing a textured one costs much), plus a small
 regression of log10(max(gain, 1e-6)) that keeps scores calibrated, so a threshold reads as
 "keep tokens whose predicted per-pixel MSE gain exceeds tau" (the map is linear; tokens
-average it). The net starts as the gradient-energy heuristic (MaskConfig.prior) and the
+average it). The net starts as its prior (MaskConfig.prior: the Laplacian energy for the
+shipped config; the log also gives the gradient energy's score for comparison) and the
 checkpoint kept is the one that loses the least SR gain on held-out windows at skip ratios
 0.3 / 0.5 / 0.7 (the starting point included: training cannot ship worse than the prior).
 

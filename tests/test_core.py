@@ -420,23 +420,45 @@ def test_unknown_head_is_refused_by_name():
         SRTransformer(dataclasses.replace(PRESETS["tiny"], halo=6))
 
 
-def test_fresh_mask_net_ranks_like_the_gradient_heuristic():
-    """The shipped mask config starts as the gradient energy itself (its convs' output is
-    zero), so training starts from the heuristic's ranking, not from noise."""
-    from vs_skipsr.models import MASK_PRESETS
-    from vs_skipsr.models.mask import gradient_energy
+@pytest.mark.parametrize("prior", ["gradient", "laplacian"])
+def test_fresh_mask_net_ranks_like_its_prior(prior):
+    """A mask config with a prior starts as that energy itself (its convs' output is zero),
+    so training starts from the heuristic's ranking, not from noise."""
+    from vs_skipsr.models.mask import gradient_energy, laplacian_energy
 
     lr = _lr(t=3, h=24, w=32)
     lr[:, :, :12] = 0.5  # a flat region: the energy floor
-    net = MaskNet(MASK_PRESETS["default"]).eval()
+    net = MaskNet(MaskConfig(prior=prior, padding_mode="replicate")).eval()
     with torch.no_grad():
         out = net(lr)
-    expect = gradient_energy(lr).clamp_min(MaskNet.PRIOR_FLOOR)
+    energy = gradient_energy if prior == "gradient" else laplacian_energy
+    expect = energy(lr).clamp_min(MaskNet.PRIOR_FLOOR)
     assert torch.allclose(out, expect, rtol=1e-4, atol=0)
     assert torch.allclose(out[:, :, :8], torch.full_like(out[:, :, :8], 1e-5))  # the floor
     with torch.no_grad():
         net.net[-1].weight.normal_(0, 0.1)  # trained convs move it away from the prior
         assert not torch.allclose(net(lr), expect, rtol=1e-2, atol=0)
+
+
+def test_laplacian_energy_is_the_pooled_squared_laplacian_of_luma():
+    """Zero on a linear ramp (bicubic reproduces it), positive on a line, and the 3x3-pooled
+    square of the 4-neighbour Laplacian of BT.601 luma in between."""
+    import torch.nn.functional as F
+
+    from vs_skipsr.models.mask import laplacian_energy
+
+    ramp = torch.linspace(0, 1, 16).expand(1, 3, 16, 16).clone()
+    assert laplacian_energy(ramp)[..., 2:-2, 2:-2].abs().max() < 1e-10
+    line = torch.zeros(1, 3, 16, 16)
+    line[..., 8, :] = 1.0
+    e = laplacian_energy(line)
+    assert e[0, 0, 8, 8] > 1.0 and e[0, 0, 2, 8] == 0
+    lr = _lr(t=2, h=12, w=10, seed=3)
+    y = (lr * torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]).sum(1, keepdim=True)
+    k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])[None, None]
+    lap = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), k)
+    want = F.avg_pool2d(lap**2, 3, 1, 1, count_include_pad=False)
+    torch.testing.assert_close(laplacian_energy(lr), want)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

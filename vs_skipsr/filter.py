@@ -78,10 +78,10 @@ Scorer = Literal["auto", "learned", "gradient"]
 # Used when neither threshold nor skip_ratio is given: per scorer, the threshold chosen from the
 # validation curves of reports/quality.md (section 4): the largest whose real drop from the
 # dense model stays within 0.1 dB on the validation photos and clips. gradient 0.004766: skips
-# 65% of the photos' tokens (0.091 dB) and 46% of the clips' (0.048 dB); learned 5.03e-05 (a
-# predicted per-pixel MSE gain): skips 65% of the photos' tokens (0.100 dB) and 46% of the
-# clips' (0.053 dB).
-DEFAULT_THRESHOLD = {"gradient": 0.004766, "learned": 5.03e-05}
+# 65% of the photos' tokens (0.091 dB) and 46% of the clips' (0.048 dB); learned 0.01159 (a
+# predicted per-pixel MSE gain; the shipped mask net is its Laplacian-energy prior): skips 68%
+# of the photos' tokens (0.092 dB) and 54% of the clips' (0.015 dB).
+DEFAULT_THRESHOLD = {"gradient": 0.004766, "learned": 0.01159}
 MIN_SIDE = 8  # LR pixels: below this bicubic taps and the mask's 3x3 convs see mostly padding
 # Devices whose windows come back to the host as float16 where the output format allows it
 # (see _host_dtype). Not the CPU: there the window is already in host memory as float32, and
