@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vs_skipsr.models.mask import gradient_energy, token_scores
 from vs_skipsr.models.sr import SRConfig
 from vs_skipsr.pipeline import upsample
-from vs_skipsr.tokens import Partition, build_partition, gather_patches, patchify, token_coords
+from vs_skipsr.tokens import Partition, gather_patches, patchify, token_coords, window_partitions
 
 FRAME_GAP = 64
 
@@ -58,10 +58,7 @@ def make_batch(
     local = token_coords(ni, grid=(t, hp, wp))  # [K, 3]
     coords = local.clone()
     coords[:, 0] += bi * FRAME_GAP
-    parts = tuple(
-        build_partition(coords, grid=grid, window=cfg.window, shift=s)
-        for s in ((0, 0, 0), cfg.shift)
-    )
+    parts = window_partitions(coords, grid=grid, window=cfg.window, shift=cfg.shift)
     base_k = base_tok[bi, ni]
     net_base = base_k
     if cfg.halo:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .backends.base import Runner
 from .models.sr import SRConfig
 from .pipeline import BUCKET_GROWTH
-from .tokens import Partition, bucket_size, build_partition, token_coords
+from .tokens import Partition, bucket_size, token_coords, window_partitions
 
 __all__ = [
     "FRACTIONS",
@@ -129,16 +129,13 @@ def scaling_table(
         kb = min(bucket_size(k, growth=BUCKET_GROWTH), total) if bucketed else k
         padded = F.pad(index, (0, kb - k))
         coords = token_coords(padded, grid=grid)
-        parts = tuple(
-            build_partition(
-                coords,
-                grid=grid,
-                window=cfg.window,
-                shift=s,
-                valid=k,
-                static_len=dev.type == "cuda",
-            )
-            for s in ((0, 0, 0), cfg.shift)
+        parts = window_partitions(
+            coords,
+            grid=grid,
+            window=cfg.window,
+            shift=cfg.shift,
+            valid=k,
+            static_len=dev.type == "cuda",
         )
         base = torch.rand(kb, cfg.base_dim, generator=g).to(dev)
         state = (torch.randn(kb, cfg.token_dim, generator=g) * cfg.noise_std).to(dev)

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from .models.mask import MaskNet
 from .models.sr import SRConfig, SRTransformer
-from .tokens import build_partition, token_coords
+from .tokens import token_coords, window_partitions
 
 __all__ = [
     "MASK_DYNAMIC_AXES",
@@ -141,8 +141,8 @@ def sr_example_inputs(config: SRConfig) -> tuple[Tensor, ...]:
     index = torch.arange(0, grid[0] * grid[1] * grid[2], 2)  # [K]
     coords = token_coords(index, grid=grid)  # [K, 3]
     parts = [
-        build_partition(coords, grid=grid, window=config.window, shift=s).part
-        for s in ((0, 0, 0), config.shift)
+        p.part
+        for p in window_partitions(coords, grid=grid, window=config.window, shift=config.shift)
     ]
     g = torch.Generator().manual_seed(0)
     k = index.numel()

@@ -33,12 +33,12 @@ from .models.mask import (
 )
 from .tokens import (
     bucket_size,
-    build_partition,
     gather_patches,
     pad_to_grid,
     scatter_tokens,
     token_coords,
     unpatchify,
+    window_partitions,
 )
 
 __all__ = [
@@ -251,16 +251,13 @@ def upscale_window(
         padded = F.pad(index, (0, n_bucket - n_keep))  # [Kb], padding points at token 0
         base_tok = gather_patches(base, padded, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
         coords = token_coords(padded, grid=grid)  # [Kb, 3]
-        parts = tuple(
-            build_partition(
-                coords,
-                grid=grid,
-                window=cfg.window,
-                shift=s,
-                valid=n_keep,
-                static_len=device.type == "cuda",
-            )
-            for s in ((0, 0, 0), cfg.shift)
+        parts = window_partitions(
+            coords,
+            grid=grid,
+            window=cfg.window,
+            shift=cfg.shift,
+            valid=n_keep,
+            static_len=device.type == "cuda",
         )
         state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std  # [Kb, 3p²]
 

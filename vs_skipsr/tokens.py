@@ -26,6 +26,7 @@ __all__ = [
     "token_coords",
     "unpatchify",
     "window_grid",
+    "window_partitions",
 ]
 
 
@@ -222,6 +223,25 @@ def build_partition(
     longest = int(counts.max()) if k and not static_len else 0  # the sync static_len avoids
     max_len = math.prod(window) if static_len else longest
     return Partition(order=order, cu_seqlens=cu, max_len=max_len)
+
+
+def window_partitions(
+    coords: Tensor,
+    *,
+    grid: tuple[int, int, int],
+    window: tuple[int, int, int],
+    shift: tuple[int, int, int],
+    valid: int | None = None,
+    static_len: bool = False,
+) -> tuple[Partition, Partition]:
+    """The pair the SR net alternates between: the regular partition and the one offset by
+    ``shift`` (see :func:`build_partition` for the arguments)."""
+    return tuple(  # type: ignore[return-value]
+        build_partition(
+            coords, grid=grid, window=window, shift=s, valid=valid, static_len=static_len
+        )
+        for s in ((0, 0, 0), shift)
+    )
 
 
 def pad_partition(
