@@ -114,6 +114,27 @@ def test_geometric_buckets_pad_little_and_stay_few():
     assert len(set(sizes)) <= 60  # multiples of 256 would give 160 shapes
 
 
+def test_graph_buckets_share_small_counts_and_pad_at_most_a_quantum():
+    """With a quantum (CUDA graphs: a capture per bucket) the kept counts of a clip keeping
+    2-15% of a 1080p window's tokens meet 5 buckets, not 24; padding stays under the quantum
+    or the geometric bound, and never passes the window's tokens."""
+    from vs_skipsr.backends.torch_backend import GRAPH_BUCKET_QUANTUM
+    from vs_skipsr.pipeline import BUCKET_GROWTH
+    from vs_skipsr.tokens import kept_bucket
+
+    total = 40_800
+    q = GRAPH_BUCKET_QUANTUM * total
+    small = range(816, 6_121)
+    assert len({kept_bucket(k, total=total) for k in small}) == 24
+    assert len({kept_bucket(k, total=total, quantum=GRAPH_BUCKET_QUANTUM) for k in small}) == 5
+    for k in range(1, total + 1):
+        b = kept_bucket(k, total=total, quantum=GRAPH_BUCKET_QUANTUM)
+        assert k <= b <= total and (b % 64 == 0 or b == total), (k, b)
+        assert b - k < max(q + 64, (BUCKET_GROWTH - 1) * k * 1.1 + 128), (k, b)
+    assert kept_bucket(0, total=total, quantum=GRAPH_BUCKET_QUANTUM) == 0
+    assert kept_bucket(total, total=total, quantum=GRAPH_BUCKET_QUANTUM) == total
+
+
 def test_cpu_runner_gets_no_bucket_padding(runner):
     """Only CUDA pays for new shapes (graph captures, cuDNN plans): on the CPU the kept count
     is not padded."""

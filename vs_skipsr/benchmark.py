@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from .backends.base import Runner
 from .models.sr import SRConfig
-from .pipeline import BUCKET_GROWTH
-from .tokens import Partition, bucket_size, token_coords, window_partitions
+from .tokens import Partition, kept_bucket, token_coords, window_partitions
 
 __all__ = [
     "FRACTIONS",
@@ -126,7 +125,8 @@ def scaling_table(
     for frac in fractions:
         index = torch.nonzero(clustered_keep(grid, frac).reshape(-1)).squeeze(1).to(dev)
         k = index.numel()
-        kb = min(bucket_size(k, growth=BUCKET_GROWTH), total) if bucketed else k
+        quantum = getattr(runner, "bucket_quantum", 0.0)
+        kb = kept_bucket(k, total=total, quantum=quantum) if bucketed else k
         padded = F.pad(index, (0, kb - k))
         coords = token_coords(padded, grid=grid)
         parts = window_partitions(

@@ -32,8 +32,10 @@ from .models.mask import (
     token_scores,
 )
 from .tokens import (
+    BUCKET_GROWTH,
     bucket_size,
     gather_patches,
+    kept_bucket,
     pad_to_grid,
     scatter_tokens,
     token_coords,
@@ -51,10 +53,6 @@ __all__ = [
 ]
 
 Scorer = Literal["learned", "gradient"]
-
-# geometric token buckets where the runner wants few shapes (torch on CUDA: captured graphs,
-# cuDNN plans): about 9% padding at most, 8 shapes per doubling
-BUCKET_GROWTH = 2**0.125
 
 NOISE_ROWS = 8191  # prime: token rows of the noise table wrap with no short period
 
@@ -199,8 +197,8 @@ def upscale_window(
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
     kept and the mask is not evaluated (the dense path). ``steps`` Euler steps of the flow all
     reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
-    bucket (True: geometric, see :func:`bucket_size`; None: where the runner wants it, i.e.
-    torch on CUDA) so captured graphs and per-shape kernel plans are reused; padding never
+    bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`, with the runner's quantum;
+    None: where the runner wants it, i.e. torch on CUDA) so captured graphs and per-shape kernel plans are reused; padding never
     changes the result.
 
     On CUDA the window costs one device-to-host sync (the kept count), none when dense.
@@ -244,10 +242,11 @@ def upscale_window(
             index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [K]: the one sync
         n_keep = int(index.numel())
         n_bucket = n_keep
-        if buckets and n_keep:
-            fixed = buckets if isinstance(buckets, tuple) else None
-            n_bucket = bucket_size(n_keep, buckets=fixed, growth=BUCKET_GROWTH)
-            n_bucket = min(n_bucket, total)
+        if isinstance(buckets, tuple) and n_keep:
+            n_bucket = min(bucket_size(n_keep, buckets=buckets), total)
+        elif buckets:
+            quantum = getattr(runner, "bucket_quantum", 0.0)
+            n_bucket = kept_bucket(n_keep, total=total, quantum=quantum)
         padded = F.pad(index, (0, n_bucket - n_keep))  # [Kb], padding points at token 0
         base_tok = gather_patches(base, padded, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
         coords = token_coords(padded, grid=grid)  # [Kb, 3]

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "BUCKET_GROWTH",
     "Partition",
     "bucket_size",
     "build_partition",
     "gather_patches",
+    "kept_bucket",
     "pad_to_grid",
     "patchify",
     "scatter_tokens",
@@ -96,6 +98,33 @@ def scatter_tokens(values: Tensor, index: Tensor, *, total: int) -> Tensor:
     out = values.new_zeros(total, values.shape[1])
     out[index] = values
     return out
+
+
+# geometric token buckets where the runner wants few shapes (torch on CUDA: captured graphs,
+# cuDNN plans): about 9% padding at most, 8 shapes per doubling
+BUCKET_GROWTH = 2**0.125
+
+
+def kept_bucket(k: int, *, total: int, quantum: float = 0.0) -> int:
+    """The token count a window of ``total`` tokens with ``k`` kept runs at, where the runner
+    wants few distinct shapes: the geometric bucket (:data:`BUCKET_GROWTH`) of k, or k rounded
+    up to a multiple of ``quantum * total`` (itself rounded to 64) where that step is the
+    larger; never above ``total``.
+
+    The quantum is for runners that pay for every new shape with a capture (CUDA graphs):
+    with geometric buckets alone, a clip whose kept counts wander over 2-15% of its tokens met
+    20 buckets in 54 windows, and 20 captures; with a quantum of 1/32 the small counts share
+    a handful of buckets, for at most 1/32 of the dense work in padding, which at a few
+    percent kept costs less than the fixed cost of a call (not so at production scale, where
+    the runner takes no quantum).
+    """
+    if k <= 0:
+        return 0
+    if quantum > 0:
+        q = -(-math.ceil(total * quantum) // 64) * 64
+        if k * (BUCKET_GROWTH - 1) < q:  # the geometric step is still the finer one
+            return min(-(-k // q) * q, total)
+    return min(bucket_size(k, growth=BUCKET_GROWTH), total)
 
 
 def bucket_size(

@@ -29,6 +29,9 @@ class Runner(Protocol):
     # True where few distinct token counts pay (captured CUDA graphs, per-shape cuDNN plans):
     # the pipeline then pads the kept count up to a bucket; the others take any count as is
     wants_buckets: bool
+    # buckets are multiples of this fraction of a window's tokens (0: geometric only), where
+    # each new bucket costs a capture (see tokens.kept_bucket)
+    bucket_quantum: float
 
     def mask(self, lr: Tensor) -> Tensor:
         """LR frames [T, 3, h, w] float32 on ``device`` -> score map [T, 1, h, w] float32."""
