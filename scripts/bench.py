@@ -112,37 +112,30 @@ def sr_table(
 
 
 def bench_sr(dev: torch.device, args, peak: float | None) -> None:
+    """The default model alone, one table per output size, window length (--sr-frames) and
+    mode (--sr-modes: padded, varlen, graphs in bf16 on CUDA; graphs-fp16)."""
     out = {}
     net = load_sr().to(dev)
-    modes = ["padded", "varlen", "graphs"] if dev.type == "cuda" else ["padded"]
-    dtype = "bf16" if dev.type == "cuda" else "fp32"
-    for size in ((1280, 720), (1920, 1080)):
-        for mode in modes:
-            key = f"default_{size[0]}x{size[1]}_{mode}"
-            try:
-                out[key] = sr_table(
-                    net,
-                    dev=dev,
-                    dtype=dtype,
-                    mode=mode,
-                    size=size,
-                    frames=5,
-                    reps=args.reps,
-                    peak=peak,
-                )
-            except Exception as e:
-                say(f"{key}: failed: {type(e).__name__}: {e}")
-    if dev.type == "cuda":
-        out["default_1920x1080_graphs_fp16"] = sr_table(
-            net,
-            dev=dev,
-            dtype="fp16",
-            mode="graphs",
-            size=(1920, 1080),
-            frames=5,
-            reps=args.reps,
-            peak=peak,
-        )
+    modes = args.sr_modes.split(",") if dev.type == "cuda" else ["padded"]
+    for frames in (int(f) for f in args.sr_frames.split(",")):
+        for size in ((1280, 720), (1920, 1080)):
+            for entry in modes:
+                mode, _, dtype = entry.partition("-")
+                dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+                key = f"default_{size[0]}x{size[1]}_t{frames}_{mode}_{dtype}"
+                try:
+                    out[key] = sr_table(
+                        net,
+                        dev=dev,
+                        dtype=dtype,
+                        mode=mode,
+                        size=size,
+                        frames=frames,
+                        reps=args.reps,
+                        peak=peak,
+                    )
+                except Exception as e:
+                    say(f"{key}: failed: {type(e).__name__}: {e}")
     RESULTS["sr"] = out
 
 
@@ -382,6 +375,7 @@ def vspipe_run(
         "lr_width": lr_w,
         "backend": "cuda" if args.device.startswith("cuda") else "cpu",
         "num_streams": str(args.streams),
+        **({} if args.readahead is None else {"readahead": str(args.readahead)}),
         **extra,
     }
     for k, v in kw.items():
@@ -461,7 +455,9 @@ def bench_vspipe(args) -> None:
     cuda = args.device.startswith("cuda")
     say(
         f"\nend to end: vspipe demo.vpy, {args.clip.name}, x4, -r {args.requests}, "
-        f"num_streams {args.streams}, backend {args.device}, {device_name(torch.device(args.device))}"
+        f"num_streams {args.streams}, readahead "
+        f"{'default' if args.readahead is None else args.readahead}, backend {args.device}, "
+        f"{device_name(torch.device(args.device))}"
     )
     say(
         "steady fps: frames timestamped as they leave vspipe (then passed to the encoder), over"
@@ -651,6 +647,22 @@ def main() -> None:
         help="N for the SeedVR2-3B-shape regime end to end (0 skips it; windows of 21)",
     )
     ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument(
+        "--readahead",
+        type=int,
+        default=None,
+        help="skipsr(readahead=) for the vspipe runs (default: skipsr's, 1 on CUDA, 0 on CPU)",
+    )
+    ap.add_argument(
+        "--sr-frames",
+        default="5",
+        help="window lengths T for the sr section, comma-separated (5: the model's window)",
+    )
+    ap.add_argument(
+        "--sr-modes",
+        default="padded,varlen,graphs,graphs-fp16",
+        help="sr section modes on CUDA: padded, varlen, graphs, each -fp16 or bf16 (default)",
+    )
     ap.add_argument(
         "--profile",
         type=Path,

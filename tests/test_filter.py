@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import logging
 import random
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -206,6 +208,54 @@ def test_prefetching_y4m_output_computes_each_window_once(make_clip: MakeClip, s
     sr(clip, window=3, stats=stats).output(got, y4m=True, prefetch=4)
     assert got.getvalue() == want.getvalue()
     assert dict(stats.computed) == {k: 1 for k in range(-(-N_FRAMES // 3))}
+
+
+def _readahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "skipsr-readahead"]
+
+
+def _wait_for(condition: Callable[[], bool], what: str, *, seconds: float = 120.0) -> None:
+    """Poll for something a background thread does; the bound only turns a hang into a
+    failure (no timing is asserted)."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("device_color", [False, True])
+def test_readahead_computes_the_next_window_before_any_of_its_frames_is_asked_for(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, device_color: bool
+) -> None:
+    """The default on CUDA (here the CPU stands in): after frame 0, window 1 is computed in
+    the background with no request for its frames; then a prefetching pass gives the bytes of
+    a pass without read ahead, every window computed once, and the thread ends when idle.
+    With device_color the window reads its colour props from its own first frame."""
+    monkeypatch.setattr(skipsr_filter, "_READ_AHEAD_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(skipsr_filter, "_READ_AHEAD_IDLE_S", 0.05)
+    clip = vs.core.std.SetFrameProps(make_clip(vs.YUV420P8), _Matrix=6, _Range=0)
+    kw = {"window": 3, "skip_ratio": 0.5, "device_color": device_color}
+    want = io.BytesIO()
+    sr(clip, readahead=0, **kw).output(want, y4m=True)
+
+    stats = SkipSRStats()
+    node = sr(clip, stats=stats, **kw)  # readahead=None: 1 on a device that has it
+    node.get_frame(0)
+    _wait_for(lambda: stats.computed[1] == 1, "window 1 read ahead")
+    assert stats.read_ahead >= 1 and stats.computed[2] == 0  # one window ahead, not more
+    got = io.BytesIO()
+    node.output(got, y4m=True, prefetch=4)
+    assert got.getvalue() == want.getvalue()
+    assert dict(stats.computed) == {k: 1 for k in range(-(-N_FRAMES // 3))}
+    _wait_for(lambda: not _readahead_threads(), "the idle read-ahead thread to end")
+
+
+def test_cpu_default_reads_nothing_ahead(make_clip: MakeClip, sr) -> None:
+    stats = SkipSRStats()
+    node = sr(make_clip(vs.YUV420P8), window=3, stats=stats)
+    node.get_frame(0)
+    assert stats.read_ahead == 0 and dict(stats.computed) == {0: 1}
 
 
 def test_linear_pass_computes_each_window_once_with_a_bounded_cache(
@@ -584,6 +634,8 @@ def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[obje
         ("backend", lambda mk: (yuv(mk), {"backend": "magic"}), "backend='magic'"),
         ("backend cuda", lambda mk: (yuv(mk), {"backend": "cuda"}), "backend='cuda'"),
         ("num_streams", lambda mk: (yuv(mk), {"num_streams": 0}), "num_streams=0"),
+        ("readahead", lambda mk: (yuv(mk), {"readahead": -1}), "readahead=-1"),
+        ("readahead type", lambda mk: (yuv(mk), {"readahead": 1.5}), "readahead=1.5"),
         ("device_index", lambda mk: (yuv(mk), {"device_index": -1}), "device_index=-1"),
         ("device_index big", lambda mk: (yuv(mk), {"device_index": 9}), "device_index=9"),
         ("scorer", lambda mk: (yuv(mk), {"scorer": "oracle"}), "scorer='oracle'"),

@@ -93,6 +93,11 @@ _HALF_HOST_DEVICES = frozenset({"cuda"})
 # on VapourSynth's threads (the GPU-side gain, fewer bytes over the bus, does not exist).
 # Tests add "cpu" to run the path without a GPU.
 _DEVICE_COLOR_DEVICES = frozenset({"cuda"})
+# Devices on which the next window is computed ahead of the requests by default (readahead).
+# Not the CPU: there the network and VapourSynth's threads share the same cores, so there is
+# no idle device to fill. Tests add "cpu" to run the path without a GPU.
+_READ_AHEAD_DEVICES = frozenset({"cuda"})
+_READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
 
 
 # --- what a caller can watch -----------------------------------------------------------------
@@ -110,12 +115,16 @@ class SkipSRStats:
     hits: int = 0  # window outputs a frame took from the cache
     evicted: int = 0  # windows dropped from the cache
     max_cached: int = 0  # most windows held at once
+    read_ahead: int = 0  # windows computed ahead of any request for their frames
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def _add(self, *, hits: int = 0, evicted: int = 0, cached: int = 0) -> None:
+    def _add(
+        self, *, hits: int = 0, evicted: int = 0, cached: int = 0, read_ahead: int = 0
+    ) -> None:
         with self._lock:
             self.hits += hits
             self.evicted += evicted
+            self.read_ahead += read_ahead
             self.max_cached = max(self.max_cached, cached)
 
     @property
@@ -191,6 +200,31 @@ class _WindowCache:
             with self._stats._lock:
                 self._stats.computed[window] += 1
             return result
+
+    def has(self, window: int) -> bool:
+        """Whether ``window`` is done or being computed."""
+        with self._lock:
+            return window in self._entries
+
+    def offer(self, window: int, compute: Callable[[], _WindowResult]) -> bool:
+        """Compute ``window`` unless it is done or being computed; never waits. For the read
+        ahead: a request that comes meanwhile waits for this computation, as it would for
+        another request's."""
+        with self._lock:
+            if window in self._entries:
+                return False
+            entry = self._entries[window] = _Entry()
+            entry.lock.acquire()  # before the cache's lock goes: no request can get in first
+        try:
+            result = compute()
+            with self._lock:
+                entry.result = result
+                self._evict()
+            with self._stats._lock:
+                self._stats.computed[window] += 1
+        finally:
+            entry.lock.release()
+        return True
 
     def delivered(self, window: int, position: int) -> None:
         """Note that output position ``position`` of ``window`` was handed out."""
@@ -396,6 +430,7 @@ class _SkipSRNode:
         settings: _Settings,
         num_streams: int,
         cache_windows: int,
+        readahead: int,
         stats: SkipSRStats,
     ) -> None:
         self.core = vs.core  # callbacks run on VapourSynth's threads: keep this script's core
@@ -426,6 +461,11 @@ class _SkipSRNode:
         self.sr: vs.VideoNode | None = None  # the RGB float output, before the way back
         self._back: dict[_Color, vs.VideoNode] = {}
         self._back_lock = threading.Lock()
+        self.readahead = readahead
+        self._ahead: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._ahead_thread: threading.Thread | None = None
+        self._ahead_lock = threading.Lock()
+        self._ahead_next = 0  # windows below this one were read ahead or asked for already
 
     # the graph ------------------------------------------------------------------------------
 
@@ -529,7 +569,65 @@ class _SkipSRNode:
         out.props["SkipSRBackend"] = self.backend_name
         for c in contributions:
             self.cache.delivered(c.window, c.position)
+        self._read_ahead_after(contributions[-1].window)
         return out
+
+    # the read ahead ---------------------------------------------------------------------------
+
+    def _read_ahead_after(self, window: int) -> None:
+        """Queue the ``readahead`` windows after ``window`` for the background thread, so the
+        device computes them while this window's frames are copied out and encoded: without
+        it the next window starts only when a request reaches its first frame, and the GPU
+        waits for the host each window. Each window is queued once, in order; a seek back
+        queues nothing, a seek forward skips the windows in between."""
+        if not self.readahead:
+            return
+        last = min(window + self.readahead, self.plan.num_windows - 1)
+        with self._ahead_lock:
+            first = max(window + 1, self._ahead_next)
+            if first > last:
+                return
+            self._ahead_next = last + 1
+            for w in range(first, last + 1):
+                self._ahead.put(w)
+            if self._ahead_thread is None:
+                self._ahead_thread = threading.Thread(
+                    target=self._ahead_loop, name="skipsr-readahead", daemon=True
+                )
+                self._ahead_thread.start()
+
+    def _ahead_loop(self) -> None:
+        """The read-ahead thread; it ends after a while with nothing queued, so a node the
+        script dropped (a previewer reloading it) is not kept alive with its device memory."""
+        while True:
+            try:
+                window = self._ahead.get(timeout=_READ_AHEAD_IDLE_S)
+            except queue.Empty:
+                with self._ahead_lock:
+                    if self._ahead.empty():
+                        self._ahead_thread = None
+                        return
+                continue
+            try:
+                self._read_ahead(window)
+            except Exception:  # a request for its frames computes it again and raises there
+                log.debug("skipsr: reading window %d ahead failed", window, exc_info=True)
+
+    def _read_ahead(self, window: int) -> None:
+        """Window ``window`` into the cache from this thread. The source frames are fetched
+        before the window is claimed in the cache: a request for one of its frames meanwhile
+        computes it itself rather than waiting on a thread that waits on VapourSynth."""
+        if self.cache.has(window):
+            return
+        frames = self.plan.frames(window)
+        pending = {i: self.lr.get_frame_async(i) for i in sorted(set(frames))}
+        layout = None
+        if self.settings.device_color:
+            first = self.plan.start(window)
+            layout = self._layout(first, self.clip.get_frame(first).props)
+        by_index = {i: f.result() for i, f in pending.items()}
+        if self.cache.offer(window, partial(self._compute, window, by_index, layout)):
+            self.stats._add(read_ahead=1)
 
     def _layout(self, n: int, props: Mapping[str, Any]) -> YuvLayout:
         """How frame n's window is converted on the device: the clip's depth and subsampling
@@ -761,6 +859,7 @@ def _check_args(
     seed: object,
     device_index: object,
     num_streams: object,
+    readahead: object,
     cache_windows: object,
     backend: object,
     cuda_graphs: object,
@@ -794,6 +893,8 @@ def _check_args(
         raise _fail(f"seed={seed!r}: accepted an int")
     if not _is_int(num_streams) or num_streams < 1:
         raise _fail(f"num_streams={num_streams!r}: accepted an int >= 1")
+    if readahead is not None and (not _is_int(readahead) or readahead < 0):
+        raise _fail(f"readahead={readahead!r}: accepted None or an int >= 0")
     if cache_windows is not None and (not _is_int(cache_windows) or cache_windows < 1):
         raise _fail(f"cache_windows={cache_windows!r}: accepted an int >= 1, or None")
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -864,6 +965,7 @@ def skipsr(
     scene_cuts: bool = False,
     device_index: int = 0,
     num_streams: int = 1,
+    readahead: int | None = None,
     fp16: bool = True,
     cuda_graphs: bool | None = None,
     device_color: bool | None = None,
@@ -908,6 +1010,10 @@ def skipsr(
             mixes two scenes (a cut costs one extra pass of its window).
         device_index: CUDA device for 'auto'/'torch'/'cuda'.
         num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
+        readahead: windows after the last one asked for that a background thread computes
+            before any of their frames is requested, so the device works on the next window
+            while this one's frames are copied out and encoded. None (default): 1 on CUDA,
+            0 on the CPU (where the network and VapourSynth share the cores anyway).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one captured
             per token-count bucket (geometric, ~9% padding) the first time it occurs.
@@ -928,7 +1034,8 @@ def skipsr(
             may also be an SRTransformer already built (benchmarks pass
             ``vs_skipsr.models.random_sr("seedvr2_3b", ...)`` to time production scale).
         cache_windows: finished windows kept for frames still to come (default enough for
-            the core's threads, at least 2 * num_streams + 2). Each holds T frames at the
+            the core's threads, at least 2 * num_streams + 2, plus readahead). Each holds T
+            frames at the
             output size: the clip's YUV planes with device_color, else RGB, float16 in
             pinned memory on CUDA where the clip's format is
             integer of at most 10 bits or half float, else float32.
@@ -953,6 +1060,7 @@ def skipsr(
         device_index=device_index,
         num_streams=num_streams,
         cache_windows=cache_windows,
+        readahead=readahead,
         backend=backend,
         cuda_graphs=cuda_graphs,
         device_color=device_color,
@@ -1037,14 +1145,16 @@ def skipsr(
         device_color=use_device_color,
     )
     plan = WindowPlan(num_frames=clip.num_frames, size=t, overlap=overlap, blend=blend)
+    if readahead is None:
+        readahead = 1 if runner.device.type in _READ_AHEAD_DEVICES else 0
     if cache_windows is None:
         per_frame = -(-t // plan.stride)
-        cache_windows = max(
+        cache_windows = readahead + max(
             2 * num_streams + 2, -(-vs.core.num_threads // plan.stride) + per_frame + 1
         )
     log.info(
         "skipsr: %dx%d %s x%d -> %dx%d, window=%d overlap=%d scorer=%s %s backend=%s cache=%d "
-        "device_color=%s",
+        "device_color=%s readahead=%d",
         clip.width,
         clip.height,
         clip.format.name,
@@ -1060,6 +1170,7 @@ def skipsr(
         f"{runner.name}:{runner.device}",
         cache_windows,
         use_device_color,
+        readahead,
     )
     node = _SkipSRNode(
         clip,
@@ -1068,6 +1179,7 @@ def skipsr(
         settings=settings,
         num_streams=num_streams,
         cache_windows=cache_windows,
+        readahead=readahead,
         stats=SkipSRStats() if stats is None else stats,
     )
     return node.build()
