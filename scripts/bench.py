@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+CAPTURE_MS = re.compile(r"captured a CUDA graph for .* in ([0-9.]+) ms")
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -444,7 +446,8 @@ def vspipe_run(
         "steady_fps": (frames - warmup) / (stamps[-1] - stamps[warmup - 1]),
         "first_frame_s": stamps[0] - t_start,
         # the filter logs each CUDA graph it captures (one per new token bucket)
-        "graph_captures": msg.count("capturing a CUDA graph"),
+        "graph_captures": msg.count("captured a CUDA graph"),
+        "capture_s": sum(float(ms) for ms in CAPTURE_MS.findall(msg)) / 1e3,
         "all_fps": frames / (stamps[-1] - t_start),
     }
 
@@ -481,6 +484,11 @@ def bench_vspipe(args) -> None:
             args.large_frames,
             2 * 21,
         ),
+        "large-graphs": (
+            {"preset": "seedvr2_3b", "window": "21", "lr_width": "320", "cuda_graphs": "1"},
+            args.large_frames,
+            2 * 21,
+        ),
     }
     cases = []
     for item in args.vspipe_cases.split(","):
@@ -497,7 +505,7 @@ def bench_vspipe(args) -> None:
     say(
         f"{'regime':>8} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
         f"{'skip fps':>8} {'speed-up':>8} {'kept':>5} {'ideal':>6} {'of ideal':>8} "
-        f"{'first s d/s':>11} {'graphs d/s':>10}"
+        f"{'first s d/s':>11} {'graphs d/s':>10} {'capture s d/s':>13}"
     )
     for regime, steps, sink, extra, n, w, skip_kw in cases:
         enc = encoder if sink == "x264" else None
@@ -539,6 +547,7 @@ def bench_vspipe(args) -> None:
             f"{s_['steady_fps']:8.2f} {speedup:7.2f}x {kept:5.2f} {ideal:5.2f}x "
             f"{speedup / ideal:7.0%} {d['first_frame_s']:5.1f}/{s_['first_frame_s']:<5.1f}"
             f" {d['graph_captures']:3d}/{s_['graph_captures']:<3d}"
+            f"    {d['capture_s']:5.2f}/{s_['capture_s']:<5.2f}"
         )
     RESULTS["vspipe"] = rows
 
@@ -638,7 +647,7 @@ def main() -> None:
         "instead of --threshold); regimes eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
         "(cuda_graphs=1, skipsr's default on CUDA), large (SeedVR2-3B shape, random weights, "
-        "21-frame 720p windows, eager)",
+        "21-frame 720p windows, eager), large-graphs (the same with CUDA graphs)",
     )
     ap.add_argument(
         "--large-frames",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -78,6 +79,7 @@ class GraphCache:
         self.graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
         self.captures = 0
+        self.capture_ms = 0.0
         # the filter calls from several threads (one CUDA stream each): the cache, a capture
         # and the order of replays of one graph are guarded by one lock (replays are launches
         # only, so holding it costs microseconds)
@@ -120,9 +122,14 @@ class GraphCache:
         with self._lock:
             graph = self.graphs.get(key)
             if graph is None:
-                log.info("capturing a CUDA graph for %d tokens, %s windows", k, key[1:])
+                t0 = time.perf_counter()
                 graph = _Graph(self.fn, inputs, self.pool)
+                ms = 1e3 * (time.perf_counter() - t0)  # host time, warm-up runs included
                 self.captures += 1
+                self.capture_ms += ms
+                log.info(
+                    "captured a CUDA graph for %d tokens, %s windows in %.1f ms", k, key[1:], ms
+                )
                 self.graphs[key] = graph
                 while len(self.graphs) > self.max_graphs:
                     self.graphs.popitem(last=False)
