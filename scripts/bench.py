@@ -378,6 +378,7 @@ def vspipe_run(
         "backend": "cuda" if args.device.startswith("cuda") else "cpu",
         "num_streams": str(args.streams),
         **({} if args.readahead is None else {"readahead": str(args.readahead)}),
+        **({} if args.switch_ms is None else {"switch_ms": str(args.switch_ms)}),
         **extra,
     }
     for k, v in kw.items():
@@ -459,7 +460,9 @@ def bench_vspipe(args) -> None:
     say(
         f"\nend to end: vspipe demo.vpy, {args.clip.name}, x4, -r {args.requests}, "
         f"num_streams {args.streams}, readahead "
-        f"{'default' if args.readahead is None else args.readahead}, backend {args.device}, "
+        f"{'default' if args.readahead is None else args.readahead}, GIL switch "
+        f"{'5 ms (default)' if args.switch_ms is None else f'{args.switch_ms} ms'}, "
+        f"backend {args.device}, "
         f"{device_name(torch.device(args.device))}"
     )
     say(
@@ -661,6 +664,12 @@ def main() -> None:
         type=int,
         default=None,
         help="skipsr(readahead=) for the vspipe runs (default: skipsr's, 1 on CUDA, 0 on CPU)",
+    )
+    ap.add_argument(
+        "--switch-ms",
+        type=float,
+        default=None,
+        help="Python's GIL switch interval in the vspipe runs, ms (demo.vpy switch_ms)",
     )
     ap.add_argument(
         "--sr-frames",
