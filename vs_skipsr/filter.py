@@ -632,7 +632,7 @@ class _SkipSRNode:
     def _layout(self, n: int, props: Mapping[str, Any]) -> YuvLayout:
         """How frame n's window is converted on the device: the clip's depth and subsampling
         with this frame's matrix, range and chroma location (a window takes them from the
-        frame whose request computes it)."""
+        frame whose request computes it, or from its first frame when read ahead)."""
         fmt = self.clip.format
         color = _color_of(props, family=fmt.color_family)
         layout = yuv_layout(
@@ -1016,7 +1016,8 @@ def skipsr(
             0 on the CPU (where the network and VapourSynth share the cores anyway).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one captured
-            per token-count bucket (geometric, ~9% padding) the first time it occurs.
+            per token-count bucket (geometric, ~9% padding; small counts in steps of 1/32
+            of the window's tokens, see tokens.kept_bucket) the first time it occurs.
             None (default): on where it applies, since a small model launching kernels
             costs more than running them and skipping would otherwise save nothing; False
             for eager kernels; True: an error where it does not apply. Replays of graphs do
@@ -1035,10 +1036,9 @@ def skipsr(
             ``vs_skipsr.models.random_sr("seedvr2_3b", ...)`` to time production scale).
         cache_windows: finished windows kept for frames still to come (default enough for
             the core's threads, at least 2 * num_streams + 2, plus readahead). Each holds T
-            frames at the
-            output size: the clip's YUV planes with device_color, else RGB, float16 in
-            pinned memory on CUDA where the clip's format is
-            integer of at most 10 bits or half float, else float32.
+            frames at the output size: the clip's YUV planes with device_color, else RGB,
+            float16 in pinned memory on CUDA where the clip's format is integer of at most 10
+            bits or half float, else float32.
         stats: a :class:`SkipSRStats` to fill with window counts (tests, benchmarks).
 
     Each output frame carries the source frame's props plus SkipSRKeptRatio (kept fraction

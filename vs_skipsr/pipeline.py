@@ -198,8 +198,8 @@ def upscale_window(
     kept and the mask is not evaluated (the dense path). ``steps`` Euler steps of the flow all
     reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
     bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`, with the runner's quantum;
-    None: where the runner wants it, i.e. torch on CUDA) so captured graphs and per-shape kernel plans are reused; padding never
-    changes the result.
+    None: where the runner wants it, i.e. torch on CUDA) so captured graphs and per-shape
+    kernel plans are reused; padding never changes the result.
 
     On CUDA the window costs one device-to-host sync (the kept count), none when dense.
     """
