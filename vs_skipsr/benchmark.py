@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .backends.base import Runner
 from .models.sr import SRConfig
-from .tokens import Partition, kept_bucket, token_coords, window_partitions
+from .tokens import Partition, kept_bucket, padded_tokens
 
 __all__ = [
     "FRACTIONS",
@@ -125,16 +125,13 @@ def scaling_table(
     for frac in fractions:
         index = torch.nonzero(clustered_keep(grid, frac).reshape(-1)).squeeze(1).to(dev)
         k = index.numel()
-        quantum = getattr(runner, "bucket_quantum", 0.0)
-        kb = kept_bucket(k, total=total, quantum=quantum) if bucketed else k
-        padded = F.pad(index, (0, kb - k))
-        coords = token_coords(padded, grid=grid)
-        parts = window_partitions(
-            coords,
+        kb = kept_bucket(k, total=total, quantum=runner.bucket_quantum) if bucketed else k
+        _, coords, parts = padded_tokens(
+            index,
+            bucket=kb,
             grid=grid,
             window=cfg.window,
             shift=cfg.shift,
-            valid=k,
             static_len=dev.type == "cuda",
         )
         base = torch.rand(kb, cfg.base_dim, generator=g).to(dev)

@@ -193,13 +193,7 @@ class _WindowCache:
             if entry.result is not None:
                 self._stats._add(hits=1)
                 return entry.result
-            result = compute()
-            with self._lock:
-                entry.result = result
-                self._evict()
-            with self._stats._lock:
-                self._stats.computed[window] += 1
-            return result
+            return self._compute_into(entry, window, compute)
 
     def has(self, window: int) -> bool:
         """Whether ``window`` is done or being computed."""
@@ -216,15 +210,22 @@ class _WindowCache:
             entry = self._entries[window] = _Entry()
             entry.lock.acquire()  # before the cache's lock goes: no request can get in first
         try:
-            result = compute()
-            with self._lock:
-                entry.result = result
-                self._evict()
-            with self._stats._lock:
-                self._stats.computed[window] += 1
+            self._compute_into(entry, window, compute)
         finally:
             entry.lock.release()
         return True
+
+    def _compute_into(
+        self, entry: _Entry, window: int, compute: Callable[[], _WindowResult]
+    ) -> _WindowResult:
+        """Compute ``window`` into ``entry`` (whose lock the caller holds) and count it."""
+        result = compute()
+        with self._lock:
+            entry.result = result
+            self._evict()
+        with self._stats._lock:
+            self._stats.computed[window] += 1
+        return result
 
     def delivered(self, window: int, position: int) -> None:
         """Note that output position ``position`` of ``window`` was handed out."""

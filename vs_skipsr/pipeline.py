@@ -37,10 +37,9 @@ from .tokens import (
     gather_patches,
     kept_bucket,
     pad_to_grid,
+    padded_tokens,
     scatter_tokens,
-    token_coords,
     unpatchify,
-    window_partitions,
 )
 
 __all__ = [
@@ -245,19 +244,16 @@ def upscale_window(
         if isinstance(buckets, tuple) and n_keep:
             n_bucket = min(bucket_size(n_keep, buckets=buckets), total)
         elif buckets:
-            quantum = getattr(runner, "bucket_quantum", 0.0)
-            n_bucket = kept_bucket(n_keep, total=total, quantum=quantum)
-        padded = F.pad(index, (0, n_bucket - n_keep))  # [Kb], padding points at token 0
-        base_tok = gather_patches(base, padded, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
-        coords = token_coords(padded, grid=grid)  # [Kb, 3]
-        parts = window_partitions(
-            coords,
+            n_bucket = kept_bucket(n_keep, total=total, quantum=runner.bucket_quantum)
+        padded, coords, parts = padded_tokens(  # [Kb], [Kb, 3]
+            index,
+            bucket=n_bucket,
             grid=grid,
             window=cfg.window,
             shift=cfg.shift,
-            valid=n_keep,
             static_len=device.type == "cuda",
         )
+        base_tok = gather_patches(base, padded, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
         state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std  # [Kb, 3p²]
 
     with timer.stage("sr"):

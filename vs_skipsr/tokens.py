@@ -23,6 +23,7 @@ __all__ = [
     "gather_patches",
     "kept_bucket",
     "pad_to_grid",
+    "padded_tokens",
     "patchify",
     "scatter_tokens",
     "token_coords",
@@ -271,6 +272,27 @@ def window_partitions(
         )
         for s in ((0, 0, 0), shift)
     )
+
+
+def padded_tokens(
+    index: Tensor,
+    *,
+    bucket: int,
+    grid: tuple[int, int, int],
+    window: tuple[int, int, int],
+    shift: tuple[int, int, int],
+    static_len: bool = False,
+) -> tuple[Tensor, Tensor, tuple[Partition, Partition]]:
+    """Kept indices [K] padded to ``bucket`` rows (the padding points at token 0 and joins no
+    window), their (t, y, x) coords [bucket, 3] and the partition pair over them: what an SR
+    call of a bucketed kept count needs besides the pixels."""
+    k = int(index.numel())
+    padded = F.pad(index, (0, bucket - k))
+    coords = token_coords(padded, grid=grid)
+    parts = window_partitions(
+        coords, grid=grid, window=window, shift=shift, valid=k, static_len=static_len
+    )
+    return padded, coords, parts
 
 
 def pad_partition(

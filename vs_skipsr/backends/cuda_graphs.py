@@ -79,7 +79,6 @@ class GraphCache:
         self.graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
         self.captures = 0
-        self.capture_ms = 0.0
         # the filter calls from several threads (one CUDA stream each): the cache, a capture
         # and the order of replays of one graph are guarded by one lock (replays are launches
         # only, so holding it costs microseconds)
@@ -126,7 +125,6 @@ class GraphCache:
                 graph = _Graph(self.fn, inputs, self.pool)
                 ms = 1e3 * (time.perf_counter() - t0)  # host time, warm-up runs included
                 self.captures += 1
-                self.capture_ms += ms
                 log.info(
                     "captured a CUDA graph for %d tokens, %s windows in %.1f ms", k, key[1:], ms
                 )
