@@ -99,11 +99,16 @@ def sr_table(
     fractions=FRACTIONS,
 ) -> list[dict]:
     attention = "padded" if mode == "padded" else "auto"
+    graphs = mode in ("graphs", "compiled")
     runner = TorchBackend(
-        device=str(dev), dtype=dtype, attention=attention, cuda_graphs=mode == "graphs"
+        device=str(dev),
+        dtype=dtype,
+        attention=attention,
+        cuda_graphs=graphs,
+        compile=mode == "compiled",
     ).load(sr=net, mask=None)
     rows = scaling_table(
-        runner, size=size, frames=frames, fractions=fractions, reps=reps, bucketed=mode == "graphs"
+        runner, size=size, frames=frames, fractions=fractions, reps=reps, bucketed=graphs
     )
     say(
         f"\nSR net alone: {frames} x {size[0]}x{size[1]} output ({rows[-1].tokens} tokens), {dtype}, "
@@ -115,7 +120,8 @@ def sr_table(
 
 def bench_sr(dev: torch.device, args, peak: float | None) -> None:
     """The default model alone, one table per output size, window length (--sr-frames) and
-    mode (--sr-modes: padded, varlen, graphs in bf16 on CUDA; graphs-fp16)."""
+    mode (--sr-modes: padded, varlen, graphs, compiled (torch.compile, then graphs) in bf16
+    on CUDA; graphs-fp16 and so on)."""
     out = {}
     net = load_sr().to(dev)
     modes = args.sr_modes.split(",") if dev.type == "cuda" else ["padded"]
@@ -484,6 +490,7 @@ def bench_vspipe(args) -> None:
         "eager": ({"cuda_graphs": "0"}, args.frames, 2 * window),
         "rgb": ({"device_color": "0", "cuda_graphs": "0"}, args.frames, 2 * window),
         "graphs": ({"cuda_graphs": "1"}, args.frames, 2 * window),
+        "compiled": ({"compile": "1"}, args.frames, 2 * window),
         "large": ({**large, "cuda_graphs": "0"}, args.large_frames, 2 * 21),
         "large-graphs": ({**large, "cuda_graphs": "1"}, args.large_frames, 2 * 21),
     }
@@ -673,7 +680,8 @@ def main() -> None:
     ap.add_argument(
         "--sr-modes",
         default="padded,varlen,graphs,graphs-fp16",
-        help="sr section modes on CUDA: padded, varlen, graphs, each -fp16 or bf16 (default)",
+        help="sr section modes on CUDA: padded, varlen, graphs, compiled (torch.compile + "
+        "graphs), each -fp16 or bf16 (default)",
     )
     ap.add_argument(
         "--profile",

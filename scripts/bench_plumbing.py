@@ -74,6 +74,9 @@ class StubRunner:
         self.device = device
         self.sr_config = sr_config
 
+    def prepare(self, *, grid, dense=False) -> None:
+        pass
+
     def mask(self, lr: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(lr[:, :1])
 

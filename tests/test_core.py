@@ -3,6 +3,8 @@ model restricted to kept tokens everywhere else."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -117,7 +119,7 @@ def test_geometric_buckets_pad_little_and_stay_few():
 def test_graph_buckets_share_small_counts_and_pad_at_most_a_quantum():
     """With a quantum (CUDA graphs: a capture per bucket) the kept counts of a clip keeping
     2-15% of a 1080p window's tokens meet 5 buckets, not 24; padding stays under the quantum
-    or the geometric bound, and never passes the window's tokens."""
+    or the geometric bound, never passes the window's tokens, and grows with the count."""
     from vs_skipsr.backends.torch_backend import GRAPH_BUCKET_QUANTUM
     from vs_skipsr.pipeline import BUCKET_GROWTH
     from vs_skipsr.tokens import kept_bucket
@@ -127,12 +129,31 @@ def test_graph_buckets_share_small_counts_and_pad_at_most_a_quantum():
     small = range(816, 6_121)
     assert len({kept_bucket(k, total=total) for k in small}) == 24
     assert len({kept_bucket(k, total=total, quantum=GRAPH_BUCKET_QUANTUM) for k in small}) == 5
+    prev = 0
     for k in range(1, total + 1):
         b = kept_bucket(k, total=total, quantum=GRAPH_BUCKET_QUANTUM)
         assert k <= b <= total and (b % 64 == 0 or b == total), (k, b)
+        assert b >= prev, f"kept {k} gets bucket {b}, below {prev} of a smaller count"
+        prev = b
         assert b - k < max(q + 64, (BUCKET_GROWTH - 1) * k * 1.1 + 128), (k, b)
     assert kept_bucket(0, total=total, quantum=GRAPH_BUCKET_QUANTUM) == 0
     assert kept_bucket(total, total=total, quantum=GRAPH_BUCKET_QUANTUM) == total
+
+
+def test_kept_buckets_list_every_count_kept_bucket_gives():
+    """What a runner captures up front for a grid is exactly the set of buckets the pipeline
+    can ask for: every kept count maps into it, and it holds nothing else."""
+    from vs_skipsr.backends.torch_backend import GRAPH_BUCKET_QUANTUM
+    from vs_skipsr.tokens import kept_bucket, kept_buckets
+
+    for total, quantum in ((40_800, GRAPH_BUCKET_QUANTUM), (40_800, 0.0), (280, 0.0), (7, 0.5)):
+        listed = kept_buckets(total, quantum=quantum)
+        assert listed == sorted(set(listed)) and listed[-1] == total
+        assert set(listed) == {
+            kept_bucket(k, total=total, quantum=quantum) for k in range(1, total + 1)
+        }
+    assert len(kept_buckets(40_800, quantum=GRAPH_BUCKET_QUANTUM)) == 24
+    assert kept_buckets(0) == []
 
 
 def test_cpu_runner_gets_no_bucket_padding(runner):
@@ -387,6 +408,52 @@ def test_cuda_graphs_equal_eager_and_are_reused():
         b = upscale_window(lr, scale=2, runner=graphed, keep=keep, buckets=(128, 256))
         assert (a.frames - b.frames).abs().max() < 2e-2
     assert graphed.graphs.captures == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
+    """prepare() captures each bucket of the grid once, largest first; windows of any keep
+    set then replay those graphs (no capture mid-run) and match eager mode, and preparing
+    the same grid again captures nothing."""
+    from vs_skipsr.tokens import kept_buckets
+
+    eager = TorchBackend(device="cuda", dtype="bf16").load(sr=_random_sr(seed=4), mask=None)
+    graphed = TorchBackend(device="cuda", dtype="bf16", cuda_graphs=True).load(
+        sr=_random_sr(seed=4), mask=None
+    )
+    lr = _lr(t=2, h=80, w=112, seed=22).cuda()
+    grid = _grid(lr, 2, 16)
+    buckets = kept_buckets(math.prod(grid), quantum=graphed.bucket_quantum)
+    graphed.prepare(grid=grid)
+    assert graphed.graphs.captures == len(buckets) > 2
+    assert [k[0] for k in graphed.graphs.graphs] == buckets[::-1]
+    graphed.prepare(grid=grid)
+    for ratio in (0.9, 0.5, 0.1, 0.0):
+        a = upscale_window(lr, scale=2, runner=eager, skip_ratio=ratio, buckets=True)
+        b = upscale_window(lr, scale=2, runner=graphed, skip_ratio=ratio, buckets=True)
+        assert (a.frames - b.frames).abs().max() < 2e-2, ratio
+    assert graphed.graphs.captures == len(buckets)
+
+
+def test_compile_needs_cuda_graphs_and_says_so():
+    with pytest.raises(ValueError, match="compile=True needs cuda_graphs=True"):
+        TorchBackend(device="cpu", compile=True).load(sr=_random_sr(seed=4), mask=None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_compiled_graphs_match_eager():
+    """torch.compile's fused kernels, captured per bucket, give eager's numbers for any keep
+    set (one compile with dynamic shapes serves every bucket)."""
+    eager = TorchBackend(device="cuda", dtype="bf16").load(sr=_random_sr(seed=4), mask=None)
+    compiled = TorchBackend(device="cuda", dtype="bf16", cuda_graphs=True, compile=True).load(
+        sr=_random_sr(seed=4), mask=None
+    )
+    lr = _lr(t=2, h=80, w=112, seed=22).cuda()
+    compiled.prepare(grid=_grid(lr, 2, 16))
+    for ratio in (0.7, 0.3, 0.0):
+        a = upscale_window(lr, scale=2, runner=eager, skip_ratio=ratio, buckets=True)
+        b = upscale_window(lr, scale=2, runner=compiled, skip_ratio=ratio, buckets=True)
+        assert (a.frames - b.frames).abs().max() < 2e-2, ratio
 
 
 def test_linear_head_weights_still_load(tmp_path):

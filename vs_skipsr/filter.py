@@ -467,6 +467,8 @@ class _SkipSRNode:
         self._ahead_thread: threading.Thread | None = None
         self._ahead_lock = threading.Lock()
         self._ahead_next = 0  # windows below this one were read ahead or asked for already
+        self._prepared = False
+        self._prepare_lock = threading.Lock()
 
     # the graph ------------------------------------------------------------------------------
 
@@ -713,6 +715,7 @@ class _SkipSRNode:
         otherwise the output goes into a pooled host buffer (float16 and pinned on a GPU),
         which returns to the pool once the result is dropped from the cache and no frame being
         produced holds it."""
+        self._prepare_runner()
         busy = 0.0
         plan, s = self.plan, self.settings
         device = self.runner.device
@@ -791,6 +794,22 @@ class _SkipSRNode:
         if pooled:
             self.host.bind(result, frames)
         return result
+
+    def _prepare_runner(self) -> None:
+        """Once, before the first window: the runner readies every token-count bucket of a
+        full window (CUDA graphs: all captured now, ~0.5 s for the default model at 1080p,
+        instead of one capture now and then that stalls the other windows mid-run). Every
+        window and scene-cut piece is fed T frames, so one grid serves the whole clip."""
+        if self._prepared:
+            return
+        with self._prepare_lock:
+            if self._prepared:
+                return
+            self._prepared = True  # a failure surfaces once; later windows go the lazy way
+            patch = self.runner.sr_config.patch
+            grid = (self.plan.size, -(-self.out_h // patch), -(-self.out_w // patch))
+            s = self.settings
+            self.runner.prepare(grid=grid, dense=s.threshold is None and s.skip_ratio is None)
 
     def _plane_buffer(
         self, real: int, layout: YuvLayout

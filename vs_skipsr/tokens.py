@@ -22,6 +22,7 @@ __all__ = [
     "build_partition",
     "gather_patches",
     "kept_bucket",
+    "kept_buckets",
     "pad_to_grid",
     "padded_tokens",
     "patchify",
@@ -123,9 +124,25 @@ def kept_bucket(k: int, *, total: int, quantum: float = 0.0) -> int:
         return 0
     if quantum > 0:
         q = -(-math.ceil(total * quantum) // 64) * 64
-        if k * (BUCKET_GROWTH - 1) < q:  # the geometric step is still the finer one
+        # multiples of q up to the first one where the geometric step is as coarse: switching
+        # on a multiple keeps buckets growing with k (no larger count gets a smaller bucket)
+        switch = -(-math.ceil(q / (BUCKET_GROWTH - 1)) // q) * q
+        if k <= switch:
             return min(-(-k // q) * q, total)
     return min(bucket_size(k, growth=BUCKET_GROWTH), total)
+
+
+def kept_buckets(total: int, *, quantum: float = 0.0) -> list[int]:
+    """Every count :func:`kept_bucket` can give a window of ``total`` tokens, ascending: the
+    shapes a runner that captures per shape meets over a whole clip, so it can capture them
+    all before the first window instead of one by one in the middle of a run."""
+    out: list[int] = []
+    k = 1
+    while 0 < k <= total:
+        b = kept_bucket(k, total=total, quantum=quantum)
+        out.append(b)
+        k = b + 1
+    return out
 
 
 def bucket_size(

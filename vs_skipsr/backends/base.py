@@ -33,6 +33,13 @@ class Runner(Protocol):
     # each new bucket costs a capture (see tokens.kept_bucket)
     bucket_quantum: float
 
+    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+        """Make every token-count bucket of a window with token grid ``grid`` (T, Hp, Wp)
+        ready before the first one runs (CUDA graphs: capture them), or only the all-tokens
+        one with ``dense`` (a run that skips nothing); nothing where shapes cost nothing to
+        change."""
+        ...
+
     def mask(self, lr: Tensor) -> Tensor:
         """LR frames [T, 3, h, w] float32 on ``device`` -> score map [T, 1, h, w] float32."""
         ...

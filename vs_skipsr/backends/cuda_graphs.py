@@ -7,6 +7,11 @@ geometric bucket, partitions have one segment per window of the grid (empty ones
 :func:`~vs_skipsr.tokens.pad_partition` adds room for the bucket padding, so the shapes of a
 call depend on the grid and the bucket only: one capture per bucket, whatever the keep set.
 (Keying on the windows a keep set happens to fill gave a new shape nearly every window.)
+
+:meth:`GraphCache.prepare` captures all the buckets of a grid before the first window,
+largest first: a capture in the middle of a run stalled every other window for 0.2-0.5 s
+inside vspipe (H100), and graphs captured in growing order each took new pool memory where
+the largest-first order lets the smaller ones reuse what the larger ones freed.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -27,14 +32,54 @@ __all__ = ["GraphCache"]
 log = logging.getLogger(__name__)
 
 
+class _Staging:
+    """Static buffers shared by every graph of a cache, one per input position plus one for
+    the output: a graph reads and writes views of their first rows. Replays never overlap
+    (see GraphCache), so one set of the largest size serves all buckets, instead of a copy
+    of every input and output per graph (at 1080p x 5 the 24 buckets add up to 10.5 dense
+    windows of them)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[int, Tensor] = {}
+
+    def view(self, slot: int, like: Tensor) -> Tensor:
+        """A view shaped and typed like ``like``, over the first rows of buffer ``slot`` (a
+        larger buffer replaces it when needed; graphs holding the old one keep it alive)."""
+        buf = self._bufs.get(slot)
+        if (
+            buf is None
+            or buf.shape[0] < like.shape[0]
+            or buf.shape[1:] != like.shape[1:]
+            or buf.dtype != like.dtype
+        ):
+            buf = self._bufs[slot] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf[: like.shape[0]]
+
+
 class _Graph:
-    def __init__(self, fn: Callable[..., Tensor], inputs: list[Tensor], pool) -> None:
-        self.inputs = [x.clone() for x in inputs]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+    """One captured call. ``inputs`` are views into ``staging``; the caller has made the
+    side ``stream`` wait for everything that may still read them."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Tensor],
+        inputs: list[Tensor],
+        *,
+        pool,
+        stream: torch.cuda.Stream,
+        staging: _Staging,
+    ) -> None:
+        self.inputs = [staging.view(i, x) for i, x in enumerate(inputs)]
+        t0 = time.perf_counter()
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up: lazy init and autotuning stay out of the graph
-                fn(*self.inputs)
+            for dst, src in zip(self.inputs, inputs, strict=True):
+                dst.copy_(src)
+            # one warm-up: lazy init, cuDNN's per-shape plans and cuBLAS's workspace for this
+            # stream stay out of the graph
+            sample = fn(*self.inputs)
+        self.warmup_ms = 1e3 * (time.perf_counter() - t0)
+        self.output = staging.view(len(inputs), sample)
+        del sample
         self.graph = torch.cuda.CUDAGraph()
         # capture_begin/end on the side stream, not the torch.cuda.graph context manager: that
         # one synchronises the whole device and empties the allocator's caches (device and
@@ -42,13 +87,16 @@ class _Graph:
         # it allocate again; a capture per new token bucket mid-run paid that every time.
         # thread_local: the filter's other threads keep launching work (and allocating) on
         # their own streams while this one captures.
+        t0 = time.perf_counter()
         with torch.cuda.stream(stream):
             self.graph.capture_begin(pool, capture_error_mode="thread_local")
             try:
-                self.output = fn(*self.inputs)
+                # the net's own output is freed at the end of the capture (the pool reuses
+                # it for the next, smaller graph); the shared output buffer holds the result
+                self.output.copy_(fn(*self.inputs))
             finally:
                 self.graph.capture_end()
-        torch.cuda.current_stream().wait_stream(stream)
+        self.capture_ms = 1e3 * (time.perf_counter() - t0)
 
     def __call__(self, inputs: list[Tensor]) -> Tensor:
         for dst, src in zip(self.inputs, inputs, strict=True):
@@ -68,7 +116,7 @@ class GraphCache:
         *,
         window_volume: int,
         with_part: bool,
-        max_graphs: int = 32,
+        max_graphs: int = 64,
         window_multiple: int = 32,
     ) -> None:
         self.fn = fn
@@ -79,12 +127,17 @@ class GraphCache:
         self.graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
         self.captures = 0
+        # one side stream for every warm-up and capture: the caching allocator keeps freed
+        # blocks per stream, so a fresh stream per capture kept each warm-up's memory apart
+        self._stream: torch.cuda.Stream | None = None
+        self._staging = _Staging()
         # the filter calls from several threads (one CUDA stream each): the cache, a capture
         # and the order of replays of one graph are guarded by one lock (replays are launches
         # only, so holding it costs microseconds)
         self._lock = threading.Lock()
-        # graphs share one memory pool and each its static buffers: a replay must not run on
-        # the GPU beside another, whatever their streams, so each waits for the last one's end
+        # graphs share one memory pool and their static buffers: a replay (or a capture's
+        # warm-up) must not run on the GPU beside another, whatever their streams, so each
+        # waits for the last one's end
         self._last: torch.cuda.Event | None = None
 
     def _windows(self, p: Partition, tokens: int) -> int:
@@ -93,14 +146,14 @@ class GraphCache:
         need = p.cu_seqlens.shape[0] - 1 + -(-tokens // self.window_volume)
         return bucket_size(need, multiple=self.window_multiple)
 
-    def __call__(
+    def _inputs(
         self,
         base: Tensor,
         state: Tensor,
         coords: Tensor,
         t: Tensor,
         partitions: tuple[Partition, ...],
-    ) -> Tensor:
+    ) -> tuple[tuple[int, ...], list[Tensor]]:
         k = base.shape[0]
         padded = [
             pad_partition(
@@ -118,21 +171,63 @@ class GraphCache:
             inputs += [p.order, p.cu_seqlens]
             if self.with_part:
                 inputs.append(p.part)
+        return key, inputs
+
+    def _capture(self, key: tuple[int, ...], inputs: list[Tensor]) -> _Graph:
+        """Capture under the lock, after the last replay (it reads the shared buffers)."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        stream = self._stream
+        stream.wait_stream(torch.cuda.current_stream())
+        if self._last is not None:
+            stream.wait_event(self._last)
+        graph = _Graph(self.fn, inputs, pool=self.pool, stream=stream, staging=self._staging)
+        self._last = torch.cuda.Event()
+        self._last.record(stream)
+        self.captures += 1
+        log.info(
+            "captured a CUDA graph for %d tokens, %s windows in %.1f ms (warm-up %.1f ms)",
+            key[0],
+            key[1:],
+            graph.warmup_ms + graph.capture_ms,
+            graph.warmup_ms,
+        )
+        self.graphs[key] = graph
+        while len(self.graphs) > self.max_graphs:
+            self.graphs.popitem(last=False)
+        return graph
+
+    def prepare(
+        self,
+        calls: Iterable[tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]],
+    ) -> int:
+        """Capture the graph of every call in ``calls`` (example arguments, largest first, so
+        each later graph fits the pool memory the earlier ones freed) that is not captured
+        yet; nothing runs for real. Returns how many were captured."""
+        done = 0
+        for args in calls:
+            key, inputs = self._inputs(*args)
+            with self._lock:
+                if key not in self.graphs:
+                    self._capture(key, inputs)
+                    done += 1
+        return done
+
+    def __call__(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        t: Tensor,
+        partitions: tuple[Partition, ...],
+    ) -> Tensor:
+        key, inputs = self._inputs(base, state, coords, t, partitions)
         with self._lock:
             graph = self.graphs.get(key)
-            if graph is None:
-                t0 = time.perf_counter()
-                graph = _Graph(self.fn, inputs, self.pool)
-                ms = 1e3 * (time.perf_counter() - t0)  # host time, warm-up runs included
-                self.captures += 1
-                log.info(
-                    "captured a CUDA graph for %d tokens, %s windows in %.1f ms", k, key[1:], ms
-                )
-                self.graphs[key] = graph
-                while len(self.graphs) > self.max_graphs:
-                    self.graphs.popitem(last=False)
-            self.graphs.move_to_end(key)
             stream = torch.cuda.current_stream()
+            if graph is None:
+                graph = self._capture(key, inputs)
+            self.graphs.move_to_end(key)
             if self._last is not None:
                 stream.wait_event(self._last)
             out = graph(inputs)

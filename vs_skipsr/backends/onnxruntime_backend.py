@@ -111,6 +111,9 @@ class OnnxRuntimeRunner:
         session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         return out_t
 
+    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+        """Nothing: a session takes any token count."""
+
     @torch.inference_mode()
     def mask(self, lr: Tensor) -> Tensor:
         if self._mask is None:

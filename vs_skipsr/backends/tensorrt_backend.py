@@ -351,6 +351,9 @@ class TensorRTRunner:
             stream = torch.cuda.current_stream(self.device).cuda_stream
             return self._engines[net].run(feeds, device=self.device, stream=stream)
 
+    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+        """Nothing: the engine's optimization profile covers every token count."""
+
     def mask(self, lr: Tensor) -> Tensor:
         if "mask" not in self._engines:
             raise RuntimeError("this runner has no mask net")

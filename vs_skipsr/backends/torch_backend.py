@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,13 +13,14 @@ from torch import Tensor
 
 from ..models.attention import (
     grouped_window_attention,
+    packed_window_attention,
     padded_window_attention,
     varlen_available,
     varlen_window_attention,
 )
 from ..models.mask import MaskNet
 from ..models.sr import SRTransformer
-from ..tokens import Partition
+from ..tokens import Partition, kept_buckets, padded_tokens
 from .cuda_graphs import GraphCache
 
 __all__ = ["TorchBackend", "TorchRunner"]
@@ -36,12 +39,16 @@ class TorchBackend:
     """PyTorch on ``device``. ``attention``: 'varlen' (CUDA flash varlen, half precision only),
     'padded' (windows padded to the longest, runs anywhere) or 'auto' (varlen where it can;
     on the CPU windows grouped by length, each group padded to its own longest).
-    ``cuda_graphs`` replays the SR net as one CUDA graph per token/window bucket."""
+    ``cuda_graphs`` replays the SR net as one CUDA graph per token/window bucket.
+    ``compile`` (with cuda_graphs and varlen attention) captures torch.compile's fused kernels
+    instead of eager ones: one compile for every token count (dynamic shapes), then the
+    graphs as before; fewer, fused kernels is what a small net at small kept counts needs."""
 
     device: str = "cpu"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     attention: Literal["auto", "padded", "varlen"] = "auto"
     cuda_graphs: bool = False
+    compile: bool = False
 
     def load(self, *, sr: SRTransformer, mask: MaskNet | None) -> TorchRunner:
         log.info("torch backend: %s", self)
@@ -68,6 +75,14 @@ class TorchRunner:
         # data-dependent groups: eager CPU only (a CUDA graph needs static shapes)
         self.use_grouped = spec.attention == "auto" and self.device.type == "cpu"
         self.graphs: GraphCache | None = None
+        self._compiled: Callable[..., Tensor] | None = None
+        if spec.compile:
+            if not (spec.cuda_graphs and self.use_varlen):
+                raise ValueError(
+                    f"compile=True needs cuda_graphs=True and varlen attention (CUDA, fp16/bf16); "
+                    f"got device={spec.device}, dtype={spec.dtype}, cuda_graphs={spec.cuda_graphs}"
+                )
+            self._compiled = torch.compile(_packed_forward, dynamic=True)
         if spec.cuda_graphs:
             if self.device.type != "cuda":
                 raise ValueError(f"cuda_graphs=True needs a CUDA device, not {spec.device!r}")
@@ -83,6 +98,42 @@ class TorchRunner:
         self.wants_buckets = self.device.type == "cuda"
         # graphs: a capture per bucket, so small kept counts share coarse ones
         self.bucket_quantum = GRAPH_BUCKET_QUANTUM if self.graphs is not None else 0.0
+        self._prepared: set[tuple[tuple[int, int, int], bool]] = set()
+
+    @torch.inference_mode()
+    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+        """With CUDA graphs, capture every bucket of ``grid`` now, largest first (see
+        GraphCache.prepare); later calls for the same grid return at once."""
+        if self.graphs is None or (grid, dense) in self._prepared:
+            return
+        self._prepared.add((grid, dense))
+        cfg, dev = self.sr_config, self.device
+        total = grid[0] * grid[1] * grid[2]
+        buckets = [total] if dense else kept_buckets(total, quantum=self.bucket_quantum)[::-1]
+
+        def calls() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]]:
+            for b in buckets:  # example inputs of the pipeline's dtypes, built one at a time
+                _, coords, parts = padded_tokens(
+                    torch.arange(b, device=dev),
+                    bucket=b,
+                    grid=grid,
+                    window=cfg.window,
+                    shift=cfg.shift,
+                    static_len=True,
+                )
+                base = torch.zeros(b, cfg.base_dim, dtype=self.dtype, device=dev)
+                state = torch.zeros(b, cfg.token_dim, device=dev)
+                yield base, state, coords, torch.ones(1, device=dev), parts
+
+        t0 = time.perf_counter()
+        done = self.graphs.prepare(calls())
+        log.info(
+            "prepared %d CUDA graphs for token grid %s (%d buckets) in %.2f s",
+            done,
+            grid,
+            len(buckets),
+            time.perf_counter() - t0,
+        )
 
     @torch.inference_mode()
     def mask(self, lr: Tensor) -> Tensor:
@@ -132,6 +183,23 @@ class TorchRunner:
     ) -> Tensor:
         if self.use_varlen:
             partitions = tuple(p.cover(base.shape[0]) for p in partitions)  # type: ignore[assignment]
+        if self._compiled is not None:
+            (p0, p1), v = partitions, self.sr_config.window
+            return self._compiled(
+                self.sr_net,
+                base,
+                state,
+                coords,
+                t,
+                p0.order,
+                p0.cu_seqlens,
+                p0.inverse,
+                p1.order,
+                p1.cu_seqlens,
+                p1.inverse,
+                max_len=v[0] * v[1] * v[2],
+            )
+        if self.use_varlen:
             attends = tuple(
                 (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in partitions
             )
@@ -144,3 +212,30 @@ class TorchRunner:
                 (lambda q, k, v, p=p: padded_window_attention(q, k, v, p.part)) for p in partitions
             )
         return self.sr_net.forward_attend(base, state, coords, t, attends)
+
+
+def _packed_forward(
+    net: SRTransformer,
+    base: Tensor,
+    state: Tensor,
+    coords: Tensor,
+    t: Tensor,
+    order0: Tensor,
+    cu0: Tensor,
+    inverse0: Tensor,
+    order1: Tensor,
+    cu1: Tensor,
+    inverse1: Tensor,
+    *,
+    max_len: int,
+) -> Tensor:
+    """The net over packed partitions given as plain tensors, for torch.compile to trace."""
+
+    def attend(order: Tensor, cu: Tensor, inverse: Tensor) -> Callable[..., Tensor]:
+        return lambda q, k, v: packed_window_attention(
+            q, k, v, order=order, cu_seqlens=cu, max_len=max_len, inverse=inverse
+        )
+
+    return net.forward_attend(
+        base, state, coords, t, (attend(order0, cu0, inverse0), attend(order1, cu1, inverse1))
+    )

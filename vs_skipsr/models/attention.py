@@ -39,6 +39,7 @@ __all__ = [
     "Attend",
     "grouped_window_attention",
     "masked_dense_attention",
+    "packed_window_attention",
     "padded_window_attention",
     "varlen_available",
     "varlen_window_attention",
@@ -126,11 +127,33 @@ def varlen_available(device: torch.device) -> bool:
 
 def varlen_window_attention(q: Tensor, k: Tensor, v: Tensor, partition: Partition) -> Tensor:
     """Packed attention: windows are contiguous runs of ``partition.order``."""
+    return packed_window_attention(
+        q,
+        k,
+        v,
+        order=partition.order,
+        cu_seqlens=partition.cu_seqlens,
+        max_len=partition.max_len,
+        inverse=partition.inverse,
+    )
+
+
+def packed_window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    order: Tensor,
+    cu_seqlens: Tensor,
+    max_len: int,
+    inverse: Tensor | None,
+) -> Tensor:
+    """:func:`varlen_window_attention` on the partition's tensors (what torch.compile traces)."""
     from torch.nn.attention.varlen import varlen_attn
 
-    order, cu, max_len = partition.order, partition.cu_seqlens, partition.max_len
-    out_sorted = varlen_attn(q[order], k[order], v[order], cu, cu, max_len, max_len)  # [Kv, H, D]
-    inverse = partition.inverse
+    out_sorted = varlen_attn(
+        q[order], k[order], v[order], cu_seqlens, cu_seqlens, max_len, max_len
+    )  # [Kv, H, D]
     if inverse is not None:  # order is a permutation of all K rows: one gather back
         return out_sorted[inverse]
     out = torch.zeros_like(q)
