@@ -490,9 +490,14 @@ def bench_vspipe(args) -> None:
         "eager": ({"cuda_graphs": "0"}, args.frames, 2 * window),
         "rgb": ({"device_color": "0", "cuda_graphs": "0"}, args.frames, 2 * window),
         "graphs": ({"cuda_graphs": "1"}, args.frames, 2 * window),
-        "compiled": ({"compile": "1"}, args.frames, 2 * window),
+        "compiled": ({"torch_compile": "1"}, args.frames, 2 * window),
         "large": ({**large, "cuda_graphs": "0"}, args.large_frames, 2 * 21),
         "large-graphs": ({**large, "cuda_graphs": "1"}, args.large_frames, 2 * 21),
+        "large-compiled": (
+            {**large, "cuda_graphs": "1", "torch_compile": "1"},
+            args.large_frames,
+            2 * 21,
+        ),
     }
     cases = []
     for item in args.vspipe_cases.split(","):
@@ -650,8 +655,9 @@ def main() -> None:
         help="regime:steps:sink[:rRATIO] list (rRATIO: this case skips a fixed fraction "
         "instead of --threshold); regimes eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
-        "(cuda_graphs=1, skipsr's default on CUDA), large (SeedVR2-3B shape, random weights, "
-        "21-frame 720p windows, eager), large-graphs (the same with CUDA graphs)",
+        "(cuda_graphs=1, skipsr's default on CUDA), compiled (torch_compile=1), large "
+        "(SeedVR2-3B shape, random weights, 21-frame 720p windows, eager), large-graphs (the "
+        "same with CUDA graphs), large-compiled (and torch.compile)",
     )
     ap.add_argument(
         "--large-frames",

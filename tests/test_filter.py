@@ -587,6 +587,19 @@ def test_cuda_graphs_under_concurrency_match_a_linear_pass_and_eager(
             assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, f"frame {n}"
 
 
+@needs_cuda
+def test_cuda_torch_compile_stays_within_one_code_of_graphs(make_clip: MakeClip, sr) -> None:
+    """skipsr(torch_compile=True) reaches the compiled runner and gives the frames of the
+    eager kernels' graphs within one code."""
+    clip = make_clip(vs.YUV420P8)
+    kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5, "num_streams": 2}
+    graphs = [_planes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
+    compiled = sr(clip, torch_compile=True, **kw)
+    for n in range(N_FRAMES):
+        for a, b in zip(_planes(compiled.get_frame(n)), graphs[n], strict=True):
+            assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, f"frame {n}"
+
+
 # --- bad inputs ------------------------------------------------------------------------------
 
 
@@ -647,6 +660,17 @@ def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[obje
             "cuda_graphs on cpu",
             lambda mk: (yuv(mk), {"cuda_graphs": True, "backend": "cpu"}),
             "backend='cpu'",
+        ),
+        ("torch_compile type", lambda mk: (yuv(mk), {"torch_compile": 1}), "torch_compile=1"),
+        (
+            "torch_compile on cpu",
+            lambda mk: (yuv(mk), {"torch_compile": True, "backend": "cpu"}),
+            "torch_compile=True with backend='cpu'",
+        ),
+        (
+            "torch_compile without graphs",
+            lambda mk: (yuv(mk), {"torch_compile": True, "cuda_graphs": False}),
+            "torch_compile=True",
         ),
         ("sr weights", lambda mk: (yuv(mk), {"sr_weights": missing}), str(missing)),
         ("mask weights", lambda mk: (yuv(mk), {"mask_weights": missing}), str(missing)),

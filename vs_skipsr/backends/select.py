@@ -25,13 +25,24 @@ Backend = TorchBackend | TensorRTBackend | OnnxRuntimeBackend
 BACKEND_NAMES = ("auto", "torch", "cpu", "cuda", "trt", "tensorrt", "ort", "onnxruntime")
 
 
-def _torch_cuda(device_index: int, fp16: bool, cuda_graphs: bool = False) -> TorchBackend:
+def _torch_cuda(
+    device_index: int, fp16: bool, cuda_graphs: bool = False, torch_compile: bool = False
+) -> TorchBackend:
     return TorchBackend(
-        device=f"cuda:{device_index}", dtype="fp16" if fp16 else "fp32", cuda_graphs=cuda_graphs
+        device=f"cuda:{device_index}",
+        dtype="fp16" if fp16 else "fp32",
+        cuda_graphs=cuda_graphs,
+        compile=torch_compile,
     )
 
 
-def autoselect(*, device_index: int = 0, fp16: bool = True, cuda_graphs: bool = False) -> Backend:
+def autoselect(
+    *,
+    device_index: int = 0,
+    fp16: bool = True,
+    cuda_graphs: bool = False,
+    torch_compile: bool = False,
+) -> Backend:
     """The fastest backend this machine can run: TensorRT, else torch CUDA, else torch CPU."""
     trt_missing = tensorrt_unavailable_reason(device_index)
     chosen: Backend
@@ -40,7 +51,7 @@ def autoselect(*, device_index: int = 0, fp16: bool = True, cuda_graphs: bool = 
             chosen = TensorRTBackend(device_index=device_index, fp16=fp16)
             why = "TensorRT runs on this GPU"
         case (False, True):
-            chosen = _torch_cuda(device_index, fp16, cuda_graphs)
+            chosen = _torch_cuda(device_index, fp16, cuda_graphs, torch_compile)
             why = f"no TensorRT: {trt_missing}"
         case _:
             chosen = TorchBackend(device="cpu", dtype="fp32")
@@ -50,26 +61,36 @@ def autoselect(*, device_index: int = 0, fp16: bool = True, cuda_graphs: bool = 
 
 
 def resolve_backend(
-    backend: str | Backend, *, device_index: int = 0, fp16: bool = True, cuda_graphs: bool = False
+    backend: str | Backend,
+    *,
+    device_index: int = 0,
+    fp16: bool = True,
+    cuda_graphs: bool = False,
+    torch_compile: bool = False,
 ) -> Backend:
     """A backend value from a name (see ``BACKEND_NAMES``) or a backend value (returned as is).
-    ``cuda_graphs`` applies where the name resolves to torch on CUDA. Raises ValueError, saying
-    why, for a named backend this machine cannot run."""
+    ``cuda_graphs`` and ``torch_compile`` apply where the name resolves to torch on CUDA.
+    Raises ValueError, saying why, for a named backend this machine cannot run."""
     if not isinstance(backend, str):
         return backend
     match backend:
         case "auto":
-            return autoselect(device_index=device_index, fp16=fp16, cuda_graphs=cuda_graphs)
+            return autoselect(
+                device_index=device_index,
+                fp16=fp16,
+                cuda_graphs=cuda_graphs,
+                torch_compile=torch_compile,
+            )
         case "torch":
             if torch.cuda.is_available():
-                return _torch_cuda(device_index, fp16, cuda_graphs)
+                return _torch_cuda(device_index, fp16, cuda_graphs, torch_compile)
             return TorchBackend(device="cpu", dtype="fp32")
         case "cpu":
             return TorchBackend(device="cpu", dtype="fp32")
         case "cuda":
             if not torch.cuda.is_available():
                 raise ValueError("backend 'cuda': torch sees no CUDA device on this machine")
-            return _torch_cuda(device_index, fp16, cuda_graphs)
+            return _torch_cuda(device_index, fp16, cuda_graphs, torch_compile)
         case "trt" | "tensorrt":
             why = tensorrt_unavailable_reason(device_index)
             if why is not None:
