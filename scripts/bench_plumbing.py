@@ -68,7 +68,6 @@ class StubRunner:
     name = "stub"
     has_mask = False
     wants_buckets = False
-    bucket_quantum = 0.0
 
     def __init__(self, device: torch.device, sr_config) -> None:
         self.device = device

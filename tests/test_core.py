@@ -116,44 +116,20 @@ def test_geometric_buckets_pad_little_and_stay_few():
     assert len(set(sizes)) <= 60  # multiples of 256 would give 160 shapes
 
 
-def test_graph_buckets_share_small_counts_and_pad_at_most_a_quantum():
-    """With a quantum (CUDA graphs: a capture per bucket) the kept counts of a clip keeping
-    2-15% of a 1080p window's tokens meet 5 buckets, not 24; padding stays under the quantum
-    or the geometric bound, never passes the window's tokens, and grows with the count."""
-    from vs_skipsr.backends.torch_backend import GRAPH_BUCKET_QUANTUM
-    from vs_skipsr.pipeline import BUCKET_GROWTH
-    from vs_skipsr.tokens import kept_bucket
-
-    total = 40_800
-    q = GRAPH_BUCKET_QUANTUM * total
-    small = range(816, 6_121)
-    assert len({kept_bucket(k, total=total) for k in small}) == 24
-    assert len({kept_bucket(k, total=total, quantum=GRAPH_BUCKET_QUANTUM) for k in small}) == 5
-    prev = 0
-    for k in range(1, total + 1):
-        b = kept_bucket(k, total=total, quantum=GRAPH_BUCKET_QUANTUM)
-        assert k <= b <= total and (b % 64 == 0 or b == total), (k, b)
-        assert b >= prev, f"kept {k} gets bucket {b}, below {prev} of a smaller count"
-        prev = b
-        assert b - k < max(q + 64, (BUCKET_GROWTH - 1) * k * 1.1 + 128), (k, b)
-    assert kept_bucket(0, total=total, quantum=GRAPH_BUCKET_QUANTUM) == 0
-    assert kept_bucket(total, total=total, quantum=GRAPH_BUCKET_QUANTUM) == total
-
-
 def test_kept_buckets_list_every_count_kept_bucket_gives():
     """What a runner captures up front for a grid is exactly the set of buckets the pipeline
-    can ask for: every kept count maps into it, and it holds nothing else."""
-    from vs_skipsr.backends.torch_backend import GRAPH_BUCKET_QUANTUM
+    can ask for: every kept count maps into it, it holds nothing else, and a bucket grows
+    with the count."""
     from vs_skipsr.tokens import kept_bucket, kept_buckets
 
-    for total, quantum in ((40_800, GRAPH_BUCKET_QUANTUM), (40_800, 0.0), (280, 0.0), (7, 0.5)):
-        listed = kept_buckets(total, quantum=quantum)
+    for total in (40_800, 280, 7):
+        listed = kept_buckets(total)
         assert listed == sorted(set(listed)) and listed[-1] == total
-        assert set(listed) == {
-            kept_bucket(k, total=total, quantum=quantum) for k in range(1, total + 1)
-        }
-    assert len(kept_buckets(40_800, quantum=GRAPH_BUCKET_QUANTUM)) == 24
-    assert kept_buckets(0) == []
+        got = [kept_bucket(k, total=total) for k in range(1, total + 1)]
+        assert set(listed) == set(got)
+        assert got == sorted(got)
+    assert len(kept_buckets(40_800)) == 56
+    assert kept_buckets(0) == [] and kept_bucket(0, total=7) == 0
 
 
 def test_cpu_runner_gets_no_bucket_padding(runner):
@@ -421,9 +397,9 @@ def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
     graphed = TorchBackend(device="cuda", dtype="bf16", cuda_graphs=True).load(
         sr=_random_sr(seed=4), mask=None
     )
-    lr = _lr(t=2, h=80, w=112, seed=22).cuda()
+    lr = _lr(t=2, h=160, w=224, seed=22).cuda()  # 1120 tokens: 14 buckets
     grid = _grid(lr, 2, 16)
-    buckets = kept_buckets(math.prod(grid), quantum=graphed.bucket_quantum)
+    buckets = kept_buckets(math.prod(grid))
     graphed.prepare(grid=grid)
     assert graphed.graphs.captures == len(buckets) > 2
     assert [k[0] for k in graphed.graphs.graphs] == buckets[::-1]

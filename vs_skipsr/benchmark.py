@@ -121,11 +121,13 @@ def scaling_table(
     grid = (frames, -(-h // cfg.patch), -(-w // cfg.patch))
     total = grid[0] * grid[1] * grid[2]
     g = torch.Generator().manual_seed(1)
+    if bucketed:  # as the filter does: every bucket ready (captured largest first) up front
+        runner.prepare(grid=grid)
     rows = []
     for frac in fractions:
         index = torch.nonzero(clustered_keep(grid, frac).reshape(-1)).squeeze(1).to(dev)
         k = index.numel()
-        kb = kept_bucket(k, total=total, quantum=runner.bucket_quantum) if bucketed else k
+        kb = kept_bucket(k, total=total) if bucketed else k
         _, coords, parts = padded_tokens(
             index,
             bucket=kb,

@@ -196,8 +196,8 @@ def upscale_window(
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
     kept and the mask is not evaluated (the dense path). ``steps`` Euler steps of the flow all
     reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
-    bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`, with the runner's quantum;
-    None: where the runner wants it, i.e. torch on CUDA) so captured graphs and per-shape
+    bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`; None: where the runner wants
+    it, i.e. torch on CUDA) so captured graphs and per-shape
     kernel plans are reused; padding never changes the result.
 
     On CUDA the window costs one device-to-host sync (the kept count), none when dense.
@@ -244,7 +244,7 @@ def upscale_window(
         if isinstance(buckets, tuple) and n_keep:
             n_bucket = min(bucket_size(n_keep, buckets=buckets), total)
         elif buckets:
-            n_bucket = kept_bucket(n_keep, total=total, quantum=runner.bucket_quantum)
+            n_bucket = kept_bucket(n_keep, total=total)
         padded, coords, parts = padded_tokens(  # [Kb], [Kb, 3]
             index,
             bucket=n_bucket,

@@ -107,39 +107,23 @@ def scatter_tokens(values: Tensor, index: Tensor, *, total: int) -> Tensor:
 BUCKET_GROWTH = 2**0.125
 
 
-def kept_bucket(k: int, *, total: int, quantum: float = 0.0) -> int:
+def kept_bucket(k: int, *, total: int) -> int:
     """The token count a window of ``total`` tokens with ``k`` kept runs at, where the runner
-    wants few distinct shapes: the geometric bucket (:data:`BUCKET_GROWTH`) of k, or k rounded
-    up to a multiple of ``quantum * total`` (itself rounded to 64) where that step is the
-    larger; never above ``total``.
-
-    The quantum is for runners that pay for every new shape with a capture (CUDA graphs):
-    with geometric buckets alone, a clip whose kept counts wander over 2-15% of its tokens met
-    20 buckets in 54 windows, and 20 captures; with a quantum of 1/32 the small counts share
-    a handful of buckets, for at most 1/32 of the dense work in padding, which at a few
-    percent kept costs less than the fixed cost of a call (not so at production scale, where
-    the runner takes no quantum).
-    """
+    wants few distinct shapes: the geometric bucket (:data:`BUCKET_GROWTH`) of k, never above
+    ``total``; 0 for 0."""
     if k <= 0:
         return 0
-    if quantum > 0:
-        q = -(-math.ceil(total * quantum) // 64) * 64
-        # multiples of q up to the first one where the geometric step is as coarse: switching
-        # on a multiple keeps buckets growing with k (no larger count gets a smaller bucket)
-        switch = -(-math.ceil(q / (BUCKET_GROWTH - 1)) // q) * q
-        if k <= switch:
-            return min(-(-k // q) * q, total)
     return min(bucket_size(k, growth=BUCKET_GROWTH), total)
 
 
-def kept_buckets(total: int, *, quantum: float = 0.0) -> list[int]:
+def kept_buckets(total: int) -> list[int]:
     """Every count :func:`kept_bucket` can give a window of ``total`` tokens, ascending: the
     shapes a runner that captures per shape meets over a whole clip, so it can capture them
     all before the first window instead of one by one in the middle of a run."""
     out: list[int] = []
     k = 1
     while 0 < k <= total:
-        b = kept_bucket(k, total=total, quantum=quantum)
+        b = kept_bucket(k, total=total)
         out.append(b)
         k = b + 1
     return out

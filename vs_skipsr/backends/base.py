@@ -29,9 +29,6 @@ class Runner(Protocol):
     # True where few distinct token counts pay (captured CUDA graphs, per-shape cuDNN plans):
     # the pipeline then pads the kept count up to a bucket; the others take any count as is
     wants_buckets: bool
-    # buckets are multiples of this fraction of a window's tokens (0: geometric only), where
-    # each new bucket costs a capture (see tokens.kept_bucket)
-    bucket_quantum: float
 
     def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
         """Make every token-count bucket of a window with token grid ``grid`` (T, Hp, Wp)

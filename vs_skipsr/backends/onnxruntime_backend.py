@@ -65,7 +65,6 @@ class OnnxRuntimeRunner:
         self.sr_config = sr.config
         self.has_mask = mask is not None
         self.wants_buckets = False
-        self.bucket_quantum = 0.0
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError(

@@ -334,7 +334,6 @@ class TensorRTRunner:
         self.sr_config = sr.config
         self.has_mask = "mask" in records
         self.wants_buckets = False
-        self.bucket_quantum = 0.0
         self._logger = trt_logger(trt)
         torch.cuda.init()  # TensorRT runs in torch's (primary) CUDA context
         with torch.cuda.device(self.device):

@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# with CUDA graphs, kept counts round up to multiples of 1/32 of the window's tokens
-# (tokens.kept_bucket): 5 captures instead of 20 on a clip keeping 2-15%
-GRAPH_BUCKET_QUANTUM = 1 / 32
-
 
 @dataclass(frozen=True, kw_only=True)
 class TorchBackend:
@@ -96,8 +92,6 @@ class TorchRunner:
         # H100: the head's convs took 2.5x the samples of a dense run). The pipeline pads K
         # to geometric buckets there; the CPU takes any count as it is.
         self.wants_buckets = self.device.type == "cuda"
-        # graphs: a capture per bucket, so small kept counts share coarse ones
-        self.bucket_quantum = GRAPH_BUCKET_QUANTUM if self.graphs is not None else 0.0
         self._prepared: set[tuple[tuple[int, int, int], bool]] = set()
 
     @torch.inference_mode()
@@ -109,7 +103,7 @@ class TorchRunner:
         self._prepared.add((grid, dense))
         cfg, dev = self.sr_config, self.device
         total = grid[0] * grid[1] * grid[2]
-        buckets = [total] if dense else kept_buckets(total, quantum=self.bucket_quantum)[::-1]
+        buckets = [total] if dense else kept_buckets(total)[::-1]
 
         def calls() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]]:
             for b in buckets:  # example inputs of the pipeline's dtypes, built one at a time
