@@ -227,9 +227,10 @@ def _wait_for(condition: Callable[[], bool], what: str, *, seconds: float = 120.
 def test_readahead_computes_the_next_window_before_any_of_its_frames_is_asked_for(
     make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, device_color: bool
 ) -> None:
-    """The default on CUDA (here the CPU stands in): after frame 0, window 1 is computed in
-    the background with no request for its frames; then a prefetching pass gives the bytes of
-    a pass without read ahead, every window computed once, and the thread ends when idle.
+    """The default on CUDA (here the CPU stands in): after frame 0, windows 1 and 2 are
+    computed in the background with no request for their frames, window 3 is not; then a
+    prefetching pass gives the bytes of a pass without read ahead, every window computed
+    once, and the thread ends when idle.
     With device_color the window reads its colour props from its own first frame."""
     monkeypatch.setattr(skipsr_filter, "_READ_AHEAD_DEVICES", frozenset({"cpu"}))
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
@@ -240,10 +241,10 @@ def test_readahead_computes_the_next_window_before_any_of_its_frames_is_asked_fo
     sr(clip, readahead=0, **kw).output(want, y4m=True)
 
     stats = SkipSRStats()
-    node = sr(clip, stats=stats, **kw)  # readahead=None: 1 on a device that has it
+    node = sr(clip, stats=stats, **kw)  # readahead=None: 2 on a device that has it
     node.get_frame(0)
-    _wait_for(lambda: stats.computed[1] == 1, "window 1 read ahead")
-    assert stats.read_ahead >= 1 and stats.computed[2] == 0  # one window ahead, not more
+    _wait_for(lambda: stats.computed[1] == stats.computed[2] == 1, "windows 1 and 2 read ahead")
+    assert stats.read_ahead == 2 and stats.computed[3] == 0  # two windows ahead, not more
     got = io.BytesIO()
     node.output(got, y4m=True, prefetch=4)
     assert got.getvalue() == want.getvalue()

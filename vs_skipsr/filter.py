@@ -98,6 +98,11 @@ _DEVICE_COLOR_DEVICES = frozenset({"cuda"})
 # Not the CPU: there the network and VapourSynth's threads share the same cores, so there is
 # no idle device to fill. Tests add "cpu" to run the path without a GPU.
 _READ_AHEAD_DEVICES = frozenset({"cuda"})
+# How many windows by default there: with one, the device idled from the end of the window
+# read ahead until a frame of it was produced and queued the next one; two keep it busy (H100,
+# same machine, readahead 1 / 2 / 4: 295 / 520 / 521 fps at one step, 122.7 / 167.0 / 173.6
+# fps on the SeedVR2-3B shape; reports/bench_gpu_h100_s5.log, calls 9-11)
+_READ_AHEAD_WINDOWS = 2
 _READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
 
 
@@ -1058,23 +1063,24 @@ def skipsr(
         num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
         readahead: windows after the last one asked for that a background thread computes
             before any of their frames is requested, so the device works on the next window
-            while this one's frames are copied out and encoded. None (default): 1 on CUDA,
-            0 on the CPU (where the network and VapourSynth share the cores anyway).
+            while this one's frames are copied out and encoded. None (default): 2 on CUDA
+            (1.4-1.8x the frame rate of 1 on an H100; more gained nothing), 0 on the CPU
+            (where the network and VapourSynth share the cores anyway).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one per
-            token-count bucket (geometric, ~9% padding; small counts in steps of 1/32 of the
-            window's tokens, see tokens.kept_bucket), all captured when the first window is
-            computed (24 graphs for 1080p windows of 5 frames, under a second more than one
-            graph on an H100), so none stalls the run later. None (default): on where it
-            applies, since a small model launching kernels costs more than running them and
-            skipping would otherwise save nothing; False for eager kernels; True: an error
-            where it does not apply. Replays of graphs do not overlap one another (they
-            share memory), the other stages still do.
+            token-count bucket (geometric, at most ~9% padding, see tokens.kept_bucket), all
+            captured when the first window is computed (56 graphs for 1080p windows of 5
+            frames: 0.4-3.4 s on an H100 beyond what one graph costs), so none stalls the run
+            later. None (default): on where it applies, since a small model launching
+            kernels costs more than running them and skipping would otherwise save nothing;
+            False for eager kernels; True: an error where it does not apply. Replays of
+            graphs do not overlap one another (they share memory), the other stages still do.
         torch_compile: run torch.compile's fused kernels inside those graphs (torch backend
             on CUDA, fp16, cuda_graphs not False). It adds ~30 s before the first frame on a
-            machine's first run and ~10 s later (torch's on-disk cache); on an H100 the
-            default model's dense SR became 1.7x faster and SkipSR at one step ran at 301
-            fps against 219 fps (see the README). Default False.
+            machine's first run and ~10 s later (torch's on-disk cache). On an H100 the
+            default model's SR net alone became 1.7x faster dense, and the SeedVR2-3B shape
+            ran 18% faster end to end; the default model end to end gained in one run and
+            lost in another (see the README). Default False: experimental.
         device_color: convert the output to the clip's YUV on the network's device and copy
             back only its planes, instead of RGB floats for VapourSynth's resize (which costs
             ~7 ms per 1080p frame on the host). None (default): on CUDA where it applies;
@@ -1210,7 +1216,7 @@ def skipsr(
     )
     plan = WindowPlan(num_frames=clip.num_frames, size=t, overlap=overlap, blend=blend)
     if readahead is None:
-        readahead = 1 if runner.device.type in _READ_AHEAD_DEVICES else 0
+        readahead = _READ_AHEAD_WINDOWS if runner.device.type in _READ_AHEAD_DEVICES else 0
     if cache_windows is None:
         per_frame = -(-t // plan.stride)
         cache_windows = readahead + max(
