@@ -388,9 +388,9 @@ def test_cuda_graphs_equal_eager_and_are_reused():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
-    """prepare() captures each bucket of the grid once, largest first; windows of any keep
-    set then replay those graphs (no capture mid-run) and match eager mode, and preparing
-    the same grid again captures nothing."""
+    """prepare() captures each bucket of the grid once, largest first, and keeps them all
+    even past the cache's size; windows of any keep set then replay those graphs (no capture
+    mid-run) and match eager mode, and preparing the same grid again captures nothing."""
     from vs_skipsr.tokens import kept_buckets
 
     eager = TorchBackend(device="cuda", dtype="bf16").load(sr=_random_sr(seed=4), mask=None)
@@ -400,6 +400,7 @@ def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
     lr = _lr(t=2, h=160, w=224, seed=22).cuda()  # 1120 tokens: 14 buckets
     grid = _grid(lr, 2, 16)
     buckets = kept_buckets(math.prod(grid))
+    graphed.graphs.max_graphs = 4  # fewer than the grid's buckets: none may be evicted
     graphed.prepare(grid=grid)
     assert graphed.graphs.captures == len(buckets) > 2
     assert [k[0] for k in graphed.graphs.graphs] == buckets[::-1]

@@ -120,7 +120,7 @@ class TorchRunner:
                 yield base, state, coords, torch.ones(1, device=dev), parts
 
         t0 = time.perf_counter()
-        done = self.graphs.prepare(calls())
+        done = self.graphs.prepare(calls(), count=len(buckets))
         log.info(
             "prepared %d CUDA graphs for token grid %s (%d buckets) in %.2f s",
             done,
