@@ -670,7 +670,7 @@ def main() -> None:
         "--readahead",
         type=int,
         default=None,
-        help="skipsr(readahead=) for the vspipe runs (default: skipsr's, 1 on CUDA, 0 on CPU)",
+        help="skipsr(readahead=) for the vspipe runs (default: skipsr's, 2 on CUDA, 0 on CPU)",
     )
     ap.add_argument(
         "--switch-ms",

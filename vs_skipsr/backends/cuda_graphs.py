@@ -27,7 +27,10 @@ from torch import Tensor
 
 from ..tokens import Partition, bucket_size, pad_partition
 
-__all__ = ["GraphCache"]
+__all__ = ["GraphCache", "SRCall"]
+
+# the arguments of one SR call: base, state, coords, t, partitions
+SRCall = tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +149,9 @@ class GraphCache:
         need = p.cu_seqlens.shape[0] - 1 + -(-tokens // self.window_volume)
         return bucket_size(need, multiple=self.window_multiple)
 
-    def _inputs(
-        self,
-        base: Tensor,
-        state: Tensor,
-        coords: Tensor,
-        t: Tensor,
-        partitions: tuple[Partition, ...],
-    ) -> tuple[tuple[int, ...], list[Tensor]]:
+    def _inputs(self, call: SRCall) -> tuple[tuple[int, ...], list[Tensor]]:
+        """The graph's key and its flat static inputs for the arguments of one call."""
+        base, state, coords, t, partitions = call
         k = base.shape[0]
         padded = [
             pad_partition(
@@ -197,20 +195,15 @@ class GraphCache:
             self.graphs.popitem(last=False)
         return graph
 
-    def prepare(
-        self,
-        calls: Iterable[tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]],
-        *,
-        count: int,
-    ) -> int:
+    def prepare(self, calls: Iterable[SRCall], *, count: int) -> int:
         """Capture the graph of every call in ``calls`` (``count`` example arguments, largest
         first, so each later graph fits the pool memory the earlier ones freed) that is not
         captured yet; nothing runs for real. The cache grows to keep them all (a 1080p x 21
         grid has 73 buckets). Returns how many were captured."""
         self.max_graphs = max(self.max_graphs, len(self.graphs) + count)
         done = 0
-        for args in calls:
-            key, inputs = self._inputs(*args)
+        for call in calls:
+            key, inputs = self._inputs(call)
             with self._lock:
                 if key not in self.graphs:
                     self._capture(key, inputs)
@@ -225,7 +218,7 @@ class GraphCache:
         t: Tensor,
         partitions: tuple[Partition, ...],
     ) -> Tensor:
-        key, inputs = self._inputs(base, state, coords, t, partitions)
+        key, inputs = self._inputs((base, state, coords, t, partitions))
         with self._lock:
             graph = self.graphs.get(key)
             stream = torch.cuda.current_stream()

@@ -21,7 +21,7 @@ from ..models.attention import (
 from ..models.mask import MaskNet
 from ..models.sr import SRTransformer
 from ..tokens import Partition, kept_buckets, padded_tokens
-from .cuda_graphs import GraphCache
+from .cuda_graphs import GraphCache, SRCall
 
 __all__ = ["TorchBackend", "TorchRunner"]
 
@@ -105,7 +105,7 @@ class TorchRunner:
         total = grid[0] * grid[1] * grid[2]
         buckets = [total] if dense else kept_buckets(total)[::-1]
 
-        def calls() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]]:
+        def calls() -> Iterator[SRCall]:
             for b in buckets:  # example inputs of the pipeline's dtypes, built one at a time
                 _, coords, parts = padded_tokens(
                     torch.arange(b, device=dev),
