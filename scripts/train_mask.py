@@ -109,6 +109,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out/train_mask"))
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--cache-batches",
+        type=int,
+        default=0,
+        help="label this many batches once and train on them over and over (the SR net's "
+        "labels cost ~100x the mask's step on a CPU; 60 batches of 8 overfit within ~200 "
+        "steps, reports/train_mask_s5_log.txt); 0: a fresh batch every step",
+    )
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="train on this scale only (default: the sampler's mix; held-out windows are x4)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
@@ -158,14 +172,24 @@ def main() -> None:
     best_state = {k: v.detach().clone() for k, v in mask.state_dict().items()}
     log.info("held-out lost gain at start (the prior): %.4f", best)
     curve = CurveLog(args.out / "curve.jsonl", append=False)
+    cached = []
+    for _ in range(args.cache_batches):
+        lr, hr, scale = sampler.sample(args.batch, scale=args.scale)
+        cached.append((lr, token_gain(sr, lr, hr, scale), scale))
+    if cached:
+        log.info("labelled %d cached batches of %d windows", len(cached), args.batch)
+    pick = torch.Generator().manual_seed(args.seed)
     budget = args.minutes * 60
     t0 = time.time()
     step = 0
     while time.time() - t0 < budget:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(args.lr, (time.time() - t0) / budget)
-        lr, hr, scale = sampler.sample(args.batch)
-        gain = token_gain(sr, lr, hr, scale)
+        if cached:
+            lr, gain, scale = cached[int(torch.randint(len(cached), (1,), generator=pick))]
+        else:
+            lr, hr, scale = sampler.sample(args.batch, scale=args.scale)
+            gain = token_gain(sr, lr, hr, scale)
         # the map is a linear gain (tokens average it); rank and regress in log10
         pred = torch.log10(predicted_scores(mask, lr, scale, p).clamp_min(LOG_FLOOR))
         target = torch.log10(gain.clamp_min(LOG_FLOOR))
