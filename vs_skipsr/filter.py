@@ -1065,7 +1065,7 @@ def skipsr(
         readahead: windows after the last one asked for that a background thread computes
             before any of their frames is requested, so the device works on the next window
             while this one's frames are copied out and encoded. None (default): 2 on CUDA
-            (1.4-1.8x the frame rate of 1 on an H100; more gained nothing), 0 on the CPU
+            (1.36-1.76x the frame rate of 1 on an H100; 4 gained nothing more), 0 on the CPU
             (where the network and VapourSynth share the cores anyway).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one per
