@@ -252,6 +252,37 @@ def test_readahead_computes_the_next_window_before_any_of_its_frames_is_asked_fo
     _wait_for(lambda: not _readahead_threads(), "the idle read-ahead thread to end")
 
 
+@pytest.mark.parametrize(("kw", "dense"), [({"skip_ratio": 0.5}, False), ({"skip_ratio": 0}, True)])
+def test_runner_is_prepared_once_for_the_grid_the_windows_use(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, kw: dict, dense: bool
+) -> None:
+    """The filter asks the runner to ready the token grid every window then runs on (CUDA
+    graphs capture its buckets; a wrong grid would leave every window to capture its own),
+    once per clip, and only the all-tokens shape for a run that skips nothing."""
+    import vs_skipsr.pipeline as pipeline
+    from vs_skipsr.backends.torch_backend import TorchRunner
+
+    prepared: list[tuple[tuple[int, int, int], bool]] = []
+    used: set[tuple[int, int, int]] = set()
+    real_prepare, real_padded = TorchRunner.prepare, pipeline.padded_tokens
+
+    def prepare(self, *, grid, dense=False):
+        prepared.append((grid, dense))
+        return real_prepare(self, grid=grid, dense=dense)
+
+    def padded_tokens(index, *, grid, **rest):
+        used.add(grid)
+        return real_padded(index, grid=grid, **rest)
+
+    monkeypatch.setattr(TorchRunner, "prepare", prepare)
+    monkeypatch.setattr(pipeline, "padded_tokens", padded_tokens)
+    node = sr(make_clip(vs.YUV420P8), window=3, num_streams=2, **kw)
+    for n in range(N_FRAMES):
+        node.get_frame(n)
+    assert len(prepared) == 1 and prepared[0][1] is dense
+    assert used == {prepared[0][0]}
+
+
 def test_cpu_default_reads_nothing_ahead(make_clip: MakeClip, sr) -> None:
     stats = SkipSRStats()
     node = sr(make_clip(vs.YUV420P8), window=3, stats=stats)
