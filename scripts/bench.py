@@ -48,6 +48,7 @@ from vs_skipsr.benchmark import FRACTIONS, format_table, median_seconds, scaling
 from vs_skipsr.models import SRTransformer, random_sr  # noqa: E402
 from vs_skipsr.models.weights import load_mask, load_sr  # noqa: E402
 from vs_skipsr.pipeline import upscale_window  # noqa: E402
+from vs_skipsr.tokens import token_grid  # noqa: E402
 
 RESULTS: dict[str, object] = {}
 
@@ -592,7 +593,7 @@ def kept_fraction(args, extra: dict[str, str], skip_kw: dict[str, str], frames: 
     kept, total = 0, 0
     for start in range(0, lr_all.shape[0], window):
         lr = lr_all[start : start + window].float()
-        grid = (lr.shape[0], -(-lr_h * scale // patch), -(-lr_w * scale // patch))
+        grid = token_grid(lr.shape[0], lr_h * scale, lr_w * scale, patch=patch)
         with torch.inference_mode():
             keep = select_tokens(
                 lr,

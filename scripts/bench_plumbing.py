@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from vs_skipsr.models.weights import DEFAULT_SR_WEIGHTS, load_sr  # noqa: E402
 from vs_skipsr.pipeline import WindowOutput, WindowStats  # noqa: E402
+from vs_skipsr.tokens import token_grid  # noqa: E402
 
 
 def load_filter(path: str | None) -> ModuleType:
@@ -104,9 +105,9 @@ def stub_upscale_window(fresh: bool) -> Callable[..., WindowOutput]:
         out = cache.get(key)
         if out is None:
             frames = F.interpolate(lr.float(), scale_factor=scale, mode="nearest").contiguous()
-            p = runner.sr_config.patch
             t, _, h, w = frames.shape
-            keep = torch.ones((t, -(-h // p), -(-w // p)), dtype=torch.bool, device=lr.device)
+            grid = token_grid(t, h, w, patch=runner.sr_config.patch)
+            keep = torch.ones(grid, dtype=torch.bool, device=lr.device)
             out = cache[key] = WindowOutput(
                 frames=frames, keep=keep, stats=WindowStats(kept=1, total=1, bucket=1)
             )

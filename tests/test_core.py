@@ -105,8 +105,7 @@ def test_partition_shapes_depend_on_the_grid_only():
 
 
 def test_geometric_buckets_pad_little_and_stay_few():
-    from vs_skipsr.pipeline import BUCKET_GROWTH
-    from vs_skipsr.tokens import bucket_size
+    from vs_skipsr.tokens import BUCKET_GROWTH, bucket_size
 
     sizes = [bucket_size(k, growth=BUCKET_GROWTH) for k in range(1, 40_801)]
     assert all(b >= k for k, b in zip(range(1, 40_801), sizes, strict=True))

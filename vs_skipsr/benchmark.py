@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .backends.base import Runner
 from .models.sr import SRConfig
-from .tokens import Partition, kept_bucket, padded_tokens
+from .tokens import Partition, kept_bucket, padded_tokens, token_grid
 
 __all__ = [
     "FRACTIONS",
@@ -118,7 +118,7 @@ def scaling_table(
     cfg = runner.sr_config
     dev = runner.device
     w, h = size
-    grid = (frames, -(-h // cfg.patch), -(-w // cfg.patch))
+    grid = token_grid(frames, h, w, patch=cfg.patch)
     total = grid[0] * grid[1] * grid[2]
     g = torch.Generator().manual_seed(1)
     if bucketed:  # as the filter does: every bucket ready (captured largest first) up front

@@ -67,6 +67,7 @@ from .models.weights import (
 )
 from .pipeline import upscale_window
 from .staging import HostPool
+from .tokens import token_grid
 from .windows import Blend, Contribution, WindowPlan
 
 __all__ = ["SkipSRStats", "skipsr"]
@@ -805,8 +806,8 @@ class _SkipSRNode:
         """Once, before the first window: the runner readies every token-count bucket of a
         full window (CUDA graphs: all captured now, 0.4-3.4 s more than one capture for the
         default model at 1080p on an H100, instead of one capture now and then that stalls
-        the other windows mid-run). Every
-        window and scene-cut piece is fed T frames, so one grid serves the whole clip."""
+        the other windows mid-run). Every window and scene-cut piece is fed T frames, so one
+        grid serves the whole clip."""
         if self._prepared:
             return
         with self._prepare_lock:
@@ -814,7 +815,7 @@ class _SkipSRNode:
                 return
             self._prepared = True  # a failure surfaces once; later windows go the lazy way
             patch = self.runner.sr_config.patch
-            grid = (self.plan.size, -(-self.out_h // patch), -(-self.out_w // patch))
+            grid = token_grid(self.plan.size, self.out_h, self.out_w, patch=patch)
             s = self.settings
             self.runner.prepare(grid=grid, dense=s.threshold is None and s.skip_ratio is None)
 

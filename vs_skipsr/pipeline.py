@@ -32,18 +32,17 @@ from .models.mask import (
     token_scores,
 )
 from .tokens import (
-    BUCKET_GROWTH,
     bucket_size,
     gather_patches,
     kept_bucket,
     pad_to_grid,
     padded_tokens,
     scatter_tokens,
+    token_grid,
     unpatchify,
 )
 
 __all__ = [
-    "BUCKET_GROWTH",
     "WindowOutput",
     "WindowStats",
     "select_tokens",
@@ -211,7 +210,7 @@ def upscale_window(
 
     with timer.stage("upsample"):
         base = pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)  # [T, 3, Hg, Wg]
-    grid = (t_count, base.shape[-2] // patch, base.shape[-1] // patch)
+    grid = token_grid(t_count, out_h, out_w, patch=patch)  # base is padded to it
     total = grid[0] * grid[1] * grid[2]
 
     dense = keep is None and threshold is None and skip_ratio is None

@@ -28,6 +28,7 @@ __all__ = [
     "patchify",
     "scatter_tokens",
     "token_coords",
+    "token_grid",
     "unpatchify",
     "window_grid",
     "window_partitions",
@@ -44,6 +45,13 @@ def pad_to_grid(frames: Tensor, *, patch: int) -> Tensor:
     if ph == 0 and pw == 0:
         return frames
     return F.pad(frames, (0, pw, 0, ph), mode="replicate")
+
+
+def token_grid(frames: int, height: int, width: int, *, patch: int) -> tuple[int, int, int]:
+    """The token grid (T, Hp, Wp) of ``frames`` frames of ``height`` x ``width`` pixels,
+    padded up to whole tokens as :func:`pad_to_grid` pads them: the grid a window runs on,
+    known before it runs (the filter readies the runner for it)."""
+    return (frames, -(-height // patch), -(-width // patch))
 
 
 def patchify(frames: Tensor, *, patch: int) -> Tensor:
@@ -122,7 +130,7 @@ def kept_buckets(total: int) -> list[int]:
     all before the first window instead of one by one in the middle of a run."""
     out: list[int] = []
     k = 1
-    while 0 < k <= total:
+    while k <= total:
         b = kept_bucket(k, total=total)
         out.append(b)
         k = b + 1
