@@ -113,26 +113,33 @@ class MaskNet(nn.Module):
         return out
 
 
+def _luma(lr: Tensor) -> Tensor:
+    """BT.601 luma of RGB frames: [T,3,h,w] -> [T,1,h,w]."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=lr.dtype, device=lr.device)
+    return (lr * w[None, :, None, None]).sum(dim=1, keepdim=True)
+
+
+def _mean3x3(x: Tensor) -> Tensor:
+    """Mean over each pixel's 3x3 neighbourhood (inside the frame)."""
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
 def gradient_energy(lr: Tensor) -> Tensor:
     """Mean squared gradient of BT.601 luma over a 3x3 neighbourhood: [T,3,h,w] -> [T,1,h,w]."""
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=lr.dtype, device=lr.device)
-    y = (lr * w[None, :, None, None]).sum(dim=1, keepdim=True)  # [T, 1, h, w]
-    yp = F.pad(y, (0, 1, 0, 1), mode="replicate")
+    yp = F.pad(_luma(lr), (0, 1, 0, 1), mode="replicate")
     gx = yp[..., :-1, 1:] - yp[..., :-1, :-1]
     gy = yp[..., 1:, :-1] - yp[..., :-1, :-1]
-    energy = gx * gx + gy * gy
-    return F.avg_pool2d(energy, 3, stride=1, padding=1, count_include_pad=False)
+    return _mean3x3(gx * gx + gy * gy)
 
 
 def laplacian_energy(lr: Tensor) -> Tensor:
     """Mean squared 4-neighbour Laplacian of BT.601 luma over a 3x3 neighbourhood:
     [T,3,h,w] -> [T,1,h,w]. Curvature rather than slope: a ramp that bicubic already
     reproduces scores nothing, an edge or a fine line does."""
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=lr.dtype, device=lr.device)
-    y = (lr * w[None, :, None, None]).sum(dim=1, keepdim=True)  # [T, 1, h, w]
+    y = _luma(lr)
     yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
     lap = yp[..., :-2, 1:-1] + yp[..., 2:, 1:-1] + yp[..., 1:-1, :-2] + yp[..., 1:-1, 2:] - 4 * y
-    return F.avg_pool2d(lap * lap, 3, stride=1, padding=1, count_include_pad=False)
+    return _mean3x3(lap * lap)
 
 
 def token_scores(score_map: Tensor, *, scale: int, patch: int, grid: tuple[int, int]) -> Tensor:

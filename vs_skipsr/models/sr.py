@@ -231,9 +231,9 @@ class ConvHead(nn.Module):
     them, and h unpadded 3x3 convs (the stem) reduce that to the token's grid: each cell then
     sees a (2h+1)^2 LR neighbourhood whatever the token border (held-out x4 gain after the
     same 7 CPU minutes: +0.42 dB with an 8-pixel halo, +0.28 without; the 16-px block edges
-    did not shrink, since a token's feature still differs from its neighbour's). The halo is base (the LR input), never another
-    token's output, so a kept token still depends only on kept tokens and the LR, and skipped
-    tokens stay exact.
+    did not shrink, since a token's feature still differs from its neighbour's). The halo is
+    base (the LR input), never another token's output, so a kept token still depends only on
+    kept tokens and the LR, and skipped tokens stay exact.
     """
 
     def __init__(
