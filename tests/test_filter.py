@@ -700,6 +700,16 @@ def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[obje
             "torch_compile=True with backend='cpu'",
         ),
         (
+            "torch_compile with a backend value",
+            lambda mk: (yuv(mk), {"torch_compile": True, "backend": TorchBackend()}),
+            "a backend value carries its own",
+        ),
+        (
+            "torch_compile without fp16",
+            lambda mk: (yuv(mk), {"torch_compile": True, "fp16": False}),
+            "torch_compile=True",
+        ),
+        (
             "torch_compile without graphs",
             lambda mk: (yuv(mk), {"torch_compile": True, "cuda_graphs": False}),
             "torch_compile=True",
