@@ -362,6 +362,22 @@ def test_pad_partition_keeps_real_windows_and_covers_every_row():
         pad_partition(p, tokens=k, windows=1, window_volume=32)
 
 
+def test_padded_to_reuses_the_padding_for_the_same_arguments_only():
+    grid = (3, 7, 9)
+    keep = _random_keep(grid, 0.4, seed=2).reshape(-1)
+    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
+    k = coords.shape[0]
+    p = build_partition(coords, grid=grid, window=(2, 4, 4), shift=(0, 0, 0))
+    kw = dict(windows=p.part.shape[0] + 8, window_volume=32, with_part=False)
+    first = p.padded_to(tokens=k + 10, **kw)
+    assert p.padded_to(tokens=k + 10, **kw) is first  # a later flow step: no new padding
+    assert first.padded is None  # with_part=False builds no padded form
+    assert torch.equal(first.order, torch.cat((p.order, torch.arange(k, k + 10))))
+    other = p.padded_to(tokens=k + 40, **kw)  # another bucket: padded anew
+    assert other is not first and other.order.shape[0] == k + 40
+    assert int(other.cu_seqlens[-1]) == k + 40
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graphs_equal_eager_and_are_reused():
     eager = TorchBackend(device="cuda", dtype="bf16").load(sr=_random_sr(seed=4), mask=None)

@@ -194,6 +194,26 @@ class Partition:
         into zeros in every block."""
         return self.__dict__.get("_inverse")
 
+    def padded_to(
+        self, *, tokens: int, windows: int, window_volume: int, with_part: bool = True
+    ) -> Partition:
+        """:func:`pad_partition` of this partition, kept for the next call with the same
+        arguments: the N flow steps of a window pass the same partitions N times, and each
+        padding is a dozen small launches on the host."""
+        args = (tokens, windows, window_volume, with_part)
+        memo = self.__dict__.get("_padded_to")
+        if memo is None or memo[0] != args:
+            padded = pad_partition(
+                self,
+                tokens=tokens,
+                windows=windows,
+                window_volume=window_volume,
+                with_part=with_part,
+            )
+            memo = (args, padded)
+            object.__setattr__(self, "_padded_to", memo)
+        return memo[1]
+
     def cover(self, rows: int) -> Partition:
         """Record the inverse permutation if ``order`` lists all ``rows`` rows; once per
         forward, shared by every block that uses this partition."""

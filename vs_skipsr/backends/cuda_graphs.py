@@ -4,8 +4,9 @@ A small net on a GPU spends more time launching kernels than running them; skipp
 each launch smaller still, so eager mode stops scaling with the kept count. A captured graph
 replays the whole net as one launch. Shapes must be static: the pipeline pads K to a
 geometric bucket, partitions have one segment per window of the grid (empty ones too), and
-:func:`~vs_skipsr.tokens.pad_partition` adds room for the bucket padding, so the shapes of a
-call depend on the grid and the bucket only: one capture per bucket, whatever the keep set.
+:meth:`~vs_skipsr.tokens.Partition.padded_to` adds room for the bucket padding, so the
+shapes of a call depend on the grid and the bucket only: one capture per bucket, whatever
+the keep set.
 (Keying on the windows a keep set happens to fill gave a new shape nearly every window.)
 
 :meth:`GraphCache.prepare` captures all the buckets of a grid before the first window,
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from ..tokens import Partition, bucket_size, pad_partition
+from ..tokens import Partition, bucket_size
 
 __all__ = ["GraphCache", "SRCall"]
 
@@ -154,8 +155,7 @@ class GraphCache:
         base, state, coords, t, partitions = call
         k = base.shape[0]
         padded = [
-            pad_partition(
-                p,
+            p.padded_to(
                 tokens=k,
                 windows=self._windows(p, k),
                 window_volume=self.window_volume,

@@ -281,9 +281,12 @@ class ConvHead(nn.Module):
         bp = self.base_patch
         pix = F.pixel_unshuffle(base.reshape(k, c, bp, bp) - 0.5, self.cell)  # [K, c·cell², G, G]
         pix = pix.to(feat.dtype)
-        if _channels_last(pix):
+        if _channels_last():
             # oneDNN runs these small-grid convs ~1.5x faster on channels-last inputs (the
-            # head is half of the CPU's dense SR time); the weights need no conversion
+            # head is half of the CPU's dense SR time); cuDNN's bf16 kernels are NHWC, and
+            # fed NCHW it transposed every conv's input and output: 12 layout kernels, 14%
+            # of a dense 1080p x 5 call's kernel time with CUDA graphs and 26% compiled
+            # (scripts/profile_sr.py, H100). The weights need no conversion.
             pix = pix.contiguous(memory_format=torch.channels_last)
             feat = feat.contiguous(memory_format=torch.channels_last)
         if self.stem is not None:
@@ -292,10 +295,10 @@ class ConvHead(nn.Module):
         return F.pixel_shuffle(out, self.cell).reshape(k, c * p * p)
 
 
-def _channels_last(x: Tensor) -> bool:
-    """Whether the head runs its convs channels-last: on the CPU, outside export tracing."""
-    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    return x.device.type == "cpu" and not tracing
+def _channels_last() -> bool:
+    """Whether the head runs its convs channels-last: always, outside export tracing (an
+    exported graph keeps the plain layout; its runtime picks its own)."""
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 # --- the model -------------------------------------------------------------------------------
