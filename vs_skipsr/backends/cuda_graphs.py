@@ -78,6 +78,12 @@ class _Graph:
         with torch.cuda.stream(stream):
             for dst, src in zip(self.inputs, inputs, strict=True):
                 dst.copy_(src)
+                # src was made on the caller's stream, which the allocator hands its memory
+                # back to once the caller drops it; prepare() then builds the next example
+                # there while this copy may still be queued. Without this the next example
+                # overwrote the indices being copied, and the warm-up indexed out of bounds
+                # (a device-side assert at 1080p x 21, H100, the largest grids only).
+                src.record_stream(stream)
             # one warm-up: lazy init, cuDNN's per-shape plans and cuBLAS's workspace for this
             # stream stay out of the graph
             sample = fn(*self.inputs)
