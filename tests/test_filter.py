@@ -283,6 +283,39 @@ def test_runner_is_prepared_once_for_the_grid_the_windows_use(
     assert used == {prepared[0][0]}
 
 
+def test_no_window_runs_before_the_prepare_is_done(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests for frames of several windows arrive at once (vspipe -r N): the first
+    prepares the runner and the others wait for it instead of running their windows (and
+    capturing their own graphs) meanwhile."""
+    from vs_skipsr.backends.torch_backend import TorchRunner
+
+    events: list[tuple[str, float]] = []
+    real_prepare, real_sr = TorchRunner.prepare, TorchRunner.sr
+
+    def prepare(self, **kw):
+        events.append(("prepare", time.perf_counter()))
+        time.sleep(0.3)  # a capture of every bucket takes seconds on a GPU
+        real_prepare(self, **kw)
+        events.append(("prepared", time.perf_counter()))
+
+    def sr_call(self, *args):
+        events.append(("sr", time.perf_counter()))
+        return real_sr(self, *args)
+
+    monkeypatch.setattr(TorchRunner, "prepare", prepare)
+    monkeypatch.setattr(TorchRunner, "sr", sr_call)
+    node = sr(make_clip(vs.YUV420P8), window=2, num_streams=2, skip_ratio=0.5)
+    futures = [node.get_frame_async(n) for n in range(0, N_FRAMES, 2)]  # one per window
+    for f in futures:
+        f.result()
+    names = [name for name, _ in events]
+    assert names.count("prepare") == 1 and names.count("sr") >= len(futures)
+    done = dict(events)["prepared"]
+    assert all(t >= done for name, t in events if name == "sr"), names
+
+
 def test_cpu_default_reads_nothing_ahead(make_clip: MakeClip, sr) -> None:
     stats = SkipSRStats()
     node = sr(make_clip(vs.YUV420P8), window=3, stats=stats)

@@ -810,14 +810,21 @@ class _SkipSRNode:
         grid serves the whole clip."""
         if self._prepared:
             return
-        with self._prepare_lock:
+        with self._prepare_lock:  # the other windows wait here until the prepare is done
             if self._prepared:
                 return
-            self._prepared = True  # a failure surfaces once; later windows go the lazy way
-            patch = self.runner.sr_config.patch
-            grid = token_grid(self.plan.size, self.out_h, self.out_w, patch=patch)
-            s = self.settings
-            self.runner.prepare(grid=grid, dense=s.threshold is None and s.skip_ratio is None)
+            try:
+                patch = self.runner.sr_config.patch
+                grid = token_grid(self.plan.size, self.out_h, self.out_w, patch=patch)
+                s = self.settings
+                self.runner.prepare(grid=grid, dense=s.threshold is None and s.skip_ratio is None)
+            finally:
+                # set only now: set before the prepare, it let the other threads' windows
+                # run (and capture their own graphs) during the seconds it took, and vspipe
+                # then had most of a short clip done before its first frame came out
+                # (a steady rate of 740 fps at 4 steps where the work allows ~160, sixth
+                # session). A failure surfaces once; later windows go the lazy way.
+                self._prepared = True
 
     def _plane_buffer(
         self, real: int, layout: YuvLayout
