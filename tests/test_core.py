@@ -340,14 +340,19 @@ def test_cuda_half_pipeline_matches_cpu_fp32():
     assert err < 1e-2, f"relative error {err:.2e}"
 
 
+def _kept_partition(frac: float, *, seed: int, shift: tuple[int, int, int]):
+    """A partition of a random keep set of a (3, 7, 9) grid in (2, 4, 4) windows, and K."""
+    grid = (3, 7, 9)
+    keep = _random_keep(grid, frac, seed=seed).reshape(-1)
+    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
+    p = build_partition(coords, grid=grid, window=(2, 4, 4), shift=shift)
+    return p, coords.shape[0]
+
+
 def test_pad_partition_keeps_real_windows_and_covers_every_row():
     from vs_skipsr.tokens import pad_partition
 
-    grid = (3, 7, 9)
-    keep = _random_keep(grid, 0.5, seed=9).reshape(-1)
-    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
-    k = coords.shape[0]
-    p = build_partition(coords, grid=grid, window=(2, 4, 4), shift=(1, 2, 2))
+    p, k = _kept_partition(0.5, seed=9, shift=(1, 2, 2))
     padded = pad_partition(p, tokens=k + 45, windows=p.part.shape[0] + 8, window_volume=32)
     assert sorted(padded.order.tolist()) == list(range(k + 45))
     assert padded.part.shape == (p.part.shape[0] + 8, 32)
@@ -363,11 +368,7 @@ def test_pad_partition_keeps_real_windows_and_covers_every_row():
 
 
 def test_padded_to_reuses_the_padding_for_the_same_arguments_only():
-    grid = (3, 7, 9)
-    keep = _random_keep(grid, 0.4, seed=2).reshape(-1)
-    coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid)
-    k = coords.shape[0]
-    p = build_partition(coords, grid=grid, window=(2, 4, 4), shift=(0, 0, 0))
+    p, k = _kept_partition(0.4, seed=2, shift=(0, 0, 0))
     kw = dict(windows=p.part.shape[0] + 8, window_volume=32, with_part=False)
     first = p.padded_to(tokens=k + 10, **kw)
     assert p.padded_to(tokens=k + 10, **kw) is first  # a later flow step: no new padding
