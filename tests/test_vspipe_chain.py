@@ -129,6 +129,19 @@ def test_vspipe_output_is_clean_y4m_in_order(
     assert [read_index(y / 255.0, scale=SCALE) for y in luma] == list(range(N_FRAMES))
 
 
+def test_demo_loop_plays_the_clip_again(
+    clip_file: Path, sr_weights: Path, mask_weights: Path, vs_env: dict[str, str]
+) -> None:
+    """demo.vpy -a loop=2 (scripts/bench.py --loop): the clip's frames twice, in order."""
+    cmd = _vspipe_cmd(clip_file, "bs", sr_weights, mask_weights)
+    cmd[-2:-2] = ["-a", "loop=2"]
+    run = subprocess.run(cmd, check=False, capture_output=True, env=vs_env, timeout=120)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    _, frames = _parse_y4m(run.stdout)
+    luma = [np.frombuffer(f[: OUT_W * OUT_H], np.uint8).reshape(OUT_H, OUT_W) for f in frames]
+    assert [read_index(y / 255.0, scale=SCALE) for y in luma] == list(range(N_FRAMES)) * 2
+
+
 @pytest.mark.parametrize("source", ["bs", "lsmas"])
 def test_chain_through_x264_gives_every_frame_in_order(
     source: str,
