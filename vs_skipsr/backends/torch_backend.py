@@ -178,7 +178,7 @@ class TorchRunner:
         if self.use_varlen:
             partitions = tuple(p.cover(base.shape[0]) for p in partitions)  # type: ignore[assignment]
         if self._compiled is not None:
-            (p0, p1), v = partitions, self.sr_config.window
+            p0, p1 = partitions  # under the graphs: max_len is the window volume for both
             return self._compiled(
                 self.sr_net,
                 base,
@@ -191,7 +191,7 @@ class TorchRunner:
                 p1.order,
                 p1.cu_seqlens,
                 p1.inverse,
-                max_len=v[0] * v[1] * v[2],
+                max_len=p0.max_len,
             )
         if self.use_varlen:
             attends = tuple(
