@@ -100,9 +100,10 @@ _DEVICE_COLOR_DEVICES = frozenset({"cuda"})
 # no idle device to fill. Tests add "cpu" to run the path without a GPU.
 _READ_AHEAD_DEVICES = frozenset({"cuda"})
 # How many windows by default there: with one, the device idled from the end of the window
-# read ahead until a frame of it was produced and queued the next one; two keep it busy (H100,
-# same machine, readahead 1 / 2 / 4: 295 / 520 / 521 fps at one step, 122.7 / 167.0 / 173.6
-# fps on the SeedVR2-3B shape; reports/bench_gpu_h100_s5.log, calls 9-11)
+# read ahead until a frame of it was produced and queued the next one. Two against one (H100,
+# same machine, 1080 frames, one run each): 232.8 against 200.6 fps at one step, 199.5
+# against 181.2 at 8 steps (reports/bench_gpu_h100_s6.log, call 12; the fifth session's larger
+# gains came from a filter that ran windows during the graph captures, and are withdrawn)
 _READ_AHEAD_WINDOWS = 2
 _READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
 
@@ -804,9 +805,9 @@ class _SkipSRNode:
 
     def _prepare_runner(self) -> None:
         """Once, before the first window: the runner readies every token-count bucket of a
-        full window (CUDA graphs: all captured now, 0.4-3.4 s more than one capture for the
-        default model at 1080p on an H100, instead of one capture now and then that stalls
-        the other windows mid-run). Every window and scene-cut piece is fed T frames, so one
+        full window (CUDA graphs: all captured now, 6.4-10.7 s for the default model's 56
+        at 1080p on an H100 against 5.5-9.2 s for the one dense graph, instead of one capture
+        now and then that stalls the other windows mid-run). Every window and scene-cut piece is fed T frames, so one
         grid serves the whole clip."""
         if self._prepared:
             return
@@ -1073,13 +1074,13 @@ def skipsr(
         readahead: windows after the last one asked for that a background thread computes
             before any of their frames is requested, so the device works on the next window
             while this one's frames are copied out and encoded. None (default): 2 on CUDA
-            (1.36-1.76x the frame rate of 1 on an H100; 4 gained nothing more), 0 on the CPU
+            (1.10-1.16x the frame rate of 1 on an H100, one run each), 0 on the CPU
             (where the network and VapourSynth share the cores anyway).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one per
             token-count bucket (geometric, at most ~9% padding, see tokens.kept_bucket), all
             captured when the first window is computed (56 graphs for 1080p windows of 5
-            frames: 0.4-3.4 s on an H100 beyond what one graph costs), so none stalls the run
+            frames: 6.4-10.7 s on an H100, 5.5-9.2 s for one graph), so none stalls the run
             later. None (default): on where it applies, since a small model launching
             kernels costs more than running them and skipping would otherwise save nothing;
             False for eager kernels; True: an error where it does not apply. Replays of
@@ -1087,9 +1088,10 @@ def skipsr(
         torch_compile: run torch.compile's fused kernels inside those graphs (torch backend
             on CUDA, fp16, cuda_graphs not False). It adds ~30 s before the first frame on a
             machine's first run and ~10 s later (torch's on-disk cache). On an H100 the
-            default model's SR net alone became 1.7x faster dense, and the SeedVR2-3B shape
-            ran 18% faster end to end; the default model end to end gained in one run and
-            lost in another (see the README). Default False: experimental.
+            default model's SR net alone runs 2.1x faster dense (1080p windows of 5 frames);
+            end to end it has not been measured since the sixth session's fix of the
+            benchmark (the earlier results are withdrawn, see the README). Default False:
+            experimental.
         device_color: convert the output to the clip's YUV on the network's device and copy
             back only its planes, instead of RGB floats for VapourSynth's resize (which costs
             ~7 ms per 1080p frame on the host). None (default): on CUDA where it applies;
