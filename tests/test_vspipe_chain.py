@@ -141,6 +141,11 @@ def test_demo_loop_plays_the_clip_again(
     luma = [np.frombuffer(f[: OUT_W * OUT_H], np.uint8).reshape(OUT_H, OUT_W) for f in frames]
     assert [read_index(y / 255.0, scale=SCALE) for y in luma] == list(range(N_FRAMES)) * 2
 
+    cmd[cmd.index("loop=2")] = "loop=0"
+    run = subprocess.run(cmd, check=False, capture_output=True, env=vs_env, timeout=120)
+    assert run.returncode != 0 and not run.stdout
+    assert "loop=0: accepted loop >= 1" in run.stderr.decode(errors="replace")
+
 
 @pytest.mark.parametrize("source", ["bs", "lsmas"])
 def test_chain_through_x264_gives_every_frame_in_order(
