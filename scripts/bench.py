@@ -9,11 +9,12 @@ Sections (``--sections``, comma-separated):
   stages    per-stage times of upscale_window (H2D, upsample, mask, gather, SR, scatter, D2H)
             on a real validation clip, dense and skipped, at 1, 4 and 8 steps; plus the
             VapourSynth format conversion (resize YUV420P8 <-> RGBS) per frame
-  vspipe    end to end: vspipe scripts/demo.vpy to a null sink (and piped into x264 where an
-            encoder is found), dense against SkipSR, same run, for each --vspipe-cases entry:
+  vspipe    end to end: vspipe scripts/demo.vpy to a sink (null: vspipe's own, nothing
+            written; pipe: y4m read by this process; x264: piped into the encoder where one is
+            found), dense against SkipSR, same run, for each --vspipe-cases entry:
             the default model at 1, 4 and 8 steps, eager and (CUDA) with CUDA graphs, and
             (CUDA) the SeedVR2-3B-shaped preset on 720p windows of 21 frames; steady-state fps
-            from the times frames leave vspipe, after W warm-up frames
+            after W warm-up frames (vspipe's progress updates, or the times frames leave it)
 Prints tables; writes --out/bench.json and --out/bench.png.
 
     python scripts/bench.py --sections peak,sr,large,stages,vspipe --out out/bench   # GPU
@@ -24,13 +25,13 @@ Prints tables; writes --out/bench.json and --out/bench.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -359,6 +360,56 @@ def y4m_frame_bytes(header: bytes) -> int:
     return int(w * h * per_px) * depth
 
 
+PROGRESS = re.compile(rb"Frame: (\d+)/\d+")
+OUTPUT = re.compile(rb"Output (\d+) frames")  # the last frame is out; the process still exits
+PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: a 1080p 4:2:0 frame in 3 reads, not 48 of 64 KiB
+
+
+def _read_progress(stream, marks: list[tuple[float, int]], text: bytearray) -> None:
+    """vspipe -p's stderr, as it comes: every "Frame: n/N" update (about two a second, and at
+    the first frame) with the time it arrived, and all the text for the filter's log lines."""
+    pending = b""
+    while chunk := stream.read(1 << 16):  # unbuffered: whatever has arrived
+        now = time.perf_counter()
+        text += chunk
+        pending += chunk
+        *done, pending = re.split(rb"[\r\n]", pending)
+        for line in done:
+            if m := PROGRESS.search(line) or OUTPUT.search(line):
+                marks.append((now, int(m.group(1))))
+
+
+def _read_frames(src, enc, stamps: list[float], frames: int) -> None:
+    """The y4m stream frame by frame into one reused buffer, each timestamped as it is
+    complete and handed to the encoder if any. A 1 MiB pipe and readinto: a naive reader
+    (readline + read of each 3 MB frame through a 64 KiB pipe) topped out at 357 fps of
+    1080p on two cores, the sink then setting the pace, not the filter."""
+    import fcntl
+
+    fd = src.stdout.fileno()
+    with contextlib.suppress(OSError):  # an older kernel or a capped size: slower, still right
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    f = open(fd, "rb", buffering=PIPE_BYTES, closefd=False)  # noqa: SIM115 (src owns the fd)
+    header = f.readline()
+    if not header.startswith(b"YUV4MPEG2"):
+        raise RuntimeError(f"vspipe wrote no y4m header: {header[:80]!r}")
+    size = y4m_frame_bytes(header)
+    buf = memoryview(bytearray(size))
+    if enc:
+        enc.stdin.write(header)
+    for _ in range(frames):
+        tag = f.readline()
+        got = 0
+        while got < size and (n := f.readinto(buf[got:])):
+            got += n
+        if not tag.startswith(b"FRAME") or got != size:
+            break
+        stamps.append(time.perf_counter())
+        if enc:
+            enc.stdin.write(tag)
+            enc.stdin.write(buf)
+
+
 def vspipe_run(
     args,
     extra: dict[str, str],
@@ -366,18 +417,26 @@ def vspipe_run(
     frames: int,
     warmup: int,
     label: str = "run",
+    sink: str = "null",
 ) -> dict[str, float]:
-    """vspipe demo.vpy into a sink that timestamps every frame as it arrives (and passes it on
-    to the encoder, whose back-pressure then paces vspipe). vspipe -p gives one rate for the
-    whole run, and on a GPU the first windows carry seconds of one-time costs (CUDA context,
-    kernel selection, allocator growth, graph capture) that a long encode never sees again:
-    the steady rate is taken over the frames after ``warmup``. With ``--profile DIR`` vspipe
-    runs under py-spy (all threads, raw collapsed stacks to DIR/label.txt), where it is found:
-    what the host does per frame is the question once the GPU is idle most of the time."""
+    """vspipe demo.vpy into a sink, and the steady rate after ``warmup`` frames: on a GPU the
+    first windows carry seconds of one-time costs (CUDA context, kernel selection, allocator
+    growth, graph capture) that a long encode never sees again, so vspipe -p's one rate for
+    the whole run would mostly measure those.
+
+    Sinks: ``null``, vspipe's own (output ``--``: every frame computed, nothing written),
+    timed by its -p progress updates as they arrive; ``pipe``, y4m into this process, read
+    and dropped, each frame timestamped (a pipe's cost included); ``x264``, the same passed
+    on to the encoder, whose back-pressure then paces vspipe. With ``--profile DIR`` vspipe
+    runs under py-spy (all threads, raw collapsed stacks to DIR/label.txt)."""
+    import threading
+
     vspipe = shutil.which("vspipe") or str(Path(sys.executable).parent / "vspipe")
     extra = dict(extra)
     lr_w = extra.pop("lr_width", "480" if args.device.startswith("cuda") else "160")
     cmd = [vspipe, "-c", "y4m", "-r", str(args.requests)]
+    if sink == "null":
+        cmd.append("-p")
     kw = {
         "src": str(args.clip),
         "frames": str(frames),
@@ -391,75 +450,83 @@ def vspipe_run(
     }
     for k, v in kw.items():
         cmd += ["-a", f"{k}={v}"]
-    cmd += [str(ROOT / "scripts" / "demo.vpy"), "-"]
+    cmd += [str(ROOT / "scripts" / "demo.vpy"), "--" if sink == "null" else "-"]
     spy = shutil.which("py-spy") if args.profile else None
     frames *= args.loop  # what vspipe outputs
-    with tempfile.TemporaryFile() as err:
-        t_start = time.perf_counter()
-        src = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-        if spy:  # attached, not launching vspipe: py-spy talks on stdout, vspipe's y4m pipe
-            args.profile.mkdir(parents=True, exist_ok=True)
-            out = args.profile / f"{label}.txt"
-            spy_cmd = [
-                spy,
-                "record",
-                "-r",
-                "200",
-                "-f",
-                "raw",
-                "--threads",
-                "--subprocesses",
-                "--nonblocking",
-            ]
-            subprocess.Popen(
-                [*spy_cmd, "-o", str(out), "--pid", str(src.pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        enc = None
-        if encoder:
-            enc = subprocess.Popen(
-                encoder, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-        stamps = []
-        try:
-            header = src.stdout.readline()
-            if not header.startswith(b"YUV4MPEG2"):
-                raise RuntimeError(f"vspipe wrote no y4m header: {header[:80]!r}")
-            size = y4m_frame_bytes(header)
-            if enc:
-                enc.stdin.write(header)
-            for _ in range(frames):
-                tag = src.stdout.readline()
-                data = src.stdout.read(size)
-                if not tag.startswith(b"FRAME") or len(data) != size:
-                    break
-                stamps.append(time.perf_counter())
-                if enc:
-                    enc.stdin.write(tag + data)
-        finally:
+    marks: list[tuple[float, int]] = []
+    text = bytearray()
+    stamps: list[float] = []
+    t_start = time.perf_counter()
+    src = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL if sink == "null" else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    err_reader = threading.Thread(target=_read_progress, args=(src.stderr, marks, text))
+    err_reader.start()
+    if spy:  # attached, not launching vspipe: py-spy talks on stdout, vspipe's y4m pipe
+        args.profile.mkdir(parents=True, exist_ok=True)
+        out = args.profile / f"{label}.txt"
+        spy_cmd = [spy, "record", "-r", "200", "-f", "raw", "--threads", "--subprocesses"]
+        subprocess.Popen(
+            [*spy_cmd, "--nonblocking", "-o", str(out), "--pid", str(src.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    enc = None
+    if encoder:
+        enc = subprocess.Popen(
+            encoder, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    try:
+        if sink != "null":
+            _read_frames(src, enc, stamps, frames)
+    finally:
+        if src.stdout:
             src.stdout.close()
-            rc = src.wait()
-            enc_err = b""
-            if enc:
-                enc.stdin.close()
-                enc_err = enc.stderr.read()
-                enc.wait()
-        err.seek(0)
-        msg = err.read().decode(errors="replace")
-    if rc or len(stamps) != frames or (enc and enc.returncode):
+        rc = src.wait()
+        err_reader.join()
+        enc_err = b""
+        if enc:
+            enc.stdin.close()
+            enc_err = enc.stderr.read()
+            enc.wait()
+    msg = text.decode(errors="replace")
+    if sink == "null":
+        done = re.search(r"Output (\d+) frames", msg)
+        count = int(done.group(1)) if done else 0
+        stamps_ok = count == frames and marks
+    else:
+        count, stamps_ok = len(stamps), len(stamps) == frames
+    if rc or not stamps_ok or (enc and enc.returncode):
         raise RuntimeError(
-            f"vspipe rc={rc}, {len(stamps)}/{frames} frames: {msg[-800:]}"
+            f"vspipe rc={rc}, {count}/{frames} frames: {msg[-800:]}"
             + (f" encoder rc={enc.returncode} {enc_err[-300:]!r}" if enc else "")
         )
+    if sink == "null":
+        # from the first progress update at or past the warm-up to vspipe's "Output N frames"
+        # line (not the process's exit: tearing down CUDA and Python took seconds); a run too
+        # short to have an update there counts from its last update before the end
+        early = [(t, n) for t, n in marks if n < frames]
+        t_w, n_w = next(((t, n) for t, n in early if n >= warmup), early[-1] if early else marks[0])
+        last = marks[-1][0]
+        if n_w >= frames or marks[-1][1] != frames:
+            raise RuntimeError(f"{label}: no progress update before the last frame, or none at it")
+        steady = (frames - n_w) / (last - t_w)
+        first = marks[0][0]
+    else:
+        steady = (frames - warmup) / (stamps[-1] - stamps[warmup - 1])
+        first, last = stamps[0], stamps[-1]
     captures = [float(ms) for ms in CAPTURE_MS.findall(msg)]
     return {
-        "steady_fps": (frames - warmup) / (stamps[-1] - stamps[warmup - 1]),
-        "first_frame_s": stamps[0] - t_start,
+        "steady_fps": steady,
+        "first_frame_s": first - t_start,
         # the filter logs each CUDA graph it captures (one per new token bucket), with its time
         "graph_captures": len(captures),
         "capture_s": sum(captures) / 1e3,
-        "all_fps": frames / (stamps[-1] - t_start),
+        "all_fps": frames / (last - t_start),
+        "steady_from": n_w if sink == "null" else warmup,
     }
 
 
@@ -476,8 +543,9 @@ def bench_vspipe(args) -> None:
         f"{device_name(torch.device(args.device))}"
     )
     say(
-        "steady fps: frames timestamped as they leave vspipe (then passed to the encoder), over"
-        " the N - W frames after the first W (warm-up: CUDA context, kernels, graph capture);"
+        "steady fps: over the frames after the first W (warm-up: CUDA context, kernels, graph"
+        " capture), from vspipe's progress updates (null sink: from the first update at frame W"
+        " or later) or the times frames leave vspipe (pipe, x264);"
         " 'first s' = process start to the first frame (script loading included)"
     )
     skip_kw = (
@@ -505,14 +573,19 @@ def bench_vspipe(args) -> None:
     cases = []
     for item in args.vspipe_cases.split(","):
         regime, steps, sink, *rest = item.split(":")
+        if sink not in ("null", "pipe", "x264"):
+            raise SystemExit(f"--vspipe-cases {item!r}: sink {sink!r}: accepted null, pipe, x264")
         if regime not in ("eager", "rgb") and not cuda:
             continue  # graphs and the 3B shape are GPU regimes
         extra, n, w = regimes[regime]
         kw = skip_kw
-        if rest:  # a case of its own skip ratio: regime:steps:sink:r0.5
-            if not rest[0].startswith("r"):
-                raise SystemExit(f"--vspipe-cases {item!r}: a 4th field is rRATIO, e.g. r0.5")
-            kw = {"skip_ratio": rest[0][1:], "scorer": args.scorer}
+        if rest:  # a case of its own skip ratio or threshold: regime:steps:sink:r0.5 / :t1e9
+            if rest[0][:1] not in ("r", "t"):
+                raise SystemExit(
+                    f"--vspipe-cases {item!r}: a 4th field is rRATIO or tTHRESHOLD, e.g. r0.5"
+                )
+            key = "skip_ratio" if rest[0][0] == "r" else "threshold"
+            kw = {key: rest[0][1:], "scorer": args.scorer}
         cases.append((regime, int(steps), sink, extra, n, w, kw))
     say(
         f"{'regime':>8} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
@@ -527,10 +600,16 @@ def bench_vspipe(args) -> None:
         try:
             name = f"{regime}-{steps}-{sink}-" + "-".join(skip_kw.values())
             d = vspipe_run(
-                args, {**extra, "skip_ratio": "0", "steps": str(steps)}, enc, n, w, name + "-dense"
+                args,
+                {**extra, "skip_ratio": "0", "steps": str(steps)},
+                enc,
+                n,
+                w,
+                name + "-dense",
+                sink,
             )
             s_ = vspipe_run(
-                args, {**extra, **skip_kw, "steps": str(steps)}, enc, n, w, name + "-skip"
+                args, {**extra, **skip_kw, "steps": str(steps)}, enc, n, w, name + "-skip", sink
             )
         except Exception as e:
             say(f"{regime} {steps} {sink}: failed: {e}")
@@ -554,6 +633,12 @@ def bench_vspipe(args) -> None:
                 "skip_settings": skip_kw,
             }
         )
+        if not kept:  # no token kept: the skip run is the pipeline without the SR net
+            say(
+                f"  ({regime}, {steps} steps, {sink}: no token kept, so the skip run is the floor:"
+                f" everything but the SR net costs {1e3 / s_['steady_fps']:.2f} ms per output"
+                f" frame, the dense run {1e3 / d['steady_fps']:.2f} ms)"
+            )
         say(
             f"{regime:>8} {steps:5d} {sink:>5} {n * args.loop:4d} {w:3d} {d['steady_fps']:9.2f} "
             f"{s_['steady_fps']:8.2f} {speedup:7.2f}x {kept:5.2f} {ideal:5.2f}x "
@@ -655,8 +740,11 @@ def main() -> None:
         "--vspipe-cases",
         default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
         "graphs:1:x264,graphs:4:null,large:1:null",
-        help="regime:steps:sink[:rRATIO] list (rRATIO: this case skips a fixed fraction "
-        "instead of --threshold); regimes eager (the default model, cuda_graphs=0), "
+        help="regime:steps:sink[:rRATIO|:tTHRESHOLD] list; sinks null (vspipe's own: nothing "
+        "written), pipe (y4m read by this process and dropped), x264 (piped into the encoder); "
+        "rRATIO: this case skips a fixed "
+        "fraction instead of --threshold; tTHRESHOLD its own threshold, t1e9 keeps no token: "
+        "the pipeline's floor); regimes eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
         "(cuda_graphs=1, skipsr's default on CUDA), compiled (torch_compile=1), large "
         "(SeedVR2-3B shape, random weights, 21-frame 720p windows, eager), large-graphs (the "

@@ -8,8 +8,10 @@ texture. Frames pan across it by a pixel a frame, so windows see real motion.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +61,28 @@ def sr_weights(weights_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def mask_weights(weights_dir: Path) -> Path:
     return weights_dir / "mask_tiny.safetensors"
+
+
+# --- vspipe ----------------------------------------------------------------------------------
+
+
+def vspipe_exe() -> str:
+    """vspipe of this venv (the PyPI wheel puts it beside python), else the one on PATH."""
+    local = Path(sys.executable).parent / "vspipe"
+    return str(local) if local.exists() else (shutil.which("vspipe") or "vspipe")
+
+
+@pytest.fixture(scope="session")
+def vs_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment in which vspipe finds this venv's Python: the PyPI VapourSynth needs
+    ``vapoursynth config`` once; it is written into a temporary XDG_CONFIG_HOME so the test
+    neither depends on nor changes the user's configuration."""
+    env = dict(os.environ)
+    env["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg"))
+    subprocess.run(
+        [sys.executable, "-m", "vapoursynth", "config"], env=env, check=True, capture_output=True
+    )
+    return env
 
 
 # --- imagery ---------------------------------------------------------------------------------

@@ -5,15 +5,13 @@ by reading the index stamped into every source frame, with vspipe asking for 4 f
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LR_H, LR_W, N_FRAMES, read_index
+from conftest import LR_H, LR_W, N_FRAMES, read_index, vspipe_exe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scripts" / "demo.vpy"
@@ -24,24 +22,6 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("x264") and shutil.which("ffmpeg") and shutil.which("ffprobe")),
     reason="needs x264, ffmpeg and ffprobe (scripts/setup.sh installs them)",
 )
-
-
-def _vspipe() -> str:
-    local = Path(sys.executable).parent / "vspipe"
-    return str(local) if local.exists() else (shutil.which("vspipe") or "vspipe")
-
-
-@pytest.fixture(scope="session")
-def vs_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """An environment in which vspipe finds this venv's Python: the PyPI VapourSynth needs
-    ``vapoursynth config`` once; it is written into a temporary XDG_CONFIG_HOME so the test
-    neither depends on nor changes the user's configuration."""
-    env = dict(os.environ)
-    env["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg"))
-    subprocess.run(
-        [sys.executable, "-m", "vapoursynth", "config"], env=env, check=True, capture_output=True
-    )
-    return env
 
 
 def _vspipe_cmd(
@@ -57,7 +37,7 @@ def _vspipe_cmd(
         "sr_weights": sr_weights,
         "mask_weights": mask_weights,
     }
-    cmd = [_vspipe(), "-c", "y4m", "--requests", "4", *extra]
+    cmd = [vspipe_exe(), "-c", "y4m", "--requests", "4", *extra]
     for key, value in args.items():
         cmd += ["-a", f"{key}={value}"]
     return [*cmd, str(DEMO), "-"]
