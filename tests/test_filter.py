@@ -252,6 +252,43 @@ def test_readahead_computes_the_next_window_before_any_of_its_frames_is_asked_fo
     _wait_for(lambda: not _readahead_threads(), "the idle read-ahead thread to end")
 
 
+def test_readahead_asks_for_the_source_frames_of_the_windows_it_queues_at_once(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One network slot, so one read-ahead thread: while it computes window 1, the source
+    frames of window 2 (queued with it) are already asked for, not only once the thread
+    takes window 2 (then the device idled through their decode after every window)."""
+    monkeypatch.setattr(skipsr_filter, "_READ_AHEAD_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(skipsr_filter, "_READ_AHEAD_IDLE_S", 0.05)
+    asked: set[int] = set()
+    base = make_clip(vs.YUV420P8)
+
+    def note(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        asked.add(n)
+        return f
+
+    clip = vs.core.std.ModifyFrame(base, base, note)
+    compute = skipsr_filter._SkipSRNode._compute
+    window_2_asked_for: dict[int, bool] = {}
+
+    def compute_watching(self, window, by_index, layout=None):  # type: ignore[no-untyped-def]
+        if window == 1:  # give window 2's frames the time to come in, if asked for
+            end = time.monotonic() + 20.0
+            while not {6, 7, 8} <= asked and time.monotonic() < end:
+                time.sleep(0.01)
+            window_2_asked_for[1] = {6, 7, 8} <= asked
+        return compute(self, window, by_index, layout)
+
+    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_compute", compute_watching)
+    stats = SkipSRStats()
+    node = sr(clip, stats=stats, window=3, skip_ratio=0.5, num_streams=1)
+    node.get_frame(0)
+    _wait_for(lambda: stats.computed[2] == 1, "window 2 read ahead")
+    assert window_2_asked_for == {1: True}
+    assert stats.read_ahead == 2
+    _wait_for(lambda: not _readahead_threads(), "the idle read-ahead thread to end")
+
+
 @pytest.mark.parametrize(("kw", "dense"), [({"skip_ratio": 0.5}, False), ({"skip_ratio": 0}, True)])
 def test_runner_is_prepared_once_for_the_grid_the_windows_use(
     make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, kw: dict, dense: bool

@@ -42,6 +42,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -405,6 +406,14 @@ class _Settings:
     device_color: bool  # YUV planes converted on the device (color.py), not by the resize
 
 
+@dataclass(frozen=True)
+class _Fetch:
+    """A read-ahead window's source frames, asked for and on their way."""
+
+    frames: dict[int, Future[vs.VideoFrame]]
+    source: Future[vs.VideoFrame] | None  # the clip's first frame, for device colour's props
+
+
 class _Slots:
     """At most ``n`` windows in the network at once, each with its own CUDA stream on a GPU."""
 
@@ -471,8 +480,9 @@ class _SkipSRNode:
         self._back: dict[_Color, vs.VideoNode] = {}
         self._back_lock = threading.Lock()
         self.readahead = readahead
-        self._ahead: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._ahead_thread: threading.Thread | None = None
+        self._ahead: queue.SimpleQueue[tuple[int, _Fetch]] = queue.SimpleQueue()
+        self._ahead_threads: set[threading.Thread] = set()
+        self._ahead_workers = max(1, min(readahead, num_streams))
         self._ahead_lock = threading.Lock()
         self._ahead_next = 0  # windows below this one were read ahead or asked for already
         self._prepared = False
@@ -586,11 +596,19 @@ class _SkipSRNode:
     # the read ahead ---------------------------------------------------------------------------
 
     def _read_ahead_after(self, window: int) -> None:
-        """Queue the ``readahead`` windows after ``window`` for the background thread, so the
+        """Queue the ``readahead`` windows after ``window`` for the background threads, so the
         device computes them while this window's frames are copied out and encoded: without
         it the next window starts only when a request reaches its first frame, and the GPU
         waits for the host each window. Each window is queued once, in order; a seek back
-        queues nothing, a seek forward skips the windows in between."""
+        queues nothing, a seek forward skips the windows in between.
+
+        The source frames of a queued window are asked for here, at once, not when a thread
+        takes the window: VapourSynth's threads then decode and convert them while the device
+        still runs the windows before it. Fetched by the thread that computes the window, a
+        21-frame window of the SeedVR2-3B shape left the GPU idle for the decode of its 21
+        source frames after every window (sixth session: 68% of the ideal speed-up, where
+        the SR net alone reached 87%). One thread per network slot (num_streams), so one
+        window's host work overlaps another's device work."""
         if not self.readahead:
             return
         last = min(window + self.readahead, self.plan.num_windows - 1)
@@ -600,43 +618,53 @@ class _SkipSRNode:
                 return
             self._ahead_next = last + 1
             for w in range(first, last + 1):
-                self._ahead.put(w)
-            if self._ahead_thread is None:
-                self._ahead_thread = threading.Thread(
+                if not self.cache.has(w):
+                    self._ahead.put((w, self._fetch(w)))
+            while len(self._ahead_threads) < self._ahead_workers:
+                thread = threading.Thread(
                     target=self._ahead_loop, name="skipsr-readahead", daemon=True
                 )
-                self._ahead_thread.start()
+                self._ahead_threads.add(thread)
+                thread.start()
+
+    def _fetch(self, window: int) -> _Fetch:
+        """Ask for a window's LR frames (and, with device colour, its first source frame for
+        the colour props) without waiting for them."""
+        frames = {i: self.lr.get_frame_async(i) for i in sorted(set(self.plan.frames(window)))}
+        source = None
+        if self.settings.device_color:
+            source = self.clip.get_frame_async(self.plan.start(window))
+        return _Fetch(frames=frames, source=source)
 
     def _ahead_loop(self) -> None:
-        """The read-ahead thread; it ends after a while with nothing queued, so a node the
+        """A read-ahead thread; it ends after a while with nothing queued, so a node the
         script dropped (a previewer reloading it) is not kept alive with its device memory."""
+        me = threading.current_thread()
         while True:
             try:
-                window = self._ahead.get(timeout=_READ_AHEAD_IDLE_S)
+                window, fetch = self._ahead.get(timeout=_READ_AHEAD_IDLE_S)
             except queue.Empty:
                 with self._ahead_lock:
                     if self._ahead.empty():
-                        self._ahead_thread = None
+                        self._ahead_threads.discard(me)
                         return
                 continue
             try:
-                self._read_ahead(window)
+                self._read_ahead(window, fetch)
             except Exception:  # a request for its frames computes it again and raises there
                 log.debug("skipsr: reading window %d ahead failed", window, exc_info=True)
 
-    def _read_ahead(self, window: int) -> None:
-        """Window ``window`` into the cache from this thread. The source frames are fetched
-        before the window is claimed in the cache: a request for one of its frames meanwhile
-        computes it itself rather than waiting on a thread that waits on VapourSynth."""
+    def _read_ahead(self, window: int, fetch: _Fetch) -> None:
+        """Window ``window`` into the cache from this thread, once its source frames are in.
+        They are waited for before the window is claimed in the cache: a request for one of
+        its frames meanwhile computes it itself rather than waiting on a thread that waits on
+        VapourSynth."""
         if self.cache.has(window):
             return
-        frames = self.plan.frames(window)
-        pending = {i: self.lr.get_frame_async(i) for i in sorted(set(frames))}
+        by_index = {i: f.result() for i, f in fetch.frames.items()}
         layout = None
-        if self.settings.device_color:
-            first = self.plan.start(window)
-            layout = self._layout(first, self.clip.get_frame(first).props)
-        by_index = {i: f.result() for i, f in pending.items()}
+        if fetch.source is not None:
+            layout = self._layout(self.plan.start(window), fetch.source.result().props)
         if self.cache.offer(window, partial(self._compute, window, by_index, layout)):
             self.stats._add(read_ahead=1)
 
