@@ -446,6 +446,7 @@ def vspipe_run(
         "num_streams": str(args.streams),
         **({} if args.readahead is None else {"readahead": str(args.readahead)}),
         **({} if args.switch_ms is None else {"switch_ms": str(args.switch_ms)}),
+        **({"preload": "1"} if args.preload else {}),
         **extra,
     }
     for k, v in kw.items():
@@ -536,7 +537,7 @@ def bench_vspipe(args) -> None:
     cuda = args.device.startswith("cuda")
     say(
         f"\nend to end: vspipe demo.vpy, {args.clip.name}, x4, -r {args.requests}, "
-        f"num_streams {args.streams}, readahead "
+        f"num_streams {args.streams}, {'LR preloaded, ' if args.preload else ''}readahead "
         f"{'default' if args.readahead is None else args.readahead}, GIL switch "
         f"{'5 ms (default)' if args.switch_ms is None else f'{args.switch_ms} ms'}, "
         f"backend {args.device}, "
@@ -587,6 +588,24 @@ def bench_vspipe(args) -> None:
             key = "skip_ratio" if rest[0][0] == "r" else "threshold"
             kw = {key: rest[0][1:], "scorer": args.scorer}
         cases.append((regime, int(steps), sink, extra, n, w, kw))
+    # what the source chain alone (decode, resize to the LR size; demo.vpy -a sr=0) allows:
+    # a ceiling for any filter reading it, the part of a floor that is not SkipSR's
+    sources = {}
+    for lr_w, n in sorted({(c[3].get("lr_width"), c[4]) for c in cases}, key=str):
+        extra = {"sr": "0", **({} if lr_w is None else {"lr_width": lr_w})}
+        try:
+            r = vspipe_run(args, extra, None, n, 10, f"source-{lr_w}", "null")
+        except Exception as e:
+            say(f"source chain alone, lr_width {lr_w or 'default'}: failed: {e}")
+            continue
+        sources[str(lr_w or "default")] = r
+        say(
+            f"source chain alone ({'preloaded, from memory' if args.preload else 'decode'}, "
+            f"resize to lr_width {lr_w or 'default'}; no SkipSR), "
+            f"{n * args.loop} frames: {r['steady_fps']:.2f} fps = "
+            f"{1e3 / r['steady_fps']:.2f} ms per frame"
+        )
+    RESULTS["vspipe_source"] = sources
     say(
         f"{'regime':>8} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
         f"{'skip fps':>8} {'speed-up':>8} {'kept':>5} {'ideal':>6} {'of ideal':>8} "
@@ -763,6 +782,12 @@ def main() -> None:
         default=1,
         help="vspipe runs play the clip's N frames this many times (demo.vpy loop): skip runs "
         "of 260 steady frames varied by +-20%% from run to run on an H100 (sixth session)",
+    )
+    ap.add_argument(
+        "--preload",
+        action="store_true",
+        help="vspipe runs play the LR frames from memory (demo.vpy preload=1): decoded and "
+        "resized once at load, so the rates time the filter, not the source decoder",
     )
     ap.add_argument(
         "--readahead",

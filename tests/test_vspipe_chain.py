@@ -127,6 +127,22 @@ def test_demo_loop_plays_the_clip_again(
     assert "loop=0: accepted loop >= 1" in run.stderr.decode(errors="replace")
 
 
+def test_demo_preload_gives_the_bytes_of_the_decoded_clip(
+    clip_file: Path, sr_weights: Path, mask_weights: Path, vs_env: dict[str, str]
+) -> None:
+    """demo.vpy -a preload=1 (scripts/bench.py --preload): the frames held in memory are the
+    ones decoded, so SkipSR's output is byte for byte the same, looped too."""
+    cmd = _vspipe_cmd(clip_file, "bs", sr_weights, mask_weights)
+    cmd[-2:-2] = ["-a", "loop=2"]
+    want = subprocess.run(cmd, check=False, capture_output=True, env=vs_env, timeout=120)
+    assert want.returncode == 0, want.stderr.decode(errors="replace")
+    cmd[-2:-2] = ["-a", "preload=1"]
+    got = subprocess.run(cmd, check=False, capture_output=True, env=vs_env, timeout=120)
+    assert got.returncode == 0, got.stderr.decode(errors="replace")
+    assert len(_parse_y4m(got.stdout)[1]) == 2 * N_FRAMES
+    assert got.stdout == want.stdout
+
+
 @pytest.mark.parametrize("source", ["bs", "lsmas"])
 def test_chain_through_x264_gives_every_frame_in_order(
     source: str,
