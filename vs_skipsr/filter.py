@@ -104,7 +104,8 @@ _READ_AHEAD_DEVICES = frozenset({"cuda"})
 # read ahead until a frame of it was produced and queued the next one. Two against one (H100,
 # same machine, 1080 frames, one run each): 232.8 against 200.6 fps at one step, 199.5
 # against 181.2 at 8 steps (reports/bench_gpu_h100_s6.log, call 12; the fifth session's larger
-# gains came from a filter that ran windows during the graph captures, and are withdrawn)
+# gains came from a filter that ran windows during the graph captures, and are withdrawn;
+# both measured before the read-ahead asked for its windows' source frames up front)
 _READ_AHEAD_WINDOWS = 2
 _READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
 
@@ -606,9 +607,10 @@ class _SkipSRNode:
         takes the window: VapourSynth's threads then decode and convert them while the device
         still runs the windows before it. Fetched by the thread that computes the window, a
         21-frame window of the SeedVR2-3B shape left the GPU idle for the decode of its 21
-        source frames after every window (sixth session: 68% of the ideal speed-up, where
-        the SR net alone reached 87%). One thread per network slot (num_streams), so one
-        window's host work overlaps another's device work."""
+        source frames after every window. One thread per network slot (num_streams), so one
+        window's host work overlaps another's device work. On an H100, same machine, 3B shape
+        at 10% kept: 72% of the ideal speed-up before, 88% after (87% in a second run), where
+        the SR net alone reaches 87% (reports/bench_gpu_h100_s7.log, calls 1, 3, 4)."""
         if not self.readahead:
             return
         last = min(window + self.readahead, self.plan.num_windows - 1)
@@ -1099,10 +1101,11 @@ def skipsr(
             mixes two scenes (a cut costs one extra pass of its window).
         device_index: CUDA device for 'auto'/'torch'/'cuda'.
         num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
-        readahead: windows after the last one asked for that a background thread computes
-            before any of their frames is requested, so the device works on the next window
-            while this one's frames are copied out and encoded. None (default): 2 on CUDA
-            (1.10-1.16x the frame rate of 1 on an H100, one run each), 0 on the CPU
+        readahead: windows after the last one asked for that background threads (one per
+            stream, up to readahead) compute before any of their frames is requested, their
+            source frames asked for as soon as they are queued, so the device works on the
+            next window while this one's frames are copied out and encoded. None (default):
+            2 on CUDA (1.10-1.16x the frame rate of 1 on an H100, one run each), 0 on the CPU
             (where the network and VapourSynth share the cores anyway).
         fp16: half precision on CUDA (the CPU always runs float32).
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one per
