@@ -410,6 +410,45 @@ def _read_frames(src, enc, stamps: list[float], frames: int) -> None:
             enc.stdin.write(buf)
 
 
+class GpuBusy:
+    """The GPU's utilisation while a run goes on, from ``nvidia-smi -lms``: NVML's share of
+    each sample period in which a kernel was running. Coarse (a sample every 100 ms), but it
+    says over a steady window of seconds whether the device waits on the host. ``command``
+    is for tests; by default nvidia-smi, or nothing where there is none."""
+
+    def __init__(self, command: list[str] | None = None) -> None:
+        if command is None and shutil.which("nvidia-smi"):
+            command = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            command += ["-i", "0", "-lms", "100"]
+        self.samples: list[tuple[float, float]] = []  # (arrival time, percent)
+        self._proc = None
+        self._reader = None
+        if command:
+            import threading
+
+            self._proc = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:  # type: ignore[union-attr]
+            with contextlib.suppress(ValueError):
+                self.samples.append((time.perf_counter(), float(line.strip().split()[0])))
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
+            self._reader.join(timeout=5)  # type: ignore[union-attr]
+
+    def mean(self, start: float, end: float) -> float | None:
+        """Mean utilisation (percent) of the samples that arrived in [start, end]."""
+        inside = [u for t, u in self.samples if start <= t <= end]
+        return sum(inside) / len(inside) if inside else None
+
+
 def vspipe_run(
     args,
     extra: dict[str, str],
@@ -457,6 +496,7 @@ def vspipe_run(
     marks: list[tuple[float, int]] = []
     text = bytearray()
     stamps: list[float] = []
+    busy = GpuBusy() if args.device.startswith("cuda") else GpuBusy([])
     t_start = time.perf_counter()
     src = subprocess.Popen(
         cmd,
@@ -487,6 +527,7 @@ def vspipe_run(
         if src.stdout:
             src.stdout.close()
         rc = src.wait()
+        busy.stop()
         err_reader.join()
         enc_err = b""
         if enc:
@@ -517,7 +558,8 @@ def vspipe_run(
         steady = (frames - n_w) / (last - t_w)
         first = marks[0][0]
     else:
-        steady = (frames - warmup) / (stamps[-1] - stamps[warmup - 1])
+        t_w = stamps[warmup - 1]
+        steady = (frames - warmup) / (stamps[-1] - t_w)
         first, last = stamps[0], stamps[-1]
     captures = [float(ms) for ms in CAPTURE_MS.findall(msg)]
     return {
@@ -528,6 +570,8 @@ def vspipe_run(
         "capture_s": sum(captures) / 1e3,
         "all_fps": frames / (last - t_start),
         "steady_from": n_w if sink == "null" else warmup,
+        # nvidia-smi's utilisation over the same steady window (None off CUDA)
+        "gpu_busy_pct": busy.mean(t_w, last),
     }
 
 
@@ -547,7 +591,8 @@ def bench_vspipe(args) -> None:
         "steady fps: over the frames after the first W (warm-up: CUDA context, kernels, graph"
         " capture), from vspipe's progress updates (null sink: from the first update at frame W"
         " or later) or the times frames leave vspipe (pipe, x264);"
-        " 'first s' = process start to the first frame (script loading included)"
+        " 'first s' = process start to the first frame (script loading included);"
+        " 'GPU %' = nvidia-smi's utilisation over the steady window"
     )
     skip_kw = (
         {"threshold": str(args.threshold), "scorer": args.scorer}
@@ -609,7 +654,7 @@ def bench_vspipe(args) -> None:
     say(
         f"{'regime':>8} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
         f"{'skip fps':>8} {'speed-up':>8} {'kept':>5} {'ideal':>6} {'of ideal':>8} "
-        f"{'first s d/s':>11} {'graphs d/s':>10} {'capture s d/s':>13}"
+        f"{'first s d/s':>11} {'graphs d/s':>10} {'capture s d/s':>13} {'GPU % d/s':>9}"
     )
     for regime, steps, sink, extra, n, w, skip_kw in cases:
         enc = encoder if sink == "x264" else None
@@ -664,8 +709,13 @@ def bench_vspipe(args) -> None:
             f"{speedup / ideal:7.0%} {d['first_frame_s']:5.1f}/{s_['first_frame_s']:<5.1f}"
             f" {d['graph_captures']:3d}/{s_['graph_captures']:<3d}"
             f"    {d['capture_s']:5.2f}/{s_['capture_s']:<5.2f}"
+            f"    {_pct(d['gpu_busy_pct'])}/{_pct(s_['gpu_busy_pct'])}"
         )
     RESULTS["vspipe"] = rows
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def kept_fraction(args, extra: dict[str, str], skip_kw: dict[str, str], frames: int) -> float:

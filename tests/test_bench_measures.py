@@ -1,5 +1,6 @@
-"""The end-to-end benchmark's sinks (scripts/bench.py) on a real vspipe: the y4m reader hands
-on every frame whole and in order, and the null sink's progress reader sees the run's end.
+"""What the end-to-end benchmark (scripts/bench.py) measures with, on real processes: the y4m
+reader hands on every frame whole and in order, the null sink's progress reader sees the run's
+end, and the GPU utilisation sampler averages what its command reports over a time window.
 A reader that loses a byte or a frame would time a different stream than the encoder gets."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import importlib.util
 import io
 import subprocess
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -92,3 +94,20 @@ def test_null_sink_progress_reader_ends_at_the_last_frame(
     assert [t for t, _ in marks] == sorted(t for t, _ in marks)
     assert [n for _, n in marks] == sorted(n for _, n in marks)
     assert f"Output {FRAMES} frames".encode() in text
+
+
+def test_gpu_busy_averages_the_samples_of_a_window(bench) -> None:
+    """Fed by a stand-in for nvidia-smi -lms (one percentage a line, 50 ms apart)."""
+    sampler = bench.GpuBusy(
+        ["sh", "-c", "for u in 10 20 30 40; do echo $u; sleep 0.05; done; sleep 30"]
+    )
+    end = time.monotonic() + 20
+    while len(sampler.samples) < 4 and time.monotonic() < end:
+        time.sleep(0.01)
+    sampler.stop()  # ends the command's sleep: stop does not wait for it
+    times = [t for t, _ in sampler.samples]
+    assert [u for _, u in sampler.samples] == [10.0, 20.0, 30.0, 40.0]
+    assert sampler.mean(times[0], times[-1]) == 25.0
+    assert sampler.mean(times[1], times[2]) == 25.0  # the 20 and the 30
+    assert sampler.mean(times[-1] + 1, times[-1] + 2) is None
+    assert bench.GpuBusy([]).mean(0, float("inf")) is None  # no sampler off CUDA
