@@ -7,10 +7,7 @@ set -uo pipefail
 out=${1:-out/gpu_bench}
 shift || true
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH="$PWD:/tmp/site" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
-python3 -m vapoursynth config >/dev/null 2>&1 || true
+. scripts/gpu_env.sh || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "${SKIP_TESTS:-0}" != 1 ]; then  # SKIP_TESTS=1: a second call on the same machine
     python3 -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_filter.py -k cuda 2>&1 | tail -6
