@@ -353,6 +353,28 @@ def test_no_window_runs_before_the_prepare_is_done(
     assert all(t >= done for name, t in events if name == "sr"), names
 
 
+def _default_streams(make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, **kw) -> int:
+    """How many windows the node lets into the network at once (its slots)."""
+    made: list[int] = []
+    slots = skipsr_filter._Slots
+
+    def record(n: int, device: torch.device) -> skipsr_filter._Slots:
+        made.append(n)
+        return slots(n, device)
+
+    monkeypatch.setattr(skipsr_filter, "_Slots", record)
+    sr(make_clip(vs.YUV420P8), window=3, **kw).get_frame(0)
+    assert len(made) == 1
+    return made[0]
+
+
+def test_cpu_default_runs_one_window_at_a_time(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _default_streams(make_clip, sr, monkeypatch) == 1
+    assert _default_streams(make_clip, sr, monkeypatch, num_streams=3) == 3
+
+
 def test_cpu_default_reads_nothing_ahead(make_clip: MakeClip, sr) -> None:
     stats = SkipSRStats()
     node = sr(make_clip(vs.YUV420P8), window=3, stats=stats)
@@ -632,6 +654,14 @@ def test_host_pool_reuses_returns_and_drops() -> None:
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_default_runs_two_windows_at_once(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two streams on CUDA by default: the configuration every GPU figure was measured in."""
+    assert _default_streams(make_clip, sr, monkeypatch, backend="cuda", skip_ratio=0.5) == 2
 
 
 @needs_cuda

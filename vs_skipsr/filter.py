@@ -107,6 +107,10 @@ _READ_AHEAD_DEVICES = frozenset({"cuda"})
 # gains came from a filter that ran windows during the graph captures, and are withdrawn;
 # both measured before the read-ahead asked for its windows' source frames up front)
 _READ_AHEAD_WINDOWS = 2
+# Windows in the network at once by default on a GPU (num_streams=None): two, what every GPU
+# end-to-end figure since the third session was measured with (one was never measured
+# there); one elsewhere, where the network already fills the cores.
+_GPU_STREAMS = 2
 _READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
 
 
@@ -959,8 +963,8 @@ def _check_args(
         raise _fail(f"steps={steps!r}: accepted an int >= 1")
     if not _is_int(seed):
         raise _fail(f"seed={seed!r}: accepted an int")
-    if not _is_int(num_streams) or num_streams < 1:
-        raise _fail(f"num_streams={num_streams!r}: accepted an int >= 1")
+    if num_streams is not None and (not _is_int(num_streams) or num_streams < 1):
+        raise _fail(f"num_streams={num_streams!r}: accepted None or an int >= 1")
     if readahead is not None and (not _is_int(readahead) or readahead < 0):
         raise _fail(f"readahead={readahead!r}: accepted None or an int >= 0")
     if cache_windows is not None and (not _is_int(cache_windows) or cache_windows < 1):
@@ -1054,7 +1058,7 @@ def skipsr(
     seed: int = 0,
     scene_cuts: bool = False,
     device_index: int = 0,
-    num_streams: int = 1,
+    num_streams: int | None = None,
     readahead: int | None = None,
     fp16: bool = True,
     cuda_graphs: bool | None = None,
@@ -1101,6 +1105,7 @@ def skipsr(
             mixes two scenes (a cut costs one extra pass of its window).
         device_index: CUDA device for 'auto'/'torch'/'cuda'.
         num_streams: windows in the network at once (each on its own CUDA stream on a GPU).
+            None (default): 2 on CUDA, 1 elsewhere.
         readahead: windows after the last one asked for that background threads (one per
             stream, up to readahead) compute before any of their frames is requested, their
             source frames asked for as soon as they are queued, so the device works on the
@@ -1223,6 +1228,11 @@ def skipsr(
             f"torch_compile=True: backend={backend!r} chose {spec}; accepted with the torch "
             "backend on CUDA (backend='cuda')"
         )
+    if num_streams is None:
+        on_gpu = isinstance(spec, TensorRTBackend) or str(
+            getattr(spec, "device", "cpu")
+        ).startswith("cuda")
+        num_streams = _GPU_STREAMS if on_gpu else 1
     if isinstance(spec, TensorRTBackend):  # engines sized for this clip's windows
         spec = dataclasses.replace(
             spec.for_clip(
@@ -1266,7 +1276,7 @@ def skipsr(
         )
     log.info(
         "skipsr: %dx%d %s x%d -> %dx%d, window=%d overlap=%d scorer=%s %s backend=%s cache=%d "
-        "device_color=%s readahead=%d",
+        "device_color=%s num_streams=%d readahead=%d",
         clip.width,
         clip.height,
         clip.format.name,
@@ -1282,6 +1292,7 @@ def skipsr(
         f"{runner.name}:{runner.device}",
         cache_windows,
         use_device_color,
+        num_streams,
         readahead,
     )
     node = _SkipSRNode(
