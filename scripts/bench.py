@@ -6,9 +6,10 @@ Sections (``--sections``, comma-separated):
   sr        the SR net alone: time against kept fraction at 720p and 1080p output windows,
             eager (padded / varlen attention) and CUDA graphs, with achieved TFLOP/s
   large     the same for the SeedVR2-3B-shaped preset (random weights) on 720p x 21 frames
-  stages    per-stage times of upscale_window (H2D, upsample, mask, gather, SR, scatter, D2H)
-            on a real validation clip, dense and skipped, at 1, 4 and 8 steps; plus the
-            VapourSynth format conversion (resize YUV420P8 <-> RGBS) per frame
+  stages    per-stage times of upscale_window (H2D, upsample, mask, gather, SR, scatter, and on
+            CUDA the colour conversion and D2H of the YUV planes) on a real validation clip,
+            dense and skipped, at 1, 4 and 8 steps; plus the VapourSynth format conversion
+            (resize YUV420P8 <-> RGBS) per frame
   vspipe    end to end: vspipe scripts/demo.vpy to a sink (null: vspipe's own, nothing
             written; pipe: y4m read by this process; x264: piped into the encoder where one is
             found), dense against SkipSR, same run, for each --vspipe-cases entry:
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from vs_skipsr.backends import TorchBackend  # noqa: E402
 from vs_skipsr.benchmark import FRACTIONS, format_table, median_seconds, scaling_table  # noqa: E402
+from vs_skipsr.color import rgb_to_yuv, yuv_layout  # noqa: E402
 from vs_skipsr.models import SRTransformer, random_sr  # noqa: E402
 from vs_skipsr.models.weights import load_mask, load_sr  # noqa: E402
 from vs_skipsr.pipeline import upscale_window  # noqa: E402
@@ -193,19 +195,19 @@ def clip_frames(path: Path, n: int, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack(frames)
 
 
-def to_host(frames: torch.Tensor, pinned: dict[tuple[int, ...], torch.Tensor]) -> None:
-    """A window back to the host the way the filter brings it (filter._to_host): from a GPU as
-    float16 converted there, into a reused pinned buffer, then waited for; on the CPU the
-    window already is in host memory."""
-    if frames.device.type != "cuda":
-        return
-    buf = pinned.get(tuple(frames.shape))
-    if buf is None:
-        buf = pinned[tuple(frames.shape)] = torch.empty(
-            frames.shape, dtype=torch.float16, pin_memory=True
-        )
-    buf.copy_(frames.to(torch.float16), non_blocking=True)
-    torch.cuda.current_stream(frames.device).synchronize()
+# what the filter's YUV420P8 output takes on CUDA: BT.709, limited range, left chroma
+STAGE_LAYOUT = yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
+
+
+def to_host(planes: tuple[torch.Tensor, ...], pinned: dict[tuple[int, ...], torch.Tensor]) -> None:
+    """A window's Y, U, V planes back to the host the way the filter brings them with device
+    colour (the default on CUDA): into reused pinned buffers, then waited for."""
+    for p in planes:
+        buf = pinned.get(tuple(p.shape))
+        if buf is None:
+            buf = pinned[tuple(p.shape)] = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
+        buf.copy_(p, non_blocking=True)
+    torch.cuda.current_stream(planes[0].device).synchronize()
 
 
 def bench_stages(dev: torch.device, args) -> None:
@@ -225,7 +227,10 @@ def bench_stages(dev: torch.device, args) -> None:
         f"\nper-stage ms per window of {t} frames, {lr_size[0]}x{lr_size[1]} -> x4, {args.clip.name}, "
         f"{device_name(dev)}, {dtype}"
     )
-    header = ["h2d", "upsample", "mask", "gather", "sr", "scatter", "d2h"]
+    # color and d2h as the filter does them on CUDA (YUV420P8 made on the device, its planes
+    # copied back); on the CPU the window stays float32 in host memory and VapourSynth's
+    # resize converts it (its cost: the line after the table)
+    header = ["h2d", "upsample", "mask", "gather", "sr", "scatter", "color", "d2h"]
     say(
         f"{'case':<22} {'kept':>5} "
         + " ".join(f"{h:>8}" for h in header)
@@ -253,9 +258,14 @@ def bench_stages(dev: torch.device, args) -> None:
                     for k2, v in res.stats.times.items():
                         acc[k2] += v
                     kept += res.stats.kept_ratio
-                    t0 = time.perf_counter()
-                    to_host(res.frames, pinned)
-                    acc["d2h"] += time.perf_counter() - t0
+                    if dev.type == "cuda":
+                        t0 = time.perf_counter()
+                        planes = rgb_to_yuv(res.frames, STAGE_LAYOUT)
+                        sync(dev)
+                        acc["color"] += time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        to_host(planes, pinned)
+                        acc["d2h"] += time.perf_counter() - t0
             n = len(windows)
             row = {h: 1e3 * acc[h] / n for h in header}
             total = sum(row.values())
