@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -434,8 +435,6 @@ class GpuBusy:
         self._proc = None
         self._reader = None
         if command:
-            import threading
-
             self._proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
             )
@@ -478,8 +477,6 @@ def vspipe_run(
     and dropped, each frame timestamped (a pipe's cost included); ``x264``, the same passed
     on to the encoder, whose back-pressure then paces vspipe. With ``--profile DIR`` vspipe
     runs under py-spy (all threads, raw collapsed stacks to DIR/label.txt)."""
-    import threading
-
     vspipe = shutil.which("vspipe") or str(Path(sys.executable).parent / "vspipe")
     extra = dict(extra)
     lr_w = extra.pop("lr_width", "480" if args.device.startswith("cuda") else "160")
@@ -568,8 +565,8 @@ def vspipe_run(
         steady = (frames - n_w) / (last - t_w)
         first = marks[0][0]
     else:
-        t_w = stamps[warmup - 1]
-        steady = (frames - warmup) / (stamps[-1] - t_w)
+        t_w, n_w = stamps[warmup - 1], warmup
+        steady = (frames - n_w) / (stamps[-1] - t_w)
         first, last = stamps[0], stamps[-1]
     captures = [float(ms) for ms in CAPTURE_MS.findall(msg)]
     return {
@@ -579,7 +576,7 @@ def vspipe_run(
         "graph_captures": len(captures),
         "capture_s": sum(captures) / 1e3,
         "all_fps": frames / (last - t_start),
-        "steady_from": n_w if sink == "null" else warmup,
+        "steady_from": n_w,
         # nvidia-smi's utilisation over the same steady window (None off CUDA)
         "gpu_busy_pct": busy.mean(t_w, last),
     }

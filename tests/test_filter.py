@@ -353,14 +353,16 @@ def test_no_window_runs_before_the_prepare_is_done(
     assert all(t >= done for name, t in events if name == "sr"), names
 
 
+_SLOTS = skipsr_filter._Slots  # the real one, whatever a test has patched in since
+
+
 def _default_streams(make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, **kw) -> int:
     """How many windows the node lets into the network at once (its slots)."""
     made: list[int] = []
-    slots = skipsr_filter._Slots
 
     def record(n: int, device: torch.device) -> skipsr_filter._Slots:
         made.append(n)
-        return slots(n, device)
+        return _SLOTS(n, device)
 
     monkeypatch.setattr(skipsr_filter, "_Slots", record)
     sr(make_clip(vs.YUV420P8), window=3, **kw).get_frame(0)

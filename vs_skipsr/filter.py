@@ -107,11 +107,11 @@ _READ_AHEAD_DEVICES = frozenset({"cuda"})
 # gains came from a filter that ran windows during the graph captures, and are withdrawn;
 # both measured before the read-ahead asked for its windows' source frames up front)
 _READ_AHEAD_WINDOWS = 2
+_READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
 # Windows in the network at once by default on a GPU (num_streams=None): two, what every GPU
 # end-to-end figure since the third session was measured with (one was never measured
 # there); one elsewhere, where the network already fills the cores.
 _GPU_STREAMS = 2
-_READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
 
 
 # --- what a caller can watch -----------------------------------------------------------------
@@ -841,8 +841,8 @@ class _SkipSRNode:
         """Once, before the first window: the runner readies every token-count bucket of a
         full window (CUDA graphs: all captured now, 6.4-10.7 s for the default model's 56
         at 1080p on an H100 against 5.5-9.2 s for the one dense graph, instead of one capture
-        now and then that stalls the other windows mid-run). Every window and scene-cut piece is fed T frames, so one
-        grid serves the whole clip."""
+        now and then that stalls the other windows mid-run). Every window and scene-cut piece
+        is fed T frames, so one grid serves the whole clip."""
         if self._prepared:
             return
         with self._prepare_lock:  # the other windows wait here until the prepare is done
