@@ -632,13 +632,17 @@ def bench_vspipe(args) -> None:
             continue  # graphs and the 3B shape are GPU regimes
         extra, n, w = regimes[regime]
         kw = skip_kw
-        if rest:  # a case of its own skip ratio or threshold: regime:steps:sink:r0.5 / :t1e9
-            if rest[0][:1] not in ("r", "t"):
+        for field in rest:  # the case's own settings: regime:steps:sink[:r0.5|:t1e9][:s3][:a4]
+            key = CASE_FIELDS.get(field[:1])
+            if key is None or not field[1:]:
                 raise SystemExit(
-                    f"--vspipe-cases {item!r}: a 4th field is rRATIO or tTHRESHOLD, e.g. r0.5"
+                    f"--vspipe-cases {item!r}: field {field!r}: accepted rRATIO, tTHRESHOLD, "
+                    "sSTREAMS, aREADAHEAD (e.g. r0.5, t1e9, s3, a4)"
                 )
-            key = "skip_ratio" if rest[0][0] == "r" else "threshold"
-            kw = {key: rest[0][1:], "scorer": args.scorer}
+            if key in ("skip_ratio", "threshold"):
+                kw = {key: field[1:], "scorer": args.scorer}
+            else:
+                extra = {**extra, key: field[1:]}
         cases.append((regime, int(steps), sink, extra, n, w, kw))
     # what the source chain alone (decode, resize to the LR size; demo.vpy -a sr=0) allows:
     # a ceiling for any filter reading it, the part of a floor that is not SkipSR's
@@ -659,7 +663,7 @@ def bench_vspipe(args) -> None:
         )
     RESULTS["vspipe_source"] = sources
     say(
-        f"{'regime':>8} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
+        f"{'regime':>14} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
         f"{'skip fps':>8} {'speed-up':>8} {'kept':>5} {'ideal':>6} {'of ideal':>8} "
         f"{'first s d/s':>11} {'graphs d/s':>10} {'capture s d/s':>13} {'GPU % d/s':>9}"
     )
@@ -669,7 +673,9 @@ def bench_vspipe(args) -> None:
             say(f"{regime} {steps} x264: no encoder found (ffmpeg, imageio-ffmpeg or x264)")
             continue
         try:
-            name = f"{regime}-{steps}-{sink}-" + "-".join(skip_kw.values())
+            name = f"{_case_label(regime, extra).replace(' ', '-')}-{steps}-{sink}-" + "-".join(
+                skip_kw.values()
+            )
             d = vspipe_run(
                 args,
                 {**extra, "skip_ratio": "0", "steps": str(steps)},
@@ -691,6 +697,8 @@ def bench_vspipe(args) -> None:
         rows.append(
             {
                 "regime": regime,
+                "num_streams": int(extra.get("num_streams", args.streams)),
+                "readahead": extra.get("readahead", args.readahead),
                 "steps": steps,
                 "sink": sink,
                 "frames": n * args.loop,
@@ -711,7 +719,7 @@ def bench_vspipe(args) -> None:
                 f" frame, the dense run {1e3 / d['steady_fps']:.2f} ms)"
             )
         say(
-            f"{regime:>8} {steps:5d} {sink:>5} {n * args.loop:4d} {w:3d} {d['steady_fps']:9.2f} "
+            f"{_case_label(regime, extra):>14} {steps:5d} {sink:>5} {n * args.loop:4d} {w:3d} {d['steady_fps']:9.2f} "
             f"{s_['steady_fps']:8.2f} {speedup:7.2f}x {kept:5.2f} {ideal:5.2f}x "
             f"{speedup / ideal:7.0%} {d['first_frame_s']:5.1f}/{s_['first_frame_s']:<5.1f}"
             f" {d['graph_captures']:3d}/{s_['graph_captures']:<3d}"
@@ -719,6 +727,20 @@ def bench_vspipe(args) -> None:
             f"    {_pct(d['gpu_busy_pct'])}/{_pct(s_['gpu_busy_pct'])}"
         )
     RESULTS["vspipe"] = rows
+
+
+# the optional fields of a --vspipe-cases entry, by their first letter
+CASE_FIELDS = {"r": "skip_ratio", "t": "threshold", "s": "num_streams", "a": "readahead"}
+
+
+def _case_label(regime: str, extra: dict[str, str]) -> str:
+    """The regime, with the case's own stream count and read-ahead if it sets them."""
+    own = [
+        f"{letter}{extra[key]}"
+        for letter, key in (("s", "num_streams"), ("a", "readahead"))
+        if key in extra
+    ]
+    return " ".join([regime, *own])
 
 
 def _pct(value: float | None) -> str:
@@ -816,11 +838,12 @@ def main() -> None:
         "--vspipe-cases",
         default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
         "graphs:1:x264,graphs:4:null,large:1:null",
-        help="regime:steps:sink[:rRATIO|:tTHRESHOLD] list; sinks null (vspipe's own: nothing "
-        "written), pipe (y4m read by this process and dropped), x264 (piped into the encoder); "
-        "rRATIO: this case skips a fixed "
+        help="regime:steps:sink[:rRATIO|:tTHRESHOLD][:sSTREAMS][:aREADAHEAD] list; sinks null "
+        "(vspipe's own: nothing written), pipe (y4m read by this process and dropped), x264 "
+        "(piped into the encoder); rRATIO: this case skips a fixed "
         "fraction instead of --threshold; tTHRESHOLD its own threshold, t1e9 keeps no token: "
-        "the pipeline's floor); regimes eager (the default model, cuda_graphs=0), "
+        "the pipeline's floor; sSTREAMS / aREADAHEAD its own num_streams / readahead "
+        "instead of --streams / --readahead); regimes eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
         "(cuda_graphs=1, skipsr's default on CUDA), compiled (torch_compile=1), large "
         "(SeedVR2-3B shape, random weights, 21-frame 720p windows, eager), large-graphs (the "
