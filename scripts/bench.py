@@ -637,7 +637,7 @@ def bench_vspipe(args) -> None:
             if key is None or not field[1:]:
                 raise SystemExit(
                     f"--vspipe-cases {item!r}: field {field!r}: accepted rRATIO, tTHRESHOLD, "
-                    "sSTREAMS, aREADAHEAD (e.g. r0.5, t1e9, s3, a4)"
+                    "sSTREAMS, aREADAHEAD, jTHREADS (e.g. r0.5, t1e9, s3, a4, j8)"
                 )
             if key in ("skip_ratio", "threshold"):
                 kw = {key: field[1:], "scorer": args.scorer}
@@ -730,16 +730,18 @@ def bench_vspipe(args) -> None:
 
 
 # the optional fields of a --vspipe-cases entry, by their first letter
-CASE_FIELDS = {"r": "skip_ratio", "t": "threshold", "s": "num_streams", "a": "readahead"}
+CASE_FIELDS = {
+    "r": "skip_ratio",
+    "t": "threshold",
+    "s": "num_streams",
+    "a": "readahead",
+    "j": "threads",
+}
 
 
 def _case_label(regime: str, extra: dict[str, str]) -> str:
-    """The regime, with the case's own stream count and read-ahead if it sets them."""
-    own = [
-        f"{letter}{extra[key]}"
-        for letter, key in (("s", "num_streams"), ("a", "readahead"))
-        if key in extra
-    ]
+    """The regime, with the case's own streams, read-ahead and threads if it sets them."""
+    own = [f"{k}{extra[v]}" for k, v in CASE_FIELDS.items() if k in "saj" and v in extra]
     return " ".join([regime, *own])
 
 
@@ -838,12 +840,14 @@ def main() -> None:
         "--vspipe-cases",
         default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
         "graphs:1:x264,graphs:4:null,large:1:null",
-        help="regime:steps:sink[:rRATIO|:tTHRESHOLD][:sSTREAMS][:aREADAHEAD] list; sinks null "
+        help="regime:steps:sink[:rRATIO|:tTHRESHOLD][:sSTREAMS][:aREADAHEAD][:jTHREADS] list; "
+        "sinks null "
         "(vspipe's own: nothing written), pipe (y4m read by this process and dropped), x264 "
         "(piped into the encoder); rRATIO: this case skips a fixed "
         "fraction instead of --threshold; tTHRESHOLD its own threshold, t1e9 keeps no token: "
         "the pipeline's floor; sSTREAMS / aREADAHEAD its own num_streams / readahead "
-        "instead of --streams / --readahead); regimes eager (the default model, cuda_graphs=0), "
+        "instead of --streams / --readahead; jTHREADS VapourSynth's thread count); regimes "
+        "eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
         "(cuda_graphs=1, skipsr's default on CUDA), compiled (torch_compile=1), large "
         "(SeedVR2-3B shape, random weights, 21-frame 720p windows, eager), large-graphs (the "

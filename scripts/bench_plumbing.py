@@ -42,6 +42,7 @@ import vapoursynth as vs
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from vs_skipsr.backends.base import EulerFlow  # noqa: E402
 from vs_skipsr.models.weights import DEFAULT_SR_WEIGHTS, load_sr  # noqa: E402
 from vs_skipsr.pipeline import WindowOutput, WindowStats  # noqa: E402
 from vs_skipsr.tokens import token_grid  # noqa: E402
@@ -63,7 +64,7 @@ def load_filter(path: str | None) -> ModuleType:
     return mod
 
 
-class StubRunner:
+class StubRunner(EulerFlow):
     """A runner whose networks cost nothing: mask scores zero, sr() a zero velocity."""
 
     name = "stub"

@@ -722,6 +722,31 @@ def test_cuda_graphs_under_concurrency_match_a_linear_pass_and_eager(
 
 
 @needs_cuda
+def test_cuda_graphed_device_colour_gives_the_bytes_of_eager_colour(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CUDA graphs the device colour conversion is replayed per stream (StaticGraph):
+    the same bytes as converting eagerly, also with requests from several threads in random
+    order over two streams and a cache of two windows."""
+    clip = make_clip(vs.YUV420P10)
+    kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5, "num_streams": 2}
+    made: list[skipsr_filter.StaticGraph] = []
+    real = skipsr_filter.StaticGraph
+
+    def recording(fn):
+        made.append(real(fn))
+        return made[-1]
+
+    monkeypatch.setattr(skipsr_filter, "StaticGraph", recording)
+    graphed = sr(clip, cache_windows=2, **kw)
+    monkeypatch.setattr(skipsr_filter, "StaticGraph", lambda fn: fn)
+    want = [_bytes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
+    _assert_shuffled_threads_match(graphed, want, seed=13, repeats=2, workers=6)
+    # one graph per stream: the tail window (2 frames) is converted at the full window's shape
+    assert len(made) == 1 and 1 <= made[0].captures <= 2
+
+
+@needs_cuda
 def test_cuda_torch_compile_stays_within_one_code_of_graphs(make_clip: MakeClip, sr) -> None:
     """skipsr(torch_compile=True) reaches the compiled runner and gives the frames of the
     eager kernels' graphs within one code."""

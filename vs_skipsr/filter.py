@@ -54,6 +54,7 @@ import torch
 import vapoursynth as vs
 
 from .backends.base import Runner
+from .backends.cuda_graphs import StaticGraph
 from .backends.select import BACKEND_NAMES, Backend, resolve_backend
 from .backends.tensorrt_backend import TensorRTBackend
 from .backends.torch_backend import TorchBackend
@@ -409,6 +410,7 @@ class _Settings:
     scene_cuts: bool
     show_mask: bool
     device_color: bool  # YUV planes converted on the device (color.py), not by the resize
+    graph_color: bool  # that conversion replayed as a CUDA graph per stream (with cuda_graphs)
 
 
 @dataclass(frozen=True)
@@ -465,6 +467,7 @@ class _SkipSRNode:
         self.backend_name = f"{runner.name}:{runner.device}"
         self.cache = _WindowCache(capacity=cache_windows, real_length=plan.real_length, stats=stats)
         self.slots = _Slots(num_streams, runner.device)
+        self.to_yuv = StaticGraph(rgb_to_yuv) if settings.graph_color else rgb_to_yuv
         # staging for LR frames and window outputs, pinned where copies cross to a GPU
         self.host = HostPool(pinned=runner.device.type == "cuda")
         self.host_dtype = _host_dtype(clip.format, runner.device)
@@ -808,8 +811,10 @@ class _SkipSRNode:
                         if frames is None:
                             frames, planes = self._plane_buffer(real, layout)
                             pooled = True
-                        for dst, src in zip(planes, rgb_to_yuv(out, layout), strict=True):
-                            dst[span].copy_(src, non_blocking=True)
+                        # all T frames, a tail window's padding too: one shape, one graph
+                        yuv = self.to_yuv(res.frames, layout=layout)
+                        for dst, src in zip(planes, yuv, strict=True):
+                            dst[span].copy_(src[: piece.length], non_blocking=True)
                     elif as_is:
                         frames = out  # a fresh tensor of this window's own: no copy needed
                     else:
@@ -1265,6 +1270,10 @@ def skipsr(
         scene_cuts=bool(scene_cuts),
         show_mask=bool(show_mask),
         device_color=use_device_color,
+        graph_color=use_device_color
+        and isinstance(spec, TorchBackend)
+        and spec.cuda_graphs
+        and runner.device.type == "cuda",
     )
     plan = WindowPlan(num_frames=clip.num_frames, size=t, overlap=overlap, blend=blend)
     if readahead is None:

@@ -257,10 +257,7 @@ def upscale_window(
 
     with timer.stage("sr"):
         if n_keep:
-            for i in range(steps):
-                t = torch.full((1,), 1.0 - i / steps, device=device)
-                v = runner.sr(base_tok, state, coords, t, parts)  # [Kb, 3p²]
-                state = state - v / steps
+            state = runner.flow(base_tok, state, coords, parts, steps=steps)  # [Kb, 3p²]
         residual = state[:n_keep]  # [K, 3p²]
 
     with timer.stage("scatter"):

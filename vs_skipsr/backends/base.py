@@ -1,7 +1,8 @@
 """What every backend gives the pipeline: the two networks, nothing else.
 
 The pipeline (upsample, keep set, gather, sampling loop, scatter) is backend-free; a backend
-only evaluates ``mask(lr)`` and ``sr(base, state, coords, t, partitions)`` on its device. So
+only evaluates ``mask(lr)`` and ``sr(base, state, coords, t, partitions)`` on its device (and
+``flow``, the N steps of sampling, which most backends take from :func:`euler_flow`). So
 torch, onnxruntime and TensorRT can be swapped without touching the data flow, and every
 backend must give the same numbers within its precision.
 """
@@ -16,7 +17,7 @@ from torch import Tensor
 from ..models.sr import SRConfig
 from ..tokens import Partition
 
-__all__ = ["Runner"]
+__all__ = ["EulerFlow", "Runner", "euler_flow"]
 
 
 class Runner(Protocol):
@@ -52,3 +53,65 @@ class Runner(Protocol):
         """Velocity [K, 3p²] float32 for kept tokens (base [K, 3(p+2 halo)²], state [K, 3p²],
         coords [K, 3])."""
         ...
+
+    def flow(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        partitions: tuple[Partition, Partition],
+        *,
+        steps: int,
+    ) -> Tensor:
+        """The state after ``steps`` Euler steps of the flow from t = 1 to 0 (the noise
+        ``state`` [K, 3p²] float32 in, the residual out), all with one keep set: what
+        :func:`euler_flow` computes, which a backend may run cheaper as long as the numbers
+        stay the same."""
+        ...
+
+
+class _Velocity(Protocol):
+    def __call__(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        t: Tensor,
+        partitions: tuple[Partition, Partition],
+    ) -> Tensor: ...
+
+
+def euler_flow(
+    sr: _Velocity,
+    base: Tensor,
+    state: Tensor,
+    coords: Tensor,
+    partitions: tuple[Partition, Partition],
+    *,
+    steps: int,
+) -> Tensor:
+    """Rectified flow on the residual, sampled with ``steps`` Euler steps of the velocity
+    ``sr``: one step is the default, more steps reuse the same tokens and partitions."""
+    for i in range(steps):
+        t = torch.full((1,), 1.0 - i / steps, device=state.device)
+        v = sr(base, state, coords, t, partitions)  # [K, 3p²]
+        state = state - v / steps
+    return state
+
+
+class EulerFlow:
+    """``Runner.flow`` as :func:`euler_flow` over the runner's own ``sr``: for backends
+    that have nothing cheaper (one engine call per step anyway)."""
+
+    sr: _Velocity
+
+    def flow(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        partitions: tuple[Partition, Partition],
+        *,
+        steps: int,
+    ) -> Tensor:
+        return euler_flow(self.sr, base, state, coords, partitions, steps=steps)

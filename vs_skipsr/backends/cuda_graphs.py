@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..tokens import Partition, bucket_size
 
-__all__ = ["GraphCache", "SRCall"]
+__all__ = ["GraphCache", "SRCall", "StaticGraph"]
 
 # the arguments of one SR call: base, state, coords, t, partitions
 SRCall = tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]
@@ -108,11 +108,28 @@ class _Graph:
                 self.graph.capture_end()
         self.capture_ms = 1e3 * (time.perf_counter() - t0)
 
-    def __call__(self, inputs: list[Tensor]) -> Tensor:
+    def load(self, inputs: list[Tensor]) -> None:
         for dst, src in zip(self.inputs, inputs, strict=True):
             dst.copy_(src, non_blocking=True)
+
+    def __call__(self, inputs: list[Tensor]) -> Tensor:
+        self.load(inputs)
         self.graph.replay()
         return self.output.clone()
+
+    def flow(self, inputs: list[Tensor], *, steps: int) -> Tensor:
+        """``steps`` Euler steps from the loaded ``inputs``: per step the time written in
+        place, a replay and the state updated in place, the same arithmetic as
+        :func:`~vs_skipsr.backends.base.euler_flow` (state - v / steps, v in the net's
+        dtype), so the same numbers."""
+        self.load(inputs)
+        state, t = self.inputs[1], self.inputs[3]
+        for i in range(steps):
+            if i:
+                t.fill_(1.0 - i / steps)
+            self.graph.replay()
+            state.sub_(self.output / steps)
+        return state.clone()
 
 
 class GraphCache:
@@ -224,7 +241,28 @@ class GraphCache:
         t: Tensor,
         partitions: tuple[Partition, ...],
     ) -> Tensor:
-        key, inputs = self._inputs((base, state, coords, t, partitions))
+        return self._replay((base, state, coords, t, partitions), lambda g, x: g(x))
+
+    def flow(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        partitions: tuple[Partition, ...],
+        *,
+        steps: int,
+    ) -> Tensor:
+        """All ``steps`` Euler steps of one window (see _Graph.flow): its inputs are copied
+        into the graph once, not once a step, and no other window's replay comes between
+        its steps."""
+        t = torch.ones(1, device=state.device)  # the first step's time, 1 - 0 / steps
+        call = (base, state, coords, t, partitions)
+        return self._replay(call, lambda g, x: g.flow(x, steps=steps))
+
+    def _replay(self, call: SRCall, run: Callable[[_Graph, list[Tensor]], Tensor]) -> Tensor:
+        """``run`` the graph of ``call`` (captured first if new) on the current stream,
+        after the last replay on any stream and before the next."""
+        key, inputs = self._inputs(call)
         with self._lock:
             graph = self.graphs.get(key)
             stream = torch.cuda.current_stream()
@@ -233,7 +271,64 @@ class GraphCache:
             self.graphs.move_to_end(key)
             if self._last is not None:
                 stream.wait_event(self._last)
-            out = graph(inputs)
+            out = run(graph, inputs)
             self._last = torch.cuda.Event()
             self._last.record(stream)
             return out
+
+
+class StaticGraph:
+    """A function of fixed-shape tensors, captured once per CUDA stream and input shape, then
+    replayed: its inputs are copied into the graph's own buffers and its outputs are the
+    graph's buffers too, valid until the next call on the same stream (the caller copies them
+    out on that stream, which orders the next replay after the copy). One graph per stream,
+    so windows on different streams never share buffers.
+
+    For the small per-window steps around the net (the device colour conversion: ~45
+    launches a window). Each eager launch hands Python's GIL back and forth with
+    VapourSynth's threads, and at a few hundred frames a second those hand-offs, not the GPU,
+    were the pipeline's floor (profile_filter.py on an H100: GPU 23% busy). Off a side
+    stream (the legacy default stream cannot be captured) it runs eagerly."""
+
+    def __init__(self, fn: Callable[..., tuple[Tensor, ...]]) -> None:
+        self.fn = fn
+        self.captures = 0
+        self._lock = threading.Lock()
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[Tensor], tuple[Tensor, ...]]]
+        self._graphs = {}
+
+    @torch.inference_mode()
+    def __call__(self, *inputs: Tensor, **options: object) -> tuple[Tensor, ...]:
+        stream = torch.cuda.current_stream()
+        if stream == torch.cuda.default_stream():
+            return self.fn(*inputs, **options)
+        key = (
+            stream.cuda_stream,
+            tuple((x.shape, x.dtype, x.device) for x in inputs),
+            tuple(sorted(options.items())),
+        )
+        entry = self._graphs.get(key)
+        if entry is None:
+            with self._lock:
+                entry = self._graphs.get(key) or self._capture(key, inputs, options)
+        graph, static, outputs = entry
+        for dst, src in zip(static, inputs, strict=True):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()
+        return outputs
+
+    def _capture(
+        self, key: tuple, inputs: tuple[Tensor, ...], options: dict[str, object]
+    ) -> tuple[torch.cuda.CUDAGraph, list[Tensor], tuple[Tensor, ...]]:
+        static = [x.clone() for x in inputs]
+        self.fn(*static, **options)  # warm-up: cuDNN's plans and lazy init stay out of it
+        graph = torch.cuda.CUDAGraph()
+        # thread_local, as for the SR graphs: the other streams' threads keep launching
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            outputs = tuple(self.fn(*static, **options))
+        finally:
+            graph.capture_end()
+        self.captures += 1
+        self._graphs[key] = (graph, static, outputs)
+        return graph, static, outputs

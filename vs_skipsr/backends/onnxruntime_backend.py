@@ -22,6 +22,7 @@ from ..export import MASK_INPUTS, MASK_OUTPUTS, SR_INPUTS, SR_OUTPUTS, onnx_byte
 from ..models.mask import MaskNet
 from ..models.sr import SRTransformer
 from ..tokens import Partition
+from .base import EulerFlow
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeRunner", "ort_providers"]
 
@@ -52,7 +53,7 @@ class OnnxRuntimeBackend:
         return OnnxRuntimeRunner(self, sr=sr, mask=mask)
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(EulerFlow):
     """Implements :class:`~vs_skipsr.backends.base.Runner` with two InferenceSessions."""
 
     def __init__(

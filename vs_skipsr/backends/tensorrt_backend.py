@@ -60,6 +60,7 @@ from ..export import (
 from ..models.mask import MaskNet
 from ..models.sr import SRTransformer
 from ..tokens import Partition
+from .base import EulerFlow
 
 __all__ = [
     "ProfileError",
@@ -317,7 +318,7 @@ class _Engine:
         return outs
 
 
-class TensorRTRunner:
+class TensorRTRunner(EulerFlow):
     """Implements :class:`~vs_skipsr.backends.base.Runner` on TensorRT engines."""
 
     def __init__(

@@ -21,6 +21,7 @@ from ..models.attention import (
 from ..models.mask import MaskNet
 from ..models.sr import SRTransformer
 from ..tokens import Partition, kept_buckets, padded_tokens
+from .base import euler_flow
 from .cuda_graphs import GraphCache, SRCall
 
 __all__ = ["TorchBackend", "TorchRunner"]
@@ -150,6 +151,24 @@ class TorchRunner:
         if self.graphs is not None:
             return self.graphs(base, state, coords, t, partitions)
         return self._eager(base, state, coords, t, partitions)
+
+    @torch.inference_mode()
+    def flow(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        partitions: tuple[Partition, Partition],
+        *,
+        steps: int,
+    ) -> Tensor:
+        """With CUDA graphs the window's inputs go into the graph once for all its steps
+        (GraphCache.flow): per step a copy of nine inputs, a clone and a cast cost the host
+        more than a small net's skipped step costs the GPU."""
+        base = base.to(self.dtype)  # once, not once a step
+        if self.graphs is not None:
+            return self.graphs.flow(base, state, coords, partitions, steps=steps)
+        return euler_flow(self.sr, base, state, coords, partitions, steps=steps)
 
     def _graph_fn(
         self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor
