@@ -722,14 +722,16 @@ def test_cuda_graphs_under_concurrency_match_a_linear_pass_and_eager(
 
 
 @needs_cuda
-def test_cuda_graphed_device_colour_gives_the_bytes_of_eager_colour(
-    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("skip_ratio", [0.5, 0.0])
+def test_cuda_graphed_window_steps_give_the_bytes_of_eager_steps(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, skip_ratio: float
 ) -> None:
-    """With CUDA graphs the device colour conversion is replayed per stream (StaticGraph):
-    the same bytes as converting eagerly, also with requests from several threads in random
-    order over two streams and a cache of two windows."""
+    """With CUDA graphs the steps around the net (upsample and keep set, device colour) are
+    replayed per stream (StaticGraph): the same bytes as running them eagerly, skipping or
+    dense, also with requests from several threads in random order over two streams and a
+    cache of two windows."""
     clip = make_clip(vs.YUV420P10)
-    kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5, "num_streams": 2}
+    kw = {"backend": "cuda", "window": 4, "skip_ratio": skip_ratio, "num_streams": 2}
     made: list[skipsr_filter.StaticGraph] = []
     real = skipsr_filter.StaticGraph
 
@@ -742,8 +744,10 @@ def test_cuda_graphed_device_colour_gives_the_bytes_of_eager_colour(
     monkeypatch.setattr(skipsr_filter, "StaticGraph", lambda fn: fn)
     want = [_bytes(sr(clip, **kw).get_frame(n)) for n in range(N_FRAMES)]
     _assert_shuffled_threads_match(graphed, want, seed=13, repeats=2, workers=6)
-    # one graph per stream: the tail window (2 frames) is converted at the full window's shape
-    assert len(made) == 1 and 1 <= made[0].captures <= 2
+    # two graphs (window inputs, colour), each once per stream: a tail window (2 frames) is
+    # padded to the full window's shape, so one shape a stream
+    assert [g.fn.__name__ for g in made] == ["rgb_to_yuv", "window_inputs"]
+    assert all(1 <= g.captures <= 2 for g in made), [g.captures for g in made]
 
 
 @needs_cuda

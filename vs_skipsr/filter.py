@@ -67,7 +67,7 @@ from .models.weights import (
     load_mask,
     load_sr,
 )
-from .pipeline import upscale_window
+from .pipeline import WindowOutput, upscale_window, window_inputs
 from .staging import HostPool
 from .tokens import token_grid
 from .windows import Blend, Contribution, WindowPlan
@@ -410,7 +410,8 @@ class _Settings:
     scene_cuts: bool
     show_mask: bool
     device_color: bool  # YUV planes converted on the device (color.py), not by the resize
-    graph_color: bool  # that conversion replayed as a CUDA graph per stream (with cuda_graphs)
+    # the steps around the net (window inputs, colour) replayed as CUDA graphs per stream
+    small_graphs: bool
 
 
 @dataclass(frozen=True)
@@ -467,7 +468,11 @@ class _SkipSRNode:
         self.backend_name = f"{runner.name}:{runner.device}"
         self.cache = _WindowCache(capacity=cache_windows, real_length=plan.real_length, stats=stats)
         self.slots = _Slots(num_streams, runner.device)
-        self.to_yuv = StaticGraph(rgb_to_yuv) if settings.graph_color else rgb_to_yuv
+        # a window's ~45 colour launches and ~60 before the net (upsample, mask) as two
+        # replays: each eager launch hands the GIL back and forth with VapourSynth's threads
+        small = settings.small_graphs
+        self.to_yuv = StaticGraph(rgb_to_yuv) if small else rgb_to_yuv
+        self.inputs_of = StaticGraph(window_inputs) if small else None
         # staging for LR frames and window outputs, pinned where copies cross to a GPU
         self.host = HostPool(pinned=runner.device.type == "cuda")
         self.host_dtype = _host_dtype(clip.format, runner.device)
@@ -795,17 +800,7 @@ class _SkipSRNode:
                 with self.slots.take():  # copies run on the slot's stream, around the net
                     t0 = time.perf_counter()
                     lr = staging.to(device, non_blocking=True)
-                    res = upscale_window(
-                        lr,
-                        scale=s.scale,
-                        runner=self.runner,
-                        scorer=s.scorer,
-                        threshold=s.threshold,
-                        skip_ratio=s.skip_ratio,
-                        dilate=s.dilate,
-                        steps=s.steps,
-                        seed=s.seed + piece.frames[0],
-                    )
+                    res = self._upscale(lr, seed=s.seed + piece.frames[0])
                     out = res.frames[: piece.length]
                     if layout is not None:
                         if frames is None:
@@ -841,6 +836,28 @@ class _SkipSRNode:
         if pooled:
             self.host.bind(result, frames)
         return result
+
+    def _upscale(self, lr: torch.Tensor, *, seed: int) -> WindowOutput:
+        """One window through the pipeline, its inputs (upsample, keep set) from a replayed
+        graph where the settings ask for one."""
+        s = self.settings
+        mask = {"threshold": s.threshold, "skip_ratio": s.skip_ratio, "dilate": s.dilate}
+        given: dict[str, torch.Tensor] = {}
+        if self.inputs_of is not None:
+            made = self.inputs_of(lr, scale=s.scale, runner=self.runner, scorer=s.scorer, **mask)
+            base, *keep = made  # no keep set when nothing is skipped
+            given = {"base": base, **({"keep": keep[0]} if keep else {})}
+            mask = {"threshold": None, "skip_ratio": None, "dilate": 0}  # in the keep set
+        return upscale_window(
+            lr,
+            scale=s.scale,
+            runner=self.runner,
+            scorer=s.scorer,
+            steps=s.steps,
+            seed=seed,
+            **mask,  # type: ignore[arg-type]
+            **given,
+        )
 
     def _prepare_runner(self) -> None:
         """Once, before the first window: the runner readies every token-count bucket of a
@@ -1270,7 +1287,7 @@ def skipsr(
         scene_cuts=bool(scene_cuts),
         show_mask=bool(show_mask),
         device_color=use_device_color,
-        graph_color=use_device_color
+        small_graphs=use_device_color
         and isinstance(spec, TorchBackend)
         and spec.cuda_graphs
         and runner.device.type == "cuda",

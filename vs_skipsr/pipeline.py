@@ -48,6 +48,7 @@ __all__ = [
     "select_tokens",
     "upsample",
     "upscale_window",
+    "window_inputs",
 ]
 
 Scorer = Literal["learned", "gradient"]
@@ -172,6 +173,38 @@ def select_tokens(
     return dilate_keep(keep, radius=dilate)
 
 
+def window_inputs(
+    lr: Tensor,
+    *,
+    scale: int,
+    runner: Runner,
+    scorer: Scorer = "gradient",
+    threshold: float | None = None,
+    skip_ratio: float | None = None,
+    dilate: int = 0,
+) -> tuple[Tensor, ...]:
+    """What :func:`upscale_window` computes before its one sync: the base upsample padded to
+    the token grid [T, 3, Hg, Wg], and the keep set [T, Hp, Wp] unless nothing is skipped
+    (then only the base). Fixed shapes for a window size, so a caller can replay it as a
+    CUDA graph and hand both to upscale_window (``base=``, ``keep=``)."""
+    patch = runner.sr_config.patch
+    t_count, _, h, w = lr.shape
+    base = pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)
+    if threshold is None and skip_ratio is None:
+        return (base,)
+    keep = select_tokens(
+        lr.float(),
+        runner=runner,
+        scale=scale,
+        grid=token_grid(t_count, h * scale, w * scale, patch=patch),
+        scorer=scorer,
+        threshold=threshold,
+        skip_ratio=skip_ratio,
+        dilate=dilate,
+    )
+    return base, keep
+
+
 @torch.inference_mode()
 def upscale_window(
     lr: Tensor,
@@ -182,6 +215,7 @@ def upscale_window(
     threshold: float | None = None,
     skip_ratio: float | None = None,
     keep: Tensor | None = None,
+    base: Tensor | None = None,
     dilate: int = 0,
     steps: int = 1,
     seed: int = 0,
@@ -193,7 +227,8 @@ def upscale_window(
 
     The keep set comes from ``keep`` ([T, Hp, Wp] bool) if given, else from the scorer with
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
-    kept and the mask is not evaluated (the dense path). ``steps`` Euler steps of the flow all
+    kept and the mask is not evaluated (the dense path). ``base``, if given, is lr's padded
+    upsample as :func:`window_inputs` makes it. ``steps`` Euler steps of the flow all
     reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
     bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`; None: where the runner wants
     it, i.e. torch on CUDA) so captured graphs and per-shape
@@ -209,7 +244,8 @@ def upscale_window(
     out_h, out_w = h * scale, w * scale
 
     with timer.stage("upsample"):
-        base = pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)  # [T, 3, Hg, Wg]
+        if base is None:
+            base = pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)  # [T, 3, Hg, Wg]
     grid = token_grid(t_count, out_h, out_w, patch=patch)  # base is padded to it
     total = grid[0] * grid[1] * grid[2]
 

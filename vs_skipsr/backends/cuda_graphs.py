@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -277,6 +278,9 @@ class GraphCache:
             return out
 
 
+_EAGER: Any = object()  # StaticGraph's entry for a call that could not be captured
+
+
 class StaticGraph:
     """A function of fixed-shape tensors, captured once per CUDA stream and input shape, then
     replayed: its inputs are copied into the graph's own buffers and its outputs are the
@@ -311,6 +315,8 @@ class StaticGraph:
         if entry is None:
             with self._lock:
                 entry = self._graphs.get(key) or self._capture(key, inputs, options)
+        if entry is _EAGER:
+            return self.fn(*inputs, **options)
         graph, static, outputs = entry
         for dst, src in zip(static, inputs, strict=True):
             dst.copy_(src, non_blocking=True)
@@ -323,12 +329,17 @@ class StaticGraph:
         static = [x.clone() for x in inputs]
         self.fn(*static, **options)  # warm-up: cuDNN's plans and lazy init stay out of it
         graph = torch.cuda.CUDAGraph()
-        # thread_local, as for the SR graphs: the other streams' threads keep launching
-        graph.capture_begin(capture_error_mode="thread_local")
         try:
-            outputs = tuple(self.fn(*static, **options))
-        finally:
-            graph.capture_end()
+            # thread_local, as for the SR graphs: the other streams' threads keep launching
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                outputs = tuple(self.fn(*static, **options))
+            finally:
+                graph.capture_end()
+        except RuntimeError as e:  # a step that waits for the host: it stays eager
+            log.warning("could not capture %s as a CUDA graph, running it eagerly: %s", self.fn, e)
+            self._graphs[key] = _EAGER
+            return _EAGER
         self.captures += 1
         self._graphs[key] = (graph, static, outputs)
         return graph, static, outputs

@@ -14,6 +14,7 @@ region carries a margin of context.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -113,10 +114,16 @@ class MaskNet(nn.Module):
         return out
 
 
+@lru_cache(maxsize=8)
+def _luma_weights(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Made once per device and dtype: built from a list each window it was a pageable copy
+    to the device, which a CUDA graph of the window's first steps cannot hold."""
+    return torch.tensor([0.299, 0.587, 0.114], dtype=dtype, device=device)[None, :, None, None]
+
+
 def _luma(lr: Tensor) -> Tensor:
     """BT.601 luma of RGB frames: [T,3,h,w] -> [T,1,h,w]."""
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=lr.dtype, device=lr.device)
-    return (lr * w[None, :, None, None]).sum(dim=1, keepdim=True)
+    return (lr * _luma_weights(lr.dtype, lr.device)).sum(dim=1, keepdim=True)
 
 
 def _mean3x3(x: Tensor) -> Tensor:
