@@ -174,7 +174,9 @@ def keep_by_ratio(scores: Tensor, *, skip_ratio: float) -> Tensor:
     n_keep = n - round(skip_ratio * n)
     keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
     if n_keep > 0:
-        keep[torch.topk(scores.reshape(-1), n_keep, sorted=False).indices] = True
+        # index_fill_, not keep[i] = True: that copies a CPU scalar, which a CUDA graph of
+        # the window's first steps cannot hold
+        keep.index_fill_(0, torch.topk(scores.reshape(-1), n_keep, sorted=False).indices, True)
     return keep.reshape(scores.shape)
 
 
