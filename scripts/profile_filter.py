@@ -287,7 +287,6 @@ def main() -> None:
     else:
         trace_path.unlink()
     spans.on = False
-    frames.close() if hasattr(frames, "close") else None
 
     fps = (args.timed - 20) / timed_s
     summary = {
@@ -303,7 +302,12 @@ def main() -> None:
         "gpu": {**gpu, "gpu_ms_per_frame": gpu.get("gpu_busy_ms", 0.0) / args.profiled},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(report(summary))
+    print(report(summary), flush=True)
+    # requests still in flight call back into Python from VapourSynth's threads while the
+    # interpreter finalises, which aborted the process after its summary (H100, eighth
+    # session): leave without finalising, everything is written
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def report(s: dict[str, Any]) -> str:
