@@ -1139,7 +1139,9 @@ def skipsr(
             token-count bucket (geometric, at most ~9% padding, see tokens.kept_bucket), all
             captured when the first window is computed (56 graphs for 1080p windows of 5
             frames: 6.4-10.7 s on an H100, 5.5-9.2 s for one graph), so none stalls the run
-            later. None (default): on where it applies, since a small model launching
+            later; a window's steps run through its graph with the inputs loaded once. With
+            device_color the steps around the net (upsample and keep set, colour conversion)
+            replay as graphs too, one per stream. None (default): on where it applies, since a small model launching
             kernels costs more than running them and skipping would otherwise save nothing;
             False for eager kernels; True: an error where it does not apply. Replays of
             graphs do not overlap one another (they share memory), the other stages still do.
