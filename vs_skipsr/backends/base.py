@@ -9,6 +9,7 @@ backend must give the same numbers within its precision.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -70,15 +71,8 @@ class Runner(Protocol):
         ...
 
 
-class _Velocity(Protocol):
-    def __call__(
-        self,
-        base: Tensor,
-        state: Tensor,
-        coords: Tensor,
-        t: Tensor,
-        partitions: tuple[Partition, Partition],
-    ) -> Tensor: ...
+# a runner's sr: (base, state, coords, t, partitions) -> velocity
+_Velocity = Callable[[Tensor, Tensor, Tensor, Tensor, tuple[Partition, Partition]], Tensor]
 
 
 def euler_flow(
