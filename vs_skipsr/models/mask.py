@@ -117,8 +117,11 @@ class MaskNet(nn.Module):
 @lru_cache(maxsize=8)
 def _luma_weights(dtype: torch.dtype, device: torch.device) -> Tensor:
     """Made once per device and dtype: built from a list each window it was a pageable copy
-    to the device, which a CUDA graph of the window's first steps cannot hold."""
-    return torch.tensor([0.299, 0.587, 0.114], dtype=dtype, device=device)[None, :, None, None]
+    to the device, which a CUDA graph of the window's first steps cannot hold. A normal
+    tensor even when first asked for under inference mode, so training can use it too."""
+    with torch.inference_mode(False):
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=dtype, device=device)
+    return w[None, :, None, None]
 
 
 def _luma(lr: Tensor) -> Tensor:
