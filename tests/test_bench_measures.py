@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -111,3 +113,30 @@ def test_gpu_busy_averages_the_samples_of_a_window(bench) -> None:
     assert sampler.mean(times[1], times[2]) == 25.0  # the 20 and the 30
     assert sampler.mean(times[-1] + 1, times[-1] + 2) is None
     assert bench.GpuBusy([]).mean(0, float("inf")) is None  # no sampler off CUDA
+
+
+def test_profile_filter_times_each_frame_and_window_of_a_run(
+    clip_file: Path, vs_env: dict[str, str], tmp_path: Path
+) -> None:
+    """scripts/profile_filter.py runs demo.vpy in-process the way vspipe does and times the
+    filter's calls: in its timed pass every frame is produced once (give or take the frames
+    requested ahead at its edges), the windows computed are a fifth of the frames, and the
+    GIL's share, where py-spy is there, is a share."""
+    out = tmp_path / "profile"
+    requests, timed = 2, 45
+    cmd = [sys.executable, str(ROOT / "scripts" / "profile_filter.py"), "--clip", str(clip_file)]
+    cmd += ["--frames", "14", "--loop", "6", "--preload", "--requests", str(requests)]
+    cmd += ["--warmup", "6", "--timed", str(timed), "--profiled", "8", "--out", str(out)]
+    cmd += ["--arg", "lr_width=64", "--arg", "threshold=0.004766", "--arg", "backend=cpu"]
+    run = subprocess.run(cmd, env=vs_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    frames = timed - 20  # the first 20 frames of the pass estimate its length
+    produced = summary["host"]["_produce (per frame: callback)"]["calls"]
+    assert frames - requests <= produced <= frames + requests
+    windows = summary["host"]["_compute (per window)"]["calls"]
+    assert frames // 5 - 1 <= windows <= frames // 5 + 2
+    assert summary["timed_fps"] > 0 and summary["gpu"]["gpu_ms_per_frame"] == 0
+    if summary["gil"]:
+        assert 0 < summary["gil"]["gil_held_pct"] <= 100
+    assert "timed pass:" in run.stdout
