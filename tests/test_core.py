@@ -11,7 +11,7 @@ import torch
 from vs_skipsr.backends import TorchBackend
 from vs_skipsr.models import MaskConfig, MaskNet, SRTransformer, random_sr
 from vs_skipsr.models.attention import masked_dense_attention, padded_window_attention
-from vs_skipsr.pipeline import token_noise, upsample, upscale_window
+from vs_skipsr.pipeline import token_noise, upsample, upscale_window, window_inputs
 from vs_skipsr.tokens import (
     build_partition,
     gather_patches,
@@ -147,6 +147,23 @@ def test_keep_all_equals_dense_path(runner):
     keep_all = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.0)
     assert keep_all.stats.kept == keep_all.stats.total
     assert torch.equal(dense.frames, keep_all.frames)
+
+
+@pytest.mark.parametrize("mode", [{"threshold": 0.004766}, {"skip_ratio": 0.5}, {}])
+def test_window_inputs_given_to_upscale_window_give_its_own_output(runner, mode):
+    """The filter's graphed path hands upscale_window the base and keep set that
+    window_inputs made: the same frames, keep set and kept count as upscale_window making
+    them itself, skipping by threshold or ratio, or dense (no keep set, no mask)."""
+    lr = _lr(seed=6)
+    own = upscale_window(lr, scale=2, runner=runner, steps=2, **mode)
+    base, *keep = window_inputs(lr, scale=2, runner=runner, **mode)
+    assert len(keep) == (1 if mode else 0)
+    given = upscale_window(
+        lr, scale=2, runner=runner, steps=2, base=base, keep=keep[0] if keep else None
+    )
+    assert torch.equal(given.frames, own.frames)
+    assert torch.equal(given.keep, own.keep) and given.stats.kept == own.stats.kept
+    assert 0 < own.stats.kept <= own.stats.total
 
 
 def _reference_kept_velocity(net, lr, keep, scale, seed=0):

@@ -841,22 +841,36 @@ class _SkipSRNode:
         """One window through the pipeline, its inputs (upsample, keep set) from a replayed
         graph where the settings ask for one."""
         s = self.settings
-        mask = {"threshold": s.threshold, "skip_ratio": s.skip_ratio, "dilate": s.dilate}
-        given: dict[str, torch.Tensor] = {}
-        if self.inputs_of is not None:
-            made = self.inputs_of(lr, scale=s.scale, runner=self.runner, scorer=s.scorer, **mask)
-            base, *keep = made  # no keep set when nothing is skipped
-            given = {"base": base, **({"keep": keep[0]} if keep else {})}
-            mask = {"threshold": None, "skip_ratio": None, "dilate": 0}  # in the keep set
-        return upscale_window(
+        if self.inputs_of is None:
+            return upscale_window(
+                lr,
+                scale=s.scale,
+                runner=self.runner,
+                scorer=s.scorer,
+                threshold=s.threshold,
+                skip_ratio=s.skip_ratio,
+                dilate=s.dilate,
+                steps=s.steps,
+                seed=seed,
+            )
+        base, *keep = self.inputs_of(
             lr,
             scale=s.scale,
             runner=self.runner,
             scorer=s.scorer,
+            threshold=s.threshold,
+            skip_ratio=s.skip_ratio,
+            dilate=s.dilate,
+        )
+        # the keep set is made (none when nothing is skipped: the dense path)
+        return upscale_window(
+            lr,
+            scale=s.scale,
+            runner=self.runner,
+            base=base,
+            keep=keep[0] if keep else None,
             steps=s.steps,
             seed=seed,
-            **mask,  # type: ignore[arg-type]
-            **given,
         )
 
     def _prepare_runner(self) -> None:
