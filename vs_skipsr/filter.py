@@ -473,6 +473,14 @@ class _SkipSRNode:
         small = settings.small_graphs
         self.to_yuv = StaticGraph(rgb_to_yuv) if small else rgb_to_yuv
         self.inputs_of = StaticGraph(window_inputs) if small else None
+        self.input_options = {  # window_inputs' settings, also the graphs' key
+            "scale": settings.scale,
+            "runner": runner,
+            "scorer": settings.scorer,
+            "threshold": settings.threshold,
+            "skip_ratio": settings.skip_ratio,
+            "dilate": settings.dilate,
+        }
         # staging for LR frames and window outputs, pinned where copies cross to a GPU
         self.host = HostPool(pinned=runner.device.type == "cuda")
         self.host_dtype = _host_dtype(clip.format, runner.device)
@@ -841,34 +849,23 @@ class _SkipSRNode:
         """One window through the pipeline, its inputs (upsample, keep set) from a replayed
         graph where the settings ask for one."""
         s = self.settings
-        if self.inputs_of is None:
-            return upscale_window(
-                lr,
-                scale=s.scale,
-                runner=self.runner,
-                scorer=s.scorer,
-                threshold=s.threshold,
-                skip_ratio=s.skip_ratio,
-                dilate=s.dilate,
-                steps=s.steps,
-                seed=seed,
-            )
-        base, *keep = self.inputs_of(
-            lr,
-            scale=s.scale,
-            runner=self.runner,
-            scorer=s.scorer,
-            threshold=s.threshold,
-            skip_ratio=s.skip_ratio,
-            dilate=s.dilate,
-        )
-        # the keep set is made (none when nothing is skipped: the dense path)
+        threshold, skip_ratio, dilate = s.threshold, s.skip_ratio, s.dilate
+        base = keep = None
+        if self.inputs_of is not None:
+            base, *made = self.inputs_of(lr, **self.input_options)
+            keep = made[0] if made else None  # none when nothing is skipped: the dense path
+            threshold = skip_ratio = None  # decided: the keep set holds them
+            dilate = 0
         return upscale_window(
             lr,
             scale=s.scale,
             runner=self.runner,
+            scorer=s.scorer,
+            threshold=threshold,
+            skip_ratio=skip_ratio,
+            keep=keep,
             base=base,
-            keep=keep[0] if keep else None,
+            dilate=dilate,
             steps=s.steps,
             seed=seed,
         )
