@@ -24,6 +24,7 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -163,13 +164,15 @@ def gpu_busy(trace: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def gil_profile(pid: int, seconds: float, out: Path, rate: int) -> subprocess.Popen | None:
-    """py-spy sampling only the thread that holds the GIL (``--gil``), for ``seconds``."""
+def gil_profile(pid: int, out: Path, rate: int) -> subprocess.Popen | None:
+    """py-spy sampling only the thread that holds the GIL (``--gil``) until it is sent
+    SIGINT (then it writes ``out``): so its window is the timed pass, not a whole number of
+    seconds around it."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         return None
-    cmd = [spy, "record", "--gil", "-r", str(rate), "-f", "raw", "-d", str(int(seconds) + 1)]
-    cmd += ["--nonblocking", "-o", str(out), "--pid", str(pid)]
+    cmd = [spy, "record", "--gil", "-r", str(rate), "-f", "raw", "--nonblocking"]
+    cmd += ["-o", str(out), "--pid", str(pid)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -242,6 +245,10 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--arg {item!r}: give NAME=VALUE")
         script_args[name] = value
+    if args.timed <= 20:
+        raise SystemExit(
+            f"--timed {args.timed}: accepted more than 20 (its first 20 frames refill the requests)"
+        )
     need = args.warmup + args.timed + args.profiled
     total = args.frames * args.loop
     if need > total:
@@ -257,15 +264,14 @@ def main() -> None:
     warm_s = consume(frames, args.warmup)
     spans.on = True
     raw = args.out / "gil.txt"
-    # the pass's length is not known in advance: estimate it from the warm-up's last frames
-    probe = consume(frames, 20)
-    est = max(1.0, probe / 20 * args.timed)
-    spy = gil_profile(os.getpid(), est, raw, args.spy_rate)
-    time.sleep(0.5 if spy else 0.0)  # py-spy attaches
+    consume(frames, 20)  # the requests ahead are in flight again after the warm-up's end
+    spy = gil_profile(os.getpid(), raw, args.spy_rate)
+    time.sleep(0.5 if spy else 0.0)  # py-spy attaches (the filter idles once 8 are ahead)
     spans.reset()
     timed_s = consume(frames, args.timed - 20)
     if spy is not None:
-        spy.wait()
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     host = {
         k: {
             "ms_per_frame": 1e3 * v / (args.timed - 20),
@@ -274,7 +280,7 @@ def main() -> None:
         }
         for k, v in sorted(spans.total.items(), key=lambda kv: spans.order.index(kv[0]))
     }
-    gil = gil_summary(raw, min(est, timed_s), args.spy_rate)
+    gil = gil_summary(raw, timed_s, args.spy_rate)
 
     spans.reset()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
