@@ -732,7 +732,8 @@ def bench_vspipe(args) -> None:
                 f" frame, the dense run {1e3 / d['steady_fps']:.2f} ms)"
             )
         say(
-            f"{_case_label(regime, extra):>14} {steps:5d} {sink:>5} {n * args.loop:4d} {w:3d} {d['steady_fps']:9.2f} "
+            f"{_case_label(regime, extra):>14} {steps:5d} {sink:>5} {n * args.loop:4d} {w:3d} "
+            f"{d['steady_fps']:9.2f} "
             f"{s_['steady_fps']:8.2f} {speedup:7.2f}x {kept:5.2f} {ideal:5.2f}x "
             f"{speedup / ideal:7.0%} {d['first_frame_s']:5.1f}/{s_['first_frame_s']:<5.1f}"
             f" {d['graph_captures']:3d}/{s_['graph_captures']:<3d}"

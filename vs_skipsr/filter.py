@@ -1152,10 +1152,11 @@ def skipsr(
             frames: 6.4-10.7 s on an H100, 5.5-9.2 s for one graph), so none stalls the run
             later; a window's steps run through its graph with the inputs loaded once. With
             device_color the steps around the net (upsample and keep set, colour conversion)
-            replay as graphs too, one per stream. None (default): on where it applies, since a small model launching
-            kernels costs more than running them and skipping would otherwise save nothing;
-            False for eager kernels; True: an error where it does not apply. Replays of
-            graphs do not overlap one another (they share memory), the other stages still do.
+            replay as graphs too, one per stream. None (default): on where it applies, since
+            a small model launching kernels costs more than running them and skipping would
+            otherwise save nothing; False for eager kernels; True: an error where it does not
+            apply. Replays of the SR graphs do not overlap one another (they share memory),
+            the other stages still do.
         torch_compile: run torch.compile's fused kernels inside those graphs (torch backend
             on CUDA, fp16, cuda_graphs not False). It adds ~30 s before the first frame on a
             machine's first run and ~10 s later (torch's on-disk cache). On an H100 the
