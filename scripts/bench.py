@@ -543,7 +543,7 @@ def vspipe_run(
             enc.wait()
     msg = text.decode(errors="replace")
     if sink == "null":
-        done = re.search(r"Output (\d+) frames", msg)
+        done = OUTPUT.search(text)
         count = int(done.group(1)) if done else 0
         stamps_ok = count == frames and marks
     else:
@@ -640,7 +640,7 @@ def bench_vspipe(args) -> None:
                     f"--vspipe-cases {item!r}: field {field!r}: accepted rRATIO, tTHRESHOLD, "
                     "sSTREAMS, aREADAHEAD, jTHREADS (e.g. r0.5, t1e9, s3, a4, j8)"
                 )
-            if key in ("skip_ratio", "threshold"):
+            if key in KEEP_FIELDS:
                 kw = {key: field[1:], "scorer": args.scorer}
             else:
                 extra = {**extra, key: field[1:]}
@@ -754,11 +754,12 @@ CASE_FIELDS = {
     "a": "readahead",
     "j": "threads",
 }
+KEEP_FIELDS = ("skip_ratio", "threshold")  # the case's keep rule; the others are demo.vpy's
 
 
 def _case_label(regime: str, extra: dict[str, str]) -> str:
     """The regime, with the case's own streams, read-ahead and threads if it sets them."""
-    own = [f"{k}{extra[v]}" for k, v in CASE_FIELDS.items() if k in "saj" and v in extra]
+    own = [f"{k}{extra[v]}" for k, v in CASE_FIELDS.items() if v not in KEEP_FIELDS and v in extra]
     return " ".join([regime, *own])
 
 
