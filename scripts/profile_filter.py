@@ -120,7 +120,7 @@ def instrument(spans: Spans) -> None:
     spans.wrap(filt, "_fill", "  _fill (LR into staging)")
     spans.wrap(filt, "upscale_window", "  upscale_window (launch + keep-count sync)")
     spans.wrap(filt.StaticGraph, "__call__", "  StaticGraph (copy in + replay)")
-    spans.wrap(filt.np, "copyto", "  np.copyto (planes into the frame)")
+    spans.wrap(filt, "_copy_plane", "  _copy_plane (planes into the frame)")
     spans.wrap_context(filt._Slots, "take", "  slot")
     spans.wrap(filt._WindowCache, "get", "  cache.get (compute or wait)")
 

@@ -126,6 +126,31 @@ def test_frame_props_are_carried_and_skipsr_props_added(make_clip: MakeClip, sr)
         assert props["SkipSRBackend"] == "torch:cpu"
 
 
+def test_each_frame_gets_its_own_source_props_and_is_produced_once(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's props come on in native code after the callback (two CopyFrameProps over
+    one callback node): each frame still gets its own frame's props, and the callback runs
+    once a frame whatever the request order."""
+    base = make_clip(vs.YUV420P8)[:7]
+    clip = vs.core.std.Splice([vs.core.std.SetFrameProps(base[i], Index=i) for i in range(7)])
+    produced: list[int] = []
+    real = skipsr_filter._SkipSRNode._produce
+
+    def counted(self, n: int, f: list[vs.VideoFrame], **kw: object) -> vs.VideoFrame:
+        produced.append(n)
+        return real(self, n, f, **kw)
+
+    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce", counted)
+    out = sr(clip, window=3, skip_ratio=0.5, device_color=False)
+    futures = [(n, out.get_frame_async(n)) for n in (6, 0, 3, 5, 1, 2, 4)]
+    for n, fut in futures:
+        props = fut.result().props
+        assert props["Index"] == n
+        assert props["_Matrix"] == 1 and props["SkipSRWindow"] == n // 3
+    assert sorted(produced) == list(range(7)), "a frame was produced twice or not at all"
+
+
 def test_skip_ratio_sets_the_kept_ratio(make_clip: MakeClip, sr) -> None:
     clip = make_clip(vs.RGBS)[:4]
     kept = [
