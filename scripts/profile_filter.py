@@ -295,6 +295,12 @@ def main() -> None:
     spans.on = False
 
     fps = (args.timed - 20) / timed_s
+    memory = {}
+    if torch.cuda.is_available():  # the graphs' pools and every stream's buffers, at their peak
+        memory = {
+            "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+        }
     summary = {
         "script_args": script_args,
         "requests": args.requests,
@@ -306,6 +312,7 @@ def main() -> None:
         "host": host,
         "gil": gil,
         "gpu": {**gpu, "gpu_ms_per_frame": gpu.get("gpu_busy_ms", 0.0) / args.profiled},
+        "gpu_memory": memory,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(report(summary), flush=True)
@@ -345,6 +352,12 @@ def report(s: dict[str, Any]) -> str:
             f"{gpu['gpu_span_ms']:.0f} ms = {gpu['gpu_ms_per_frame']:.3f} ms per frame busy; "
             f"copies {gpu['memcpy_ms']:.0f} ms; {gpu['launches']} launches; runtime calls "
             + ", ".join(f"{k} {v:.0f} ms" for k, v in gpu["runtime_ms"].items())
+        )
+    mem = s.get("gpu_memory")
+    if mem:
+        lines.append(
+            f"GPU memory, peak over the run (torch's allocator): {mem['max_allocated_mib']:.0f} MiB "
+            f"allocated, {mem['max_reserved_mib']:.0f} MiB reserved"
         )
     return "\n".join(lines)
 
