@@ -648,6 +648,22 @@ def test_cpu_windows_are_kept_without_a_copy(
     assert pools[0].allocated == 1
 
 
+def test_plane_copies_give_the_source_whatever_the_strides_and_dtypes() -> None:
+    """_copy_plane's memcpy (contiguous, one dtype) and its torch path (strided, or float32
+    into float16) both write the source's values."""
+    rng = np.random.default_rng(3)
+    src = rng.random((6, 10), dtype=np.float32)
+    dst = np.zeros_like(src)
+    skipsr_filter._copy_plane(dst, src)
+    assert np.array_equal(dst, src)
+    strided = np.zeros((6, 24), dtype=np.float32)[:, 2:22:2]
+    skipsr_filter._copy_plane(strided, src)
+    assert np.array_equal(strided, src)
+    half = np.zeros((6, 10), dtype=np.float16)
+    skipsr_filter._copy_plane(half, src)
+    assert np.array_equal(half, src.astype(np.float16))
+
+
 def test_host_pool_reuses_returns_and_drops() -> None:
     pool = HostPool(pinned=False, spare=1)
     a = pool.take((2, 3), torch.float16)
