@@ -57,6 +57,7 @@ class YuvLayout:
         return torch.uint8 if self.bits <= 8 else torch.int16
 
 
+@lru_cache(maxsize=64)  # asked for every frame with a handful of distinct answers
 def yuv_layout(
     *, bits: int, ss_w: int, ss_h: int, matrix: int, full_range: bool, chromaloc: int
 ) -> YuvLayout | None:
