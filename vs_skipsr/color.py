@@ -113,7 +113,7 @@ def _downsample(c: Tensor, *, axis: int, offset: float) -> Tensor:
     """Halve [N, C, H, W] along ``axis`` (2 rows, 3 columns), edges replicated: the 9 taps
     summed over strided views, 9 elementwise kernels. cuDNN ran the 1-channel conv2d this
     replaced as an implicit GEMM; the whole conversion of a 5-frame 1080p window went from
-    1.79 to 1.49 ms as one CUDA graph replay (H100, ninth session, .carry/colour_ab.py)."""
+    1.79 to 1.49 ms as one CUDA graph replay (H100, ninth session; scripts/bench_color.py)."""
     k = _taps(offset)
     pad = (4, 4, 0, 0) if axis == 3 else (0, 0, 4, 4)
     win = F.pad(c, pad, mode="replicate").unfold(axis, 9, 2)  # [..., out, ..., 9] views
