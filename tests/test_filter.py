@@ -649,8 +649,8 @@ def test_cpu_windows_are_kept_without_a_copy(
 
 
 def test_plane_copies_give_the_source_whatever_the_strides_and_dtypes() -> None:
-    """_copy_plane's memcpy (contiguous, one dtype) and its torch path (strided, or float32
-    into float16) both write the source's values."""
+    """_copy_plane writes the source's values into a contiguous plane, a strided one (a
+    VapourSynth plane with padded rows) and, converted, into a float16 one."""
     rng = np.random.default_rng(3)
     src = rng.random((6, 10), dtype=np.float32)
     dst = np.zeros_like(src)

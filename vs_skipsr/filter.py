@@ -345,12 +345,13 @@ warnings.filterwarnings(
 
 def _fill(dst: torch.Tensor, frames: list[vs.VideoFrame]) -> None:
     """Copy RGB float frames into ``dst`` [T, 3, h, w], straight out of VapourSynth's strided
-    planes (dst is a reused staging buffer, pinned on a GPU). One torch call for all planes:
-    a numpy copy per plane gave up the GIL and waited to get it back 15 times a window."""
-    t, c, h, w = dst.shape
+    planes (dst is a reused staging buffer, pinned on a GPU). One torch call for all planes
+    instead of a numpy copy per plane, each of which lets go of the GIL: 1.16 -> 0.86 ms a
+    frame of wall time summed over threads (H100 floor profiles, eighth and ninth sessions)."""
+    _, c, h, w = dst.shape
     torch.stack(
         [torch.from_numpy(np.asarray(frame[p])) for frame in frames for p in range(c)],
-        out=dst.view(t * c, h, w),
+        out=dst[: len(frames)].view(-1, h, w),
     )
 
 
@@ -538,10 +539,11 @@ class _SkipSRNode:
     # the graph ------------------------------------------------------------------------------
 
     def build(self) -> vs.VideoNode:
-        # the source's props copied on in native code, then this filter's own over them: key
-        # by key in the callback, the copy let go of the GIL ~15 times a frame (~1 ms a frame
-        # on the H100 host, eighth session). VapourSynth caches the callback's frame for its
-        # second consumer, so each frame is still produced once (a test counts).
+        # the source's props copied on in native code, then this filter's own over them.
+        # Copied key by key in the callback they took 0.85 ms a frame of wall time summed over
+        # threads; the own ones alone take 0.28 (H100 floor profiles, eighth and ninth
+        # sessions). VapourSynth caches the callback's frame for its second consumer, so each
+        # frame is still produced once (a test counts).
         made = self.core.std.FrameEval(self.blank, self._select)
         self.sr = self.core.std.CopyFrameProps(
             self.core.std.CopyFrameProps(made, self.clip), made, props=list(OWN_PROPS)
@@ -664,8 +666,9 @@ class _SkipSRNode:
         last = min(window + self.readahead, self.plan.num_windows - 1)
         if max(window + 1, self._ahead_next) > last:
             # nothing to queue, known without the lock (_ahead_next only grows): four frames
-            # of five end here, and a thread that blocked on the lock lost the GIL with it
-            # (1.4 ms a frame summed over VapourSynth's threads, H100 host, ninth session)
+            # of five end here. With the lock taken every frame, this method took 1.42 ms a
+            # frame summed over VapourSynth's threads; 0.61 without (H100 floor profiles,
+            # ninth session, calls 1 and 2)
             return
         with self._ahead_lock:
             first = max(window + 1, self._ahead_next)
