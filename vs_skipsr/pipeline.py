@@ -45,6 +45,7 @@ from .tokens import (
 __all__ = [
     "WindowOutput",
     "WindowStats",
+    "padded_base",
     "select_tokens",
     "upsample",
     "upscale_window",
@@ -120,6 +121,12 @@ def upsample(lr: Tensor, *, scale: int) -> Tensor:
     return out.clamp_(0, 1)
 
 
+def padded_base(lr: Tensor, *, scale: int, patch: int) -> Tensor:
+    """The base every token starts from: lr's upsample, zero-padded to the token grid
+    [T, 3, Hg, Wg] (what :func:`window_inputs` hands to :func:`upscale_window`)."""
+    return pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)
+
+
 @lru_cache(maxsize=1)
 def _opencv() -> ModuleType | None:
     try:
@@ -189,7 +196,7 @@ def window_inputs(
     CUDA graph and hand both to upscale_window (``base=``, ``keep=``)."""
     patch = runner.sr_config.patch
     t_count, _, h, w = lr.shape
-    base = pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)
+    base = padded_base(lr, scale=scale, patch=patch)
     if threshold is None and skip_ratio is None:
         return (base,)
     keep = select_tokens(
@@ -227,8 +234,8 @@ def upscale_window(
 
     The keep set comes from ``keep`` ([T, Hp, Wp] bool) if given, else from the scorer with
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
-    kept and the mask is not evaluated (the dense path). ``base``, if given, is lr's padded
-    upsample as :func:`window_inputs` makes it. ``steps`` Euler steps of the flow all
+    kept and the mask is not evaluated (the dense path). ``base``, if given, is
+    :func:`padded_base` of lr, as :func:`window_inputs` makes it. ``steps`` Euler steps of the flow all
     reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
     bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`; None: where the runner wants
     it, i.e. torch on CUDA) so captured graphs and per-shape
@@ -245,7 +252,7 @@ def upscale_window(
 
     with timer.stage("upsample"):
         if base is None:
-            base = pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)  # [T, 3, Hg, Wg]
+            base = padded_base(lr, scale=scale, patch=patch)  # [T, 3, Hg, Wg]
     grid = token_grid(t_count, out_h, out_w, patch=patch)  # base is padded to it
     total = grid[0] * grid[1] * grid[2]
 
