@@ -29,7 +29,7 @@ from vs_skipsr import color  # noqa: E402
 def load_other(folder: Path) -> ModuleType:
     path = folder / "vs_skipsr/color.py"
     spec = importlib.util.spec_from_file_location("other_color", path)
-    if spec is None or spec.loader is None:
+    if not path.is_file() or spec is None or spec.loader is None:
         raise SystemExit(f"--against {folder}: no {path}")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # its dataclasses look their module up
@@ -71,13 +71,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", type=Path, help="a folder with another vs_skipsr/color.py")
     args = ap.parse_args()
+    mods = {"this checkout": color}
+    if args.against:
+        mods[str(args.against)] = load_other(args.against)
     if not torch.cuda.is_available():
         raise SystemExit("bench_color.py needs CUDA")
     # what the filter converts: the clamped window view, rows cropped from the token grid
     x = torch.rand(5, 3, 1088, 1920, device="cuda")[..., :1080, :]
-    mods = {"this checkout": color}
-    if args.against:
-        mods[str(args.against)] = load_other(args.against)
     outs = {}
     for name, mod in mods.items():
         layout = mod.yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)

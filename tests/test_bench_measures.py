@@ -140,3 +140,26 @@ def test_profile_filter_times_each_frame_and_window_of_a_run(
     if summary["gil"]:
         assert 0 < summary["gil"]["gil_held_pct"] <= 100
     assert "timed pass:" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("eager:1:nul", "sink 'nul': accepted null, pipe, x264"),
+        ("eager:1:null:q5", "field 'q5': accepted rRATIO, tTHRESHOLD"),
+        ("eager:1:null:s", "field 's': accepted"),
+    ],
+)
+def test_bench_refuses_a_bad_case_naming_the_value(case: str, needle: str, tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu"]
+    cmd += ["--sections", "vspipe", "--vspipe-cases", case, "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"--vspipe-cases {case!r}: {needle}" in run.stderr
+
+
+def test_bench_color_refuses_a_folder_without_color_py(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_color.py"), "--against", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"--against {tmp_path}: no {tmp_path / 'vs_skipsr/color.py'}" in run.stderr
