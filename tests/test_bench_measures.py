@@ -163,3 +163,21 @@ def test_bench_color_refuses_a_folder_without_color_py(tmp_path: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert f"--against {tmp_path}: no {tmp_path / 'vs_skipsr/color.py'}" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--arg", "threshold"], "--arg 'threshold': give NAME=VALUE"),
+        (["--timed", "20"], "--timed 20: accepted more than 20"),
+        (
+            ["--frames", "10", "--loop", "2"],
+            "--warmup + --timed + --profiled = 660 > frames x loop = 20",
+        ),
+    ],
+)
+def test_profile_filter_refuses_bad_arguments_naming_them(args: list[str], needle: str) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "profile_filter.py"), *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert needle in run.stderr
