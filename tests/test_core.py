@@ -234,6 +234,89 @@ def test_padded_attention_equals_masked_dense_on_random_windows():
     )
 
 
+def _net_inputs(net: SRTransformer, grid, seed: int):
+    """A full grid's inputs for the net: smooth base patches, noise, coords, partitions."""
+    cfg = net.config
+    n = grid[0] * grid[1] * grid[2]
+    _, coords, parts = padded_tokens(
+        torch.arange(n), bucket=n, grid=grid, window=cfg.window, shift=cfg.shift
+    )
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, cfg.channels, 4, 4, generator=g)
+    base = torch.nn.functional.interpolate(coarse, size=cfg.base_patch, mode="bicubic")
+    state = torch.randn(n, cfg.token_dim, generator=g) * cfg.noise_std
+    attends = tuple((lambda q, k, v, p=p: padded_window_attention(q, k, v, p.part)) for p in parts)
+    return base.clamp(0, 1).reshape(n, -1), state, coords, attends
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "default",  # conv head with a halo
+        {"dim": 32, "depth": 2, "heads": 2, "window": (2, 4, 4), "head": "conv", "head_width": 8},
+        {"dim": 32, "depth": 2, "heads": 2, "window": (2, 4, 4)},  # linear head
+    ],
+)
+def test_lean_inference_kernels_give_the_plain_forms_numbers(config):
+    """Inference takes in-place forms of the rotary positions, the embedding input, norm +
+    modulation and the velocity (fewer bytes moved); training (grad on) and export take the
+    plain ones. fp32: the same numbers to rounding. bf16: as close to the fp32 net as the
+    plain forms are (they differ from them by where a value is rounded to bf16)."""
+    from vs_skipsr.models.sr import PRESETS, SRConfig, _lean_kernels
+
+    cfg = PRESETS[config] if isinstance(config, str) else SRConfig(**config)
+    torch.manual_seed(0)
+    net = SRTransformer(cfg).eval()
+    for p in net.parameters():  # random everywhere: the zero-initialised gates would hide it
+        p.data.normal_(0, 0.1)
+    base, state, coords, attends = _net_inputs(net, (cfg.window[0], 4, 6), seed=7)
+    t = torch.tensor([0.6])
+    plain = net.forward_attend(base, state, coords, t, attends).detach()  # grad mode: plain forms
+    with torch.inference_mode():
+        lean = net.forward_attend(base, state, coords, t, attends)
+    assert plain.abs().mean() > 1e-2
+    with torch.inference_mode():
+        assert _lean_kernels()
+    assert not _lean_kernels()  # grad mode: what training runs
+    scale = float(plain.abs().max())
+    torch.testing.assert_close(lean, plain, atol=1e-6 * scale, rtol=1e-5)  # fp32 rounding
+
+    half = SRTransformer(cfg).eval()
+    half.load_state_dict(net.state_dict())
+    half = half.to(torch.bfloat16)
+    for base_dtype in (torch.bfloat16, torch.float32):  # the runner's cast, and without it
+        b = base.to(base_dtype)
+        err_plain = (
+            (half.forward_attend(b, state, coords, t, attends).detach() - plain).pow(2).mean()
+        )
+        with torch.inference_mode():
+            err_lean = (half.forward_attend(b, state, coords, t, attends) - plain).pow(2).mean()
+        assert err_plain > 0
+        assert err_lean.sqrt() < 1.1 * err_plain.sqrt(), (base_dtype, err_lean, err_plain)
+
+
+@pytest.mark.parametrize("halo", [8, 0])
+def test_head_reads_the_same_pixels_channels_last_as_in_the_exported_layout(monkeypatch, halo):
+    """The head's space-to-depth written straight into channels-last (eager) and
+    pixel_unshuffle (what an export traces) hand the convs the same cells."""
+    import vs_skipsr.models.sr as sr
+
+    cfg = sr.SRConfig(dim=32, depth=1, heads=2, window=(2, 4, 4), head="conv", halo=halo)
+    torch.manual_seed(1)
+    net = SRTransformer(cfg).eval()
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    base, state, coords, attends = _net_inputs(net, (2, 4, 6), seed=3)
+    t = torch.tensor([1.0])
+    with torch.inference_mode():
+        eager = net.forward_attend(base, state, coords, t, attends)
+        monkeypatch.setattr(sr, "_channels_last", lambda: False)
+        exported_layout = net.forward_attend(base, state, coords, t, attends)
+    scale = float(eager.abs().max())
+    assert scale > 1e-2
+    torch.testing.assert_close(eager, exported_layout, atol=1e-6 * scale, rtol=1e-5)
+
+
 @pytest.mark.parametrize("frac", [0.15, 0.6, 1.0])
 def test_grouped_attention_equals_masked_dense_on_uneven_windows(frac):
     """The CPU's length-grouped form: windows cut from clustered keep sets (some full, some

@@ -151,10 +151,22 @@ def rope_tables(coords: Tensor, head_dim: int, base: float) -> tuple[Tensor, Ten
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate [K, H, D] by the tables (half-split pairs)."""
-    x1, x2 = x.float().chunk(2, dim=-1)  # [K, H, D/2] each
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.to(x.dtype)
+    """Rotate [K, H, D] by the tables (half-split pairs), in fp32 whatever x's precision."""
+    if not _lean_kernels():
+        x1, x2 = x.float().chunk(2, dim=-1)  # [K, H, D/2] each
+        out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.to(x.dtype)
+    # the same sums in four kernels that write each half of the output in place: the form
+    # above made nine, and its fp32 copy, cat and cast moved ~3x the bytes (the net is bound
+    # by memory traffic, not matmuls; per block, at every kept count)
+    x1, x2 = x.chunk(2, dim=-1)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    o1, o2 = out.chunk(2, dim=-1)
+    prod = torch.mul(x1, cos)  # fp32: a bf16 x promotes against the fp32 table
+    torch.addcmul(prod, x2, sin, value=-1, out=o1)
+    torch.mul(x1, sin, out=prod)
+    torch.addcmul(prod, x2, cos, out=o2)
+    return out
 
 
 # --- the block -------------------------------------------------------------------------------
@@ -164,6 +176,17 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     # one fused kernel for x * (1 + scale) + shift: a small net on a GPU is launch-bound,
     # and every elementwise kernel saved is saved in each block
     return torch.addcmul(shift, x, 1 + scale)
+
+
+def norm_modulate(norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """``modulate(norm(x), shift, scale)``. With one timestep for all tokens ([1, C]
+    modulation, i.e. inference) the modulation is the layer norm's own affine: one kernel,
+    and the normalised tokens never make a round trip through memory (it differs from the
+    two-kernel form only by that rounding)."""
+    if not _lean_kernels() or shift.shape[0] != 1:
+        return modulate(norm(x), shift, scale)
+    c = x.shape[-1]
+    return F.layer_norm(x, (c,), (1 + scale).reshape(c), shift.reshape(c), norm.eps)
 
 
 class WindowAttention(nn.Module):
@@ -202,8 +225,8 @@ class Block(nn.Module):
         self, x: Tensor, temb: Tensor, rope: tuple[Tensor, Tensor], attend: Attend
     ) -> Tensor:
         s1, g1, a1, s2, g2, a2 = self.ada(temb).chunk(6, dim=-1)  # [1, C] each
-        x = torch.addcmul(x, a1, self.attn(modulate(self.norm1(x), s1, g1), rope, attend))
-        x = torch.addcmul(x, a2, self.mlp(modulate(self.norm2(x), s2, g2)))  # [K, C]
+        x = torch.addcmul(x, a1, self.attn(norm_modulate(self.norm1, x, s1, g1), rope, attend))
+        x = torch.addcmul(x, a2, self.mlp(norm_modulate(self.norm2, x, s2, g2)))  # [K, C]
         return x
 
 
@@ -216,7 +239,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         shift, scale = self.ada(temb).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return self.linear(norm_modulate(self.norm, x, shift, scale))
 
 
 class ConvHead(nn.Module):
@@ -273,32 +296,55 @@ class ConvHead(nn.Module):
         nn.init.zeros_(self.convs[-1].weight)
         nn.init.zeros_(self.convs[-1].bias)
 
-    def forward(self, x: Tensor, temb: Tensor, base: Tensor) -> Tensor:
+    def forward(self, x: Tensor, temb: Tensor, centered: Tensor) -> Tensor:
+        """``centered``: the tokens' base patches (with their halo) minus 0.5, in x's dtype,
+        [K, c·(p + 2 halo)²]; it may be a view with a row stride (the embedding's input)."""
         k = x.shape[0]
-        g, c, p = self.grid, self.channels, self.patch
+        g, c, p, cell = self.grid, self.channels, self.patch, self.cell
         shift, scale = self.ada(temb).chunk(2, dim=-1)
-        feat = self.to_grid(modulate(self.norm(x), shift, scale)).reshape(k, self.width, g, g)
+        feat = self.to_grid(norm_modulate(self.norm, x, shift, scale)).reshape(k, self.width, g, g)
         bp = self.base_patch
-        pix = F.pixel_unshuffle(base.reshape(k, c, bp, bp) - 0.5, self.cell)  # [K, c·cell², G, G]
-        pix = pix.to(feat.dtype)
         if _channels_last():
             # oneDNN runs these small-grid convs ~1.5x faster on channels-last inputs (the
             # head is half of the CPU's dense SR time); cuDNN's bf16 kernels are NHWC, and
             # fed NCHW it transposed every conv's input and output: 12 layout kernels, 14%
             # of a dense 1080p x 5 call's kernel time with CUDA graphs and 26% compiled
             # (scripts/profile_sr.py, H100). The weights need no conversion.
-            pix = pix.contiguous(memory_format=torch.channels_last)
+            # The space-to-depth is written straight into that layout: one copy, where
+            # pixel_unshuffle and then a channels-last copy made two.
+            gb = bp // cell
+            pix = (
+                centered.reshape(k, c, gb, cell, gb, cell)
+                .permute(0, 2, 4, 1, 3, 5)
+                .reshape(k, gb, gb, c * cell * cell)
+                .permute(0, 3, 1, 2)
+            )  # [K, c·cell², Gb, Gb], channels-last
             feat = feat.contiguous(memory_format=torch.channels_last)
+        else:
+            pix = F.pixel_unshuffle(centered.reshape(k, c, bp, bp), cell)  # [K, c·cell², Gb, Gb]
         if self.stem is not None:
             pix = self.stem(pix)  # [K, width, g, g]: the halo is consumed
         out = self.convs(torch.cat((feat, pix), dim=1))  # [K, c*cell², g, g]
-        return F.pixel_shuffle(out, self.cell).reshape(k, c * p * p)
+        return F.pixel_shuffle(out, cell).reshape(k, c * p * p)
 
 
 def _channels_last() -> bool:
     """Whether the head runs its convs channels-last: always, outside export tracing (an
     exported graph keeps the plain layout; its runtime picks its own)."""
     return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def _lean_kernels() -> bool:
+    """Whether the net takes its in-place, fewer-kernel forms (rotary positions, embedding
+    input, norm + modulation, velocity): in eager inference only. Training needs autograd,
+    which out= kernels lack; an export keeps the plain graph for its runtime to fuse, and
+    torch.compile fuses the plain forms itself."""
+    return not (
+        torch.is_grad_enabled()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -377,20 +423,40 @@ class SRTransformer(nn.Module):
     ) -> Tensor:
         """The net with attention supplied per partition (block i uses attends[i % len])."""
         cfg = self.config
-        x = torch.cat(((base - 0.5), state / cfg.noise_std), dim=1)  # [K, 2*3p²]
-        x = self.embed(x.to(self.embed.weight.dtype))  # [K, C]
+        dt = self.embed.weight.dtype
+        if _lean_kernels():
+            # the embedding's input [K, 3(p+2h)² + 3p²] written in place in the net's dtype:
+            # the cat of fp32 halves and its cast made ~4x these bytes (the halo base is the
+            # widest tensor of the net), and the head reuses the centred half as its pixels
+            x_in = base.new_empty(base.shape[0], cfg.base_dim + cfg.token_dim, dtype=dt)
+            torch.sub(base, 0.5, out=x_in[:, : cfg.base_dim])
+            torch.div(state, cfg.noise_std, out=x_in[:, cfg.base_dim :])
+            x = self.embed(x_in)  # [K, C]
+            centered = x_in[:, : cfg.base_dim]
+            if base.dtype != dt:  # the head's pixels are base cast first, then centred
+                centered = base.to(dt) - 0.5
+        else:
+            x = torch.cat(((base - 0.5), state / cfg.noise_std), dim=1)  # [K, 2*3p²]
+            x = self.embed(x.to(dt))  # [K, C]
+            centered = base.to(dt) - 0.5
         temb = self.t_embed(t.reshape(-1))  # [1, C], or [K, C] for per-token t (training)
         rope = rope_tables(coords, self.head_dim, cfg.rope_base)  # [K, 1, D/2] x2
         for i, blk in enumerate(self.blocks):
             x = blk(x, temb, rope, attends[i % len(attends)])  # [K, C]
         if isinstance(self.final, ConvHead):
-            out = self.final(x, temb, base.to(x.dtype))
+            out = self.final(x, temb, centered)
         else:
             out = self.final(x, temb)
+        # velocity from the residual prediction r_hat = out * noise_std (x0-parameterisation):
+        # the net never has to copy the noise through its C-wide bottleneck, and one step from
+        # t = 1 lands on r_hat
+        t_div = t.float().reshape(-1, 1).clamp_min(1e-3)
+        if _lean_kernels():
+            # (state - out * noise_std) / t in two kernels instead of four fp32 passes; the
+            # same numbers, since out * 0.25 is exact
+            return torch.add(state.float(), out, alpha=-cfg.noise_std).div_(t_div)  # [K, 3p²]
         r_hat = out.float() * cfg.noise_std  # [K, 3p²] predicted residual
-        # velocity from the residual prediction (x0-parameterisation): the net never has to
-        # copy the noise through its C-wide bottleneck, and one step from t = 1 lands on r_hat
-        return (state.float() - r_hat) / t.float().reshape(-1, 1).clamp_min(1e-3)  # [K, 3p²]
+        return (state.float() - r_hat) / t_div  # [K, 3p²]
 
     def forward(
         self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, part0: Tensor, part1: Tensor
