@@ -75,7 +75,7 @@ class StubRunner(EulerFlow):
         self.device = device
         self.sr_config = sr_config
 
-    def prepare(self, *, grid, dense=False) -> None:
+    def prepare(self, *, grid, dense=False, steps=None) -> None:
         pass
 
     def mask(self, lr: torch.Tensor) -> torch.Tensor:

@@ -388,6 +388,43 @@ def test_steps_reuse_one_keep_set_and_change_the_result(runner):
     assert not torch.equal(one.frames, four.frames)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_flow_computes_the_base_features_once_and_gives_the_per_step_numbers(runner, steps):
+    """The runner's flow runs the base's share of the net (embedding input, head stem,
+    rotary tables) once for all steps: bit for bit what one full net call per step gives,
+    with one base_features call per window instead of one per step."""
+    from vs_skipsr.backends.base import euler_flow
+
+    net = runner.sr_net
+    cfg = net.config
+    grid = (3, 4, 6)
+    keep = _random_keep(grid, 0.6, 4).reshape(-1)
+    index = torch.nonzero(keep).squeeze(1)
+    _, coords, parts = padded_tokens(
+        index, bucket=index.numel(), grid=grid, window=cfg.window, shift=cfg.shift
+    )
+    g = torch.Generator().manual_seed(9)
+    base = torch.rand(index.numel(), cfg.base_dim, generator=g)
+    noise = torch.randn(index.numel(), cfg.token_dim, generator=g)
+    calls = []
+    real = net.base_features
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    net.base_features = counted
+    try:
+        flowed = runner.flow(base, noise, coords, parts, steps=steps)
+        assert len(calls) == 1
+        per_step = euler_flow(runner.sr, base, noise, coords, parts, steps=steps)
+        assert len(calls) == 1 + steps
+    finally:
+        del net.base_features
+    assert torch.equal(flowed, per_step)
+    assert not torch.equal(flowed, noise)
+
+
 def test_same_seed_same_output_other_seed_other_noise(runner):
     lr = _lr(seed=13)
     a = upscale_window(lr, scale=2, runner=runner, skip_ratio=0.3, seed=5)
@@ -518,10 +555,10 @@ def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
     grid = _grid(lr, 2, 16)
     buckets = kept_buckets(math.prod(grid))
     graphed.graphs.max_graphs = 4  # fewer than the grid's buckets: none may be evicted
-    graphed.prepare(grid=grid)
+    graphed.prepare(grid=grid, steps=1)  # what upscale_window runs: one-step flows
     assert graphed.graphs.captures == len(buckets) > 2
     assert [k[0] for k in graphed.graphs.graphs] == buckets[::-1]
-    graphed.prepare(grid=grid)
+    graphed.prepare(grid=grid, steps=1)
     for ratio in (0.9, 0.5, 0.1, 0.0):
         a = upscale_window(lr, scale=2, runner=eager, skip_ratio=ratio, buckets=True)
         b = upscale_window(lr, scale=2, runner=graphed, skip_ratio=ratio, buckets=True)

@@ -324,13 +324,13 @@ def test_runner_is_prepared_once_for_the_grid_the_windows_use(
     import vs_skipsr.pipeline as pipeline
     from vs_skipsr.backends.torch_backend import TorchRunner
 
-    prepared: list[tuple[tuple[int, int, int], bool]] = []
+    prepared: list[tuple[tuple[int, int, int], bool, int | None]] = []
     used: set[tuple[int, int, int]] = set()
     real_prepare, real_padded = TorchRunner.prepare, pipeline.padded_tokens
 
-    def prepare(self, *, grid, dense=False):
-        prepared.append((grid, dense))
-        return real_prepare(self, grid=grid, dense=dense)
+    def prepare(self, *, grid, dense=False, steps=None):
+        prepared.append((grid, dense, steps))
+        return real_prepare(self, grid=grid, dense=dense, steps=steps)
 
     def padded_tokens(index, *, grid, **rest):
         used.add(grid)
@@ -338,10 +338,11 @@ def test_runner_is_prepared_once_for_the_grid_the_windows_use(
 
     monkeypatch.setattr(TorchRunner, "prepare", prepare)
     monkeypatch.setattr(pipeline, "padded_tokens", padded_tokens)
-    node = sr(make_clip(vs.YUV420P8), window=3, num_streams=2, **kw)
+    node = sr(make_clip(vs.YUV420P8), window=3, num_streams=2, steps=2, **kw)
     for n in range(N_FRAMES):
         node.get_frame(n)
     assert len(prepared) == 1 and prepared[0][1] is dense
+    assert prepared[0][2] == 2  # graphs of the flow the windows run
     assert used == {prepared[0][0]}
 
 
@@ -354,7 +355,7 @@ def test_no_window_runs_before_the_prepare_is_done(
     from vs_skipsr.backends.torch_backend import TorchRunner
 
     events: list[tuple[str, float]] = []
-    real_prepare, real_sr = TorchRunner.prepare, TorchRunner.sr
+    real_prepare, real_flow = TorchRunner.prepare, TorchRunner.flow
 
     def prepare(self, **kw):
         events.append(("prepare", time.perf_counter()))
@@ -362,12 +363,12 @@ def test_no_window_runs_before_the_prepare_is_done(
         real_prepare(self, **kw)
         events.append(("prepared", time.perf_counter()))
 
-    def sr_call(self, *args):
+    def flow(self, *args, **kw):
         events.append(("sr", time.perf_counter()))
-        return real_sr(self, *args)
+        return real_flow(self, *args, **kw)
 
     monkeypatch.setattr(TorchRunner, "prepare", prepare)
-    monkeypatch.setattr(TorchRunner, "sr", sr_call)
+    monkeypatch.setattr(TorchRunner, "flow", flow)
     node = sr(make_clip(vs.YUV420P8), window=2, num_streams=2, skip_ratio=0.5)
     futures = [node.get_frame_async(n) for n in range(0, N_FRAMES, 2)]  # one per window
     for f in futures:

@@ -919,7 +919,9 @@ class _SkipSRNode:
                 patch = self.runner.sr_config.patch
                 grid = token_grid(self.plan.size, self.out_h, self.out_w, patch=patch)
                 s = self.settings
-                self.runner.prepare(grid=grid, dense=s.threshold is None and s.skip_ratio is None)
+                self.runner.prepare(
+                    grid=grid, dense=s.threshold is None and s.skip_ratio is None, steps=s.steps
+                )
             finally:
                 # set only now: set before the prepare, it let the other threads' windows
                 # run (and capture their own graphs) during the seconds it took, and vspipe

@@ -32,11 +32,13 @@ class Runner(Protocol):
     # the pipeline then pads the kept count up to a bucket; the others take any count as is
     wants_buckets: bool
 
-    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+    def prepare(
+        self, *, grid: tuple[int, int, int], dense: bool = False, steps: int | None = None
+    ) -> None:
         """Make every token-count bucket of a window with token grid ``grid`` (T, Hp, Wp)
         ready before the first one runs (CUDA graphs: capture them), or only the all-tokens
-        one with ``dense`` (a run that skips nothing); nothing where shapes cost nothing to
-        change."""
+        one with ``dense`` (a run that skips nothing): for ``flow`` with ``steps`` steps, or
+        for single ``sr`` calls without; nothing where shapes cost nothing to change."""
         ...
 
     def mask(self, lr: Tensor) -> Tensor:

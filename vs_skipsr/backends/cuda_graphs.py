@@ -17,6 +17,7 @@ the largest-first order lets the smaller ones reuse what the larger ones freed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -118,36 +119,25 @@ class _Graph:
         self.graph.replay()
         return self.output.clone()
 
-    def flow(self, inputs: list[Tensor], *, steps: int) -> Tensor:
-        """``steps`` Euler steps from the loaded ``inputs``: per step the time written in
-        place, a replay and the state updated in place, the same arithmetic as
-        :func:`~vs_skipsr.backends.base.euler_flow` (state - v / steps, v in the net's
-        dtype), so the same numbers."""
-        self.load(inputs)
-        state, t = self.inputs[1], self.inputs[3]
-        for i in range(steps):
-            if i:
-                t.fill_(1.0 - i / steps)
-            self.graph.replay()
-            state.sub_(self.output / steps)
-        return state.clone()
-
 
 class GraphCache:
     """Captures and replays graphs of ``fn(base, state, coords, t, order0, cu0[, part0],
-    order1, cu1[, part1])`` (the padded form ``part`` only ``with_part``); at most
-    ``max_graphs`` are kept (least recently used go)."""
+    order1, cu1[, part1])`` (the padded form ``part`` only ``with_part``), one SR call, and
+    of ``flow_fn(the same, steps=N)``, a window's whole N-step flow; at most ``max_graphs``
+    are kept (least recently used go)."""
 
     def __init__(
         self,
         fn: Callable[..., Tensor],
         *,
+        flow_fn: Callable[..., Tensor],
         window_volume: int,
         with_part: bool,
         max_graphs: int = 64,
         window_multiple: int = 32,
     ) -> None:
         self.fn = fn
+        self.flow_fn = flow_fn
         self.window_volume = window_volume
         self.with_part = with_part
         self.max_graphs = max_graphs
@@ -174,8 +164,9 @@ class GraphCache:
         need = p.cu_seqlens.shape[0] - 1 + -(-tokens // self.window_volume)
         return bucket_size(need, multiple=self.window_multiple)
 
-    def _inputs(self, call: SRCall) -> tuple[tuple[int, ...], list[Tensor]]:
-        """The graph's key and its flat static inputs for the arguments of one call."""
+    def _inputs(self, call: SRCall, *, steps: int) -> tuple[tuple[int, ...], list[Tensor]]:
+        """The graph's key and its flat static inputs for the arguments of one call (of a
+        ``steps``-step flow; 0: a single call)."""
         base, state, coords, t, partitions = call
         k = base.shape[0]
         padded = [
@@ -187,7 +178,7 @@ class GraphCache:
             )
             for p in partitions
         ]
-        key = (k, *(p.cu_seqlens.shape[0] for p in padded))
+        key = (k, *(p.cu_seqlens.shape[0] for p in padded), steps)
         inputs = [base, state, coords, t.reshape(1)]
         for p in padded:
             inputs += [p.order, p.cu_seqlens]
@@ -196,21 +187,25 @@ class GraphCache:
         return key, inputs
 
     def _capture(self, key: tuple[int, ...], inputs: list[Tensor]) -> _Graph:
-        """Capture under the lock, after the last replay (it reads the shared buffers)."""
+        """Capture under the lock, after the last replay (it reads the shared buffers). The
+        key's last entry is the flow's step count, 0 for a single call."""
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream())
         if self._last is not None:
             stream.wait_event(self._last)
-        graph = _Graph(self.fn, inputs, pool=self.pool, stream=stream, staging=self._staging)
+        steps = key[-1]
+        fn = functools.partial(self.flow_fn, steps=steps) if steps else self.fn
+        graph = _Graph(fn, inputs, pool=self.pool, stream=stream, staging=self._staging)
         self._last = torch.cuda.Event()
         self._last.record(stream)
         self.captures += 1
         log.info(
-            "captured a CUDA graph for %d tokens, %s windows in %.1f ms (warm-up %.1f ms)",
+            "captured a CUDA graph for %d tokens, %s windows, %s in %.1f ms (warm-up %.1f ms)",
             key[0],
-            key[1:],
+            key[1:-1],
+            f"{steps}-step flow" if steps else "one call",
             graph.warmup_ms + graph.capture_ms,
             graph.warmup_ms,
         )
@@ -219,15 +214,16 @@ class GraphCache:
             self.graphs.popitem(last=False)
         return graph
 
-    def prepare(self, calls: Iterable[SRCall], *, count: int) -> int:
+    def prepare(self, calls: Iterable[SRCall], *, count: int, steps: int | None = None) -> int:
         """Capture the graph of every call in ``calls`` (``count`` example arguments, largest
         first, so each later graph fits the pool memory the earlier ones freed) that is not
-        captured yet; nothing runs for real. The cache grows to keep them all (a 1080p x 21
+        captured yet: of its whole ``steps``-step flow, or of the single call without
+        ``steps``; nothing runs for real. The cache grows to keep them all (a 1080p x 21
         grid has 73 buckets). Returns how many were captured."""
         self.max_graphs = max(self.max_graphs, len(self.graphs) + count)
         done = 0
         for call in calls:
-            key, inputs = self._inputs(call)
+            key, inputs = self._inputs(call, steps=steps or 0)
             with self._lock:
                 if key not in self.graphs:
                     self._capture(key, inputs)
@@ -242,7 +238,7 @@ class GraphCache:
         t: Tensor,
         partitions: tuple[Partition, ...],
     ) -> Tensor:
-        return self._replay((base, state, coords, t, partitions), lambda g, x: g(x))
+        return self._replay((base, state, coords, t, partitions), steps=0)
 
     def flow(
         self,
@@ -253,17 +249,20 @@ class GraphCache:
         *,
         steps: int,
     ) -> Tensor:
-        """All ``steps`` Euler steps of one window (see _Graph.flow): its inputs are copied
-        into the graph once, not once a step, and no other window's replay comes between
-        its steps."""
-        t = torch.ones(1, device=state.device)  # the first step's time, 1 - 0 / steps
-        call = (base, state, coords, t, partitions)
-        return self._replay(call, lambda g, x: g.flow(x, steps=steps))
+        """All ``steps`` Euler steps of one window as one replay: its inputs are copied into
+        the graph once, and the host launches one graph instead of a replay, a time update
+        and a state update per step. The graph runs ``flow_fn``, the same arithmetic as
+        :func:`~vs_skipsr.backends.base.euler_flow`, so the same numbers."""
+        if steps < 1:
+            raise ValueError(f"steps={steps}: a flow takes at least one step")
+        t = torch.ones(1, device=state.device)  # a static input the flow does not read
+        return self._replay((base, state, coords, t, partitions), steps=steps)
 
-    def _replay(self, call: SRCall, run: Callable[[_Graph, list[Tensor]], Tensor]) -> Tensor:
-        """``run`` the graph of ``call`` (captured first if new) on the current stream,
-        after the last replay on any stream and before the next."""
-        key, inputs = self._inputs(call)
+    def _replay(self, call: SRCall, *, steps: int) -> Tensor:
+        """Replay the graph of ``call`` (its ``steps``-step flow, or one call with 0),
+        captured first if new, on the current stream, after the last replay on any stream
+        and before the next."""
+        key, inputs = self._inputs(call, steps=steps)
         with self._lock:
             graph = self.graphs.get(key)
             stream = torch.cuda.current_stream()
@@ -272,7 +271,7 @@ class GraphCache:
             self.graphs.move_to_end(key)
             if self._last is not None:
                 stream.wait_event(self._last)
-            out = run(graph, inputs)
+            out = graph(inputs)
             self._last = torch.cuda.Event()
             self._last.record(stream)
             return out

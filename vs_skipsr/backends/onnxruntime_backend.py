@@ -111,7 +111,9 @@ class OnnxRuntimeRunner(EulerFlow):
         session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         return out_t
 
-    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+    def prepare(
+        self, *, grid: tuple[int, int, int], dense: bool = False, steps: int | None = None
+    ) -> None:
         """Nothing: a session takes any token count."""
 
     @torch.inference_mode()

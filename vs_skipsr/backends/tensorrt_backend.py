@@ -351,7 +351,9 @@ class TensorRTRunner(EulerFlow):
             stream = torch.cuda.current_stream(self.device).cuda_stream
             return self._engines[net].run(feeds, device=self.device, stream=stream)
 
-    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+    def prepare(
+        self, *, grid: tuple[int, int, int], dense: bool = False, steps: int | None = None
+    ) -> None:
         """Nothing: the engine's optimization profile covers every token count."""
 
     def mask(self, lr: Tensor) -> Tensor:

@@ -85,7 +85,10 @@ class TorchRunner:
                 raise ValueError(f"cuda_graphs=True needs a CUDA device, not {spec.device!r}")
             window_volume = sr.config.window[0] * sr.config.window[1] * sr.config.window[2]
             self.graphs = GraphCache(
-                self._graph_fn, window_volume=window_volume, with_part=not self.use_varlen
+                self._graph_fn,
+                flow_fn=self._graph_flow_fn,
+                window_volume=window_volume,
+                with_part=not self.use_varlen,
             )
         # CUDA wants few distinct shapes: a captured graph needs static ones, and eager cuDNN
         # convs (the head's) build a new plan for every new batch size, so a kept count that
@@ -93,15 +96,18 @@ class TorchRunner:
         # H100: the head's convs took 2.5x the samples of a dense run). The pipeline pads K
         # to geometric buckets there; the CPU takes any count as it is.
         self.wants_buckets = self.device.type == "cuda"
-        self._prepared: set[tuple[tuple[int, int, int], bool]] = set()
+        self._prepared: set[tuple[tuple[int, int, int], bool, int | None]] = set()
 
     @torch.inference_mode()
-    def prepare(self, *, grid: tuple[int, int, int], dense: bool = False) -> None:
+    def prepare(
+        self, *, grid: tuple[int, int, int], dense: bool = False, steps: int | None = None
+    ) -> None:
         """With CUDA graphs, capture every bucket of ``grid`` now, largest first (see
-        GraphCache.prepare); later calls for the same grid return at once."""
-        if self.graphs is None or (grid, dense) in self._prepared:
+        GraphCache.prepare): graphs of whole ``steps``-step flows, or of single ``sr`` calls
+        without ``steps``; later calls for the same arguments return at once."""
+        if self.graphs is None or (grid, dense, steps) in self._prepared:
             return
-        self._prepared.add((grid, dense))
+        self._prepared.add((grid, dense, steps))
         cfg, dev = self.sr_config, self.device
         total = grid[0] * grid[1] * grid[2]
         buckets = [total] if dense else kept_buckets(total)[::-1]
@@ -121,10 +127,11 @@ class TorchRunner:
                 yield base, state, coords, torch.ones(1, device=dev), parts
 
         t0 = time.perf_counter()
-        done = self.graphs.prepare(calls(), count=len(buckets))
+        done = self.graphs.prepare(calls(), count=len(buckets), steps=steps)
         log.info(
-            "prepared %d CUDA graphs for token grid %s (%d buckets) in %.2f s",
+            "prepared %d CUDA graphs (%s) for token grid %s (%d buckets) in %.2f s",
             done,
+            f"{steps}-step flows" if steps else "single calls",
             grid,
             len(buckets),
             time.perf_counter() - t0,
@@ -162,20 +169,44 @@ class TorchRunner:
         *,
         steps: int,
     ) -> Tensor:
-        """With CUDA graphs the window's inputs go into the graph once for all its steps
-        (GraphCache.flow): per step a copy of nine inputs, a clone and a cast cost the host
-        more than a small net's skipped step costs the GPU."""
+        """With CUDA graphs the window's whole flow is one graph replay (GraphCache.flow):
+        per step a copy of nine inputs, a clone and a cast cost the host more than a small
+        net's skipped step costs the GPU. Either way the base's share of the net is computed
+        once for all steps (SRTransformer.base_features)."""
         base = base.to(self.dtype)  # once, not once a step
         if self.graphs is not None:
             return self.graphs.flow(base, state, coords, partitions, steps=steps)
-        return euler_flow(self.sr, base, state, coords, partitions, steps=steps)
+        return self._flow(base, state, coords, partitions, steps=steps)
 
-    def _graph_fn(
-        self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor
+    def _flow(
+        self,
+        base: Tensor,
+        state: Tensor,
+        coords: Tensor,
+        partitions: tuple[Partition, Partition],
+        *,
+        steps: int,
     ) -> Tensor:
+        """:func:`euler_flow` of the net, its base features computed once (compiled: the
+        traced forward each step, as that is what torch.compile fuses)."""
+        if self._compiled is not None:
+            return euler_flow(self._eager, base, state, coords, partitions, steps=steps)
+        attends = self._attends(partitions, rows=base.shape[0])
+        features = self.sr_net.base_features(base, coords)
+        return euler_flow(
+            lambda _b, s, _c, t, _p: self.sr_net.velocity(features, s, t, attends),
+            base,
+            state,
+            coords,
+            partitions,
+            steps=steps,
+        )
+
+    def _partitions(self, flat: tuple[Tensor, ...]) -> tuple[Partition, Partition]:
+        """A graph's flat partition inputs (order, cu_seqlens[, part] each) as Partitions."""
         v = self.graphs.window_volume  # type: ignore[union-attr]
         n = 3 if self.graphs.with_part else 2  # type: ignore[union-attr]
-        parts = tuple(
+        return tuple(  # type: ignore[return-value]
             Partition(
                 order=flat[i],
                 cu_seqlens=flat[i + 1],
@@ -184,7 +215,35 @@ class TorchRunner:
             )
             for i in range(0, len(flat), n)
         )
-        return self._eager(base, state, coords, t, parts)  # type: ignore[arg-type]
+
+    def _graph_fn(
+        self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor
+    ) -> Tensor:
+        return self._eager(base, state, coords, t, self._partitions(flat))
+
+    def _graph_flow_fn(
+        self, base: Tensor, state: Tensor, coords: Tensor, t: Tensor, *flat: Tensor, steps: int
+    ) -> Tensor:
+        """The whole flow of a window, for one graph (t is unused: each step's time is a
+        constant of the graph)."""
+        return self._flow(base, state, coords, self._partitions(flat), steps=steps)
+
+    def _attends(
+        self, partitions: tuple[Partition, Partition], *, rows: int
+    ) -> tuple[Callable[[Tensor, Tensor, Tensor], Tensor], ...]:
+        """Attention per partition in the runner's form (varlen, grouped or padded)."""
+        if self.use_varlen:
+            covered = tuple(p.cover(rows) for p in partitions)
+            return tuple(
+                (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in covered
+            )
+        if self.use_grouped:
+            return tuple(
+                (lambda q, k, v, p=p: grouped_window_attention(q, k, v, p)) for p in partitions
+            )
+        return tuple(
+            (lambda q, k, v, p=p: padded_window_attention(q, k, v, p.part)) for p in partitions
+        )
 
     def _eager(
         self,
@@ -194,10 +253,9 @@ class TorchRunner:
         t: Tensor,
         partitions: tuple[Partition, Partition],
     ) -> Tensor:
-        if self.use_varlen:
-            partitions = tuple(p.cover(base.shape[0]) for p in partitions)  # type: ignore[assignment]
         if self._compiled is not None:
-            p0, p1 = partitions  # under the graphs: max_len is the window volume for both
+            # under the graphs: max_len is the window volume for both
+            p0, p1 = (p.cover(base.shape[0]) for p in partitions)
             return self._compiled(
                 self.sr_net,
                 base,
@@ -212,18 +270,7 @@ class TorchRunner:
                 p1.inverse,
                 max_len=p0.max_len,
             )
-        if self.use_varlen:
-            attends = tuple(
-                (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in partitions
-            )
-        elif self.use_grouped:
-            attends = tuple(
-                (lambda q, k, v, p=p: grouped_window_attention(q, k, v, p)) for p in partitions
-            )
-        else:
-            attends = tuple(
-                (lambda q, k, v, p=p: padded_window_attention(q, k, v, p.part)) for p in partitions
-            )
+        attends = self._attends(partitions, rows=base.shape[0])
         return self.sr_net.forward_attend(base, state, coords, t, attends)
 
 
