@@ -365,7 +365,8 @@ class BaseFeatures:
     each step writes the state half), the conv head's stem output, the rotary tables. At
     several steps this is computed once instead of once a step: for the default net in bf16
     it moves 19% of the bytes of a full call (2.03 of 10.67 GB for a dense 1080p x 5 window,
-    counted per aten op on the CPU), and the stem's convs are ~26% of its FLOPs."""
+    counted per aten op on the CPU), and the stem's convs are ~26% of its FLOPs (by the layer
+    shapes)."""
 
     embed_input: Tensor  # [K, 3(p+2h)² + 3p²] in the net's dtype
     pixels: Tensor | None  # [K, width, g, g]: ConvHead.pixels, or None for a linear head
@@ -491,7 +492,7 @@ class SRTransformer(nn.Module):
         torch.div(state, cfg.noise_std, out=x_in[:, cfg.base_dim :])
         out = self._decode(self.embed(x_in), t, features.rope, features.pixels, attends)
         # (state - out * noise_std) / t in two kernels instead of four fp32 passes; the same
-        # numbers, since out * 0.25 is exact
+        # numbers where noise_std is a power of two (0.25 in every preset: the product is exact)
         return torch.add(state.float(), out, alpha=-cfg.noise_std).div_(_time_divisor(t))
 
     def _decode(
