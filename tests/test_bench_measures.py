@@ -181,3 +181,27 @@ def test_profile_filter_refuses_bad_arguments_naming_them(args: list[str], needl
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert needle in run.stderr
+
+
+def test_byte_count_shows_the_lean_forms_and_their_split():
+    """scripts/count_sr_bytes.py counts what one SR call moves: the lean inference forms move
+    far less than the plain ones, and the base features plus one flow step are one lean
+    call (the split a window's steps share)."""
+    import re
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "count_sr_bytes.py"), "--grid", "5,8,16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    gb = {
+        name: float(re.search(rf"{name}[^:]*: ([0-9.]+) GB", out).group(1))
+        for name in ("plain forms", "lean forms")
+    }
+    split = re.search(r"base features ([0-9.]+) GB once per window, ([0-9.]+) GB per flow", out)
+    features, step = float(split.group(1)), float(split.group(2))
+    assert 0 < gb["lean forms"] < 0.75 * gb["plain forms"], out
+    assert features > 0 and step > 0
+    assert abs(features + step - gb["lean forms"]) < 0.02 * gb["lean forms"], out

@@ -344,9 +344,9 @@ def _lean_kernels() -> bool:
     """Whether the net takes its in-place, fewer-kernel forms (rotary positions, embedding
     input, norm + modulation, velocity, base features shared by a window's steps): in eager
     inference only. The net is bound by memory traffic, not matmuls: these forms cut the
-    bytes of a dense 1080p x 5 call in bf16 from 18.6 to 10.7 GB (counted per aten op on the
-    CPU). Training needs autograd, which out= kernels lack; an export keeps the plain graph
-    for its runtime to fuse, and torch.compile fuses the plain forms itself."""
+    bytes of a dense 1080p x 5 call in bf16 from 16.4 to 10.1 GB (scripts/count_sr_bytes.py).
+    Training needs autograd, which out= kernels lack; an export keeps the plain graph for its
+    runtime to fuse, and torch.compile fuses the plain forms itself."""
     return not (
         torch.is_grad_enabled()
         or torch.jit.is_tracing()
@@ -364,8 +364,8 @@ class BaseFeatures:
     of its flow steps share: the embedding input with its base half written (base - 0.5;
     each step writes the state half), the conv head's stem output, the rotary tables. At
     several steps this is computed once instead of once a step: for the default net in bf16
-    it moves 19% of the bytes of a full call (2.03 of 10.67 GB for a dense 1080p x 5 window,
-    counted per aten op on the CPU), and the stem's convs are ~26% of its FLOPs (by the layer
+    it moves 20% of the bytes of a full call (2.03 of 10.11 GB for a dense 1080p x 5 window,
+    scripts/count_sr_bytes.py), and the stem's convs are ~26% of its FLOPs (by the layer
     shapes)."""
 
     embed_input: Tensor  # [K, 3(p+2h)² + 3p²] in the net's dtype
