@@ -1186,7 +1186,7 @@ def skipsr(
             token-count bucket (geometric, at most ~9% padding, see tokens.kept_bucket), all
             captured when the first window is computed (56 graphs for 1080p windows of 5
             frames: 6.4-10.7 s on an H100, 5.5-9.2 s for one graph), so none stalls the run
-            later; a window's steps run through its graph with the inputs loaded once. With
+            later; a window's whole flow, all its steps, is one graph replay. With
             device_color the steps around the net (upsample and keep set, colour conversion)
             replay as graphs too, one per stream. None (default): on where it applies, since
             a small model launching kernels costs more than running them and skipping would

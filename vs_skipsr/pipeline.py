@@ -122,8 +122,9 @@ def upsample(lr: Tensor, *, scale: int) -> Tensor:
 
 
 def padded_base(lr: Tensor, *, scale: int, patch: int) -> Tensor:
-    """The base every token starts from: lr's upsample, zero-padded to the token grid
-    [T, 3, Hg, Wg] (what :func:`window_inputs` hands to :func:`upscale_window`)."""
+    """The base every token starts from: lr's upsample, padded to the token grid
+    [T, 3, Hg, Wg] by replicating its last row and column (:func:`~vs_skipsr.tokens.pad_to_grid`):
+    what :func:`window_inputs` hands to :func:`upscale_window`."""
     return pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)
 
 
@@ -235,11 +236,11 @@ def upscale_window(
     The keep set comes from ``keep`` ([T, Hp, Wp] bool) if given, else from the scorer with
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
     kept and the mask is not evaluated (the dense path). ``base``, if given, is
-    :func:`padded_base` of lr, as :func:`window_inputs` makes it. ``steps`` Euler steps of the flow all
-    reuse one keep set and one pair of partitions. ``buckets`` pads the kept count up to a
-    bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`; None: where the runner wants
-    it, i.e. torch on CUDA) so captured graphs and per-shape
-    kernel plans are reused; padding never changes the result.
+    :func:`padded_base` of lr, as :func:`window_inputs` makes it. ``steps`` Euler steps of
+    the flow all reuse one keep set and one pair of partitions. ``buckets`` pads the kept
+    count up to a bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`; None: where the
+    runner wants it, i.e. torch on CUDA) so captured graphs and per-shape kernel plans are
+    reused; padding never changes the result.
 
     On CUDA the window costs one device-to-host sync (the kept count), none when dense.
     """

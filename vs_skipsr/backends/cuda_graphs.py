@@ -288,10 +288,11 @@ class StaticGraph:
     so windows on different streams never share buffers.
 
     For the small per-window steps around the net (the window inputs, upsample and keep set:
-    ~60 launches a window; the device colour conversion: ~45). Each eager launch hands Python's GIL back and forth with
-    VapourSynth's threads, and at a few hundred frames a second those hand-offs, not the GPU,
-    were the pipeline's floor (profile_filter.py on an H100: GPU 23% busy). Off a side
-    stream (the legacy default stream cannot be captured) it runs eagerly."""
+    ~60 launches a window; the device colour conversion: ~45). Each eager launch hands
+    Python's GIL back and forth with VapourSynth's threads, and at a few hundred frames a
+    second those hand-offs, not the GPU, were the pipeline's floor (profile_filter.py on an
+    H100: GPU 23% busy). Off a side stream (the legacy default stream cannot be captured) it
+    runs eagerly."""
 
     def __init__(self, fn: Callable[..., tuple[Tensor, ...]]) -> None:
         self.fn = fn
