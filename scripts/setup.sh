@@ -46,9 +46,20 @@ fi
 
 stamp=.venv/.skipsr-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    # A first install takes ~6.5 GB in .venv (PyPI's torch for 3.12+ is a CUDA build) plus pip's
+    # unpacking in TMPDIR: say so up front rather than die midway on ENOSPC.
+    need_gb=8
+    for dir in .venv "${TMPDIR:-/tmp}"; do
+        free_kb=$(df -Pk "$dir" 2>/dev/null | awk 'NR==2 {print $4}')
+        if [ -n "$free_kb" ] && [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
+            say "only $((free_kb / 1024)) MiB free on the filesystem of $dir; installing needs about ${need_gb} GiB."
+            say "free some space (or point TMPDIR elsewhere) and run scripts/setup.sh again."
+            exit 1
+        fi
+    done
     say "installing vs_skipsr and its dependencies into .venv (torch is large: minutes on first run)"
     .venv/bin/python -m pip install -q --upgrade pip >&2
-    .venv/bin/python -m pip install -q -e '.[test,trt,train]' >&2
+    .venv/bin/python -m pip install -q --no-cache-dir -e '.[test,trt,train]' >&2
     touch "$stamp"
 fi
 
