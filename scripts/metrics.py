@@ -26,6 +26,7 @@ __all__ = [
     "BorderJumps",
     "block_edge_measure",
     "gt_flow",
+    "harm_by_rank",
     "psnr",
     "psnr_from_mse",
     "rgb_to_y",
@@ -102,6 +103,26 @@ def token_sse(a: np.ndarray, b: np.ndarray, *, patch: int, border: int = 4) -> n
         inside[border:-border, border:-border] = 1.0
         d2 = d2 * inside
     return d2.reshape(h // patch, patch, w // patch, patch).sum(axis=(1, 3))
+
+
+def harm_by_rank(gain: np.ndarray, score: np.ndarray, *, bins: int = 10) -> np.ndarray:
+    """Where a ranking puts the tokens the SR net makes worse: of the summed loss of the
+    tokens with ``gain`` < 0 (per-token SSE of the base minus that of the SR output), the
+    share in each of ``bins`` equal-count bins of ``score`` (lowest scores first) [bins].
+
+    The oracle skips harmful tokens first and so runs ahead of any ranking that puts them
+    among the high scores; this says how much of that lead a ranking gives away. All zeros
+    when no token is harmful."""
+    g, s = np.asarray(gain, np.float64).ravel(), np.asarray(score, np.float64).ravel()
+    if g.shape != s.shape:
+        raise ValueError(f"harm_by_rank: gain has {g.size} tokens, score {s.size}")
+    order = np.argsort(s, kind="stable")
+    harm = np.maximum(-g[order], 0.0)
+    total = harm.sum()
+    if total == 0.0:
+        return np.zeros(bins)
+    edges = np.linspace(0, g.size, bins + 1).round().astype(int)
+    return np.add.reduceat(harm, edges[:-1]) / total
 
 
 def border_pixels(h: int, w: int, *, border: int = 4) -> int:

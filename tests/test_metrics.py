@@ -111,3 +111,15 @@ def test_gt_flow_recovers_translation() -> None:
     assert valid[inner].mean() > 0.9
     err, _ = metrics.warping_error(f0, f1, flow, valid)
     assert err < 2.0
+
+
+def test_harm_by_rank_puts_the_harmful_tokens_loss_in_its_score_bins() -> None:
+    # 10 tokens, scores 0..9 shuffled; tokens of score 1 and 8 are harmful (loss 1 and 3)
+    score = np.array([5.0, 8.0, 0.0, 3.0, 1.0, 9.0, 2.0, 7.0, 4.0, 6.0])
+    gain = np.array([2.0, -3.0, 0.5, 1.0, -1.0, 4.0, 0.0, 2.5, 1.5, 3.0])
+    shares = metrics.harm_by_rank(gain, score, bins=5)
+    # bins by score: {0,1} {2,3} {4,5} {6,7} {8,9}
+    assert shares == pytest.approx([0.25, 0.0, 0.0, 0.0, 0.75])
+    assert metrics.harm_by_rank(np.abs(gain), score, bins=5) == pytest.approx(np.zeros(5))
+    with pytest.raises(ValueError, match="gain has 10 tokens, score 9"):
+        metrics.harm_by_rank(gain, score[:9])
