@@ -50,7 +50,11 @@ class ByteCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if name not in FREE:
+        # a functional op that hands back its input unchanged (a .to() to the dtype it has)
+        # moves nothing; in-place and out= ops hand back what they wrote, and are counted
+        functional = not name.endswith("_") and "out" not in (kwargs or {})
+        aliased = functional and any(out is a for a in tree_leaves((args, kwargs)))
+        if name not in FREE and not aliased:
             moved = sum(_nbytes(x) for x in tree_leaves((args, kwargs, out)))
             self.bytes[name] += moved
             self.calls[name] += 1
