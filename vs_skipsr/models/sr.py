@@ -361,14 +361,14 @@ def _lean_kernels() -> bool:
 @dataclass(frozen=True)
 class BaseFeatures:
     """The part of the net's work that depends only on a window's base and coords, which all
-    of its flow steps share: the embedding input with its base half written (base - 0.5;
-    each step writes the state half), the conv head's stem output, the rotary tables. At
-    several steps this is computed once instead of once a step: for the default net in bf16
-    it moves 20% of the bytes of a full call (2.03 of 10.11 GB for a dense 1080p x 5 window,
-    scripts/count_sr_bytes.py), and the stem's convs are ~26% of its FLOPs (by the layer
-    shapes)."""
+    of its flow steps share: the embedding of the base half of the input (its share of the
+    embedding matmul, bias included: each step adds the state half's), the conv head's stem
+    output, the rotary tables. At several steps this is computed once instead of once a step:
+    the base half is 80% of the embedding's FLOPs (3(p+2h)² of its 3(p+2h)² + 3p² inputs),
+    the stem's convs ~26% of the net's; and the window keeps a [K, dim] embedding instead of
+    the [K, 3(p+2h)² + 3p²] input (16 MB instead of 313 MB for a 1080p x 5 window in bf16)."""
 
-    embed_input: Tensor  # [K, 3(p+2h)² + 3p²] in the net's dtype
+    embedded_base: Tensor  # [K, dim] in the net's dtype: embed's base columns @ (base - 0.5) + bias
     pixels: Tensor | None  # [K, width, g, g]: ConvHead.pixels, or None for a linear head
     rope: tuple[Tensor, Tensor]  # cos, sin [K, 1, D/2]
 
@@ -467,30 +467,32 @@ class SRTransformer(nn.Module):
         """What every flow step of a window computes the same from its base and coords (see
         :class:`BaseFeatures`); :meth:`velocity` takes it, once per step. Inference only."""
         cfg = self.config
-        dt = self.embed.weight.dtype
-        x_in = base.new_empty(base.shape[0], cfg.base_dim + cfg.token_dim, dtype=dt)
-        torch.sub(base, 0.5, out=x_in[:, : cfg.base_dim])
-        pix = None
-        if isinstance(self.final, ConvHead):
-            # the head reads the centred base too; if base came in another dtype, cast first
-            # and then centre, as the plain form does
-            centered = x_in[:, : cfg.base_dim] if base.dtype == dt else base.to(dt) - 0.5
-            pix = self.final.pixels(centered)
+        w = self.embed.weight  # [C, base_dim + token_dim]
+        centered = base.to(w.dtype) - 0.5  # [K, base_dim]; cast first, as the plain form does
+        embedded = torch.addmm(self.embed.bias, centered, w[:, : cfg.base_dim].t())  # [K, C]
+        pix = self.final.pixels(centered) if isinstance(self.final, ConvHead) else None
         return BaseFeatures(
-            embed_input=x_in, pixels=pix, rope=rope_tables(coords, self.head_dim, cfg.rope_base)
+            embedded_base=embedded,
+            pixels=pix,
+            rope=rope_tables(coords, self.head_dim, cfg.rope_base),
         )
 
     @torch.inference_mode()
     def velocity(
         self, features: BaseFeatures, state: Tensor, t: Tensor, attends: Sequence[Attend]
     ) -> Tensor:
-        """:meth:`forward_attend` from the window's :meth:`base_features` (the same numbers):
-        only the state's half of the embedding input is written (in place) and what depends
-        on the state and time is run. Inference only."""
+        """:meth:`forward_attend` from the window's :meth:`base_features` (the same numbers to
+        rounding): only the state's share of the embedding and what depends on the state and
+        time is run. Inference only."""
         cfg = self.config
-        x_in = features.embed_input
-        torch.div(state, cfg.noise_std, out=x_in[:, cfg.base_dim :])
-        out = self._decode(self.embed(x_in), t, features.rope, features.pixels, attends)
+        w = self.embed.weight
+        x = torch.addmm(  # embedded base + (state / noise_std) @ the state columns, one kernel
+            features.embedded_base,
+            state.to(w.dtype),
+            w[:, cfg.base_dim :].t(),
+            alpha=1.0 / cfg.noise_std,
+        )
+        out = self._decode(x, t, features.rope, features.pixels, attends)
         # (state - out * noise_std) / t in two kernels instead of four fp32 passes; the same
         # numbers where noise_std is a power of two (0.25 in every preset: the product is exact)
         return torch.add(state.float(), out, alpha=-cfg.noise_std).div_(_time_divisor(t))
