@@ -390,7 +390,7 @@ def test_steps_reuse_one_keep_set_and_change_the_result(runner):
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_flow_computes_the_base_features_once_and_gives_the_per_step_numbers(runner, steps):
-    """The runner's flow runs the base's share of the net (embedding input, head stem,
+    """The runner's flow runs the base's share of the net (base half's embedding, head stem,
     rotary tables) once for all steps: bit for bit what one full net call per step gives,
     with one base_features call per window instead of one per step."""
     from vs_skipsr.backends.base import euler_flow
