@@ -37,6 +37,7 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -304,6 +305,30 @@ def keep_at(scores: np.ndarray, skip: float) -> np.ndarray:
     return keep_by_ratio(torch.from_numpy(scores), skip_ratio=skip).numpy()
 
 
+class TokenErrors(NamedTuple):
+    """The base upsample and the dense model's output (uint8 [T, H, W, 3]), their luma, and
+    their per-token squared errors against the ground truth ([T, Hp, Wp]): what every
+    ranking is measured on."""
+
+    base: np.ndarray
+    dense: np.ndarray
+    base_y: np.ndarray
+    dense_y: np.ndarray
+    sse_base: np.ndarray
+    sse_dense: np.ndarray
+
+
+def token_errors(ctx: Context, lr: Tensor, gt_y: np.ndarray) -> TokenErrors:
+    base = to_uint8(upsample(lr, scale=SCALE))
+    dense, _, _ = run_model(ctx, lr)
+    base_y, dense_y = rgb_to_y(base), rgb_to_y(dense)
+    sse = [
+        np.stack([token_sse(y[t], gt_y[t], patch=ctx.patch, border=BORDER) for t in range(len(y))])
+        for y in (base_y, dense_y)
+    ]
+    return TokenErrors(base, dense, base_y, dense_y, sse[0], sse[1])
+
+
 def evaluate_window(ctx: Context, win: Window, *, real_fractions: Iterable[float]) -> WindowResult:
     """Every per-window quantity but the threshold runs: baselines, dense, scores, real SkipSR."""
     p = ctx.patch
@@ -312,15 +337,7 @@ def evaluate_window(ctx: Context, win: Window, *, real_fractions: Iterable[float
     t_count, h, w = gt_y.shape
     grid = (h // p, w // p)
 
-    base = to_uint8(upsample(lr, scale=SCALE))
-    dense, _, _ = run_model(ctx, lr)
-    base_y, dense_y = rgb_to_y(base), rgb_to_y(dense)
-    sse_base = np.stack(
-        [token_sse(base_y[t], gt_y[t], patch=p, border=BORDER) for t in range(t_count)]
-    )
-    sse_dense = np.stack(
-        [token_sse(dense_y[t], gt_y[t], patch=p, border=BORDER) for t in range(t_count)]
-    )
+    base, dense, base_y, dense_y, sse_base, sse_dense = token_errors(ctx, lr, gt_y)
     absdiff = np.abs(dense_y - base_y).reshape(t_count, grid[0], p, grid[1], p).mean(axis=(2, 4))
 
     t0 = time.perf_counter()
@@ -416,15 +433,16 @@ def composite_curves(results: list[WindowResult]) -> dict[str, np.ndarray]:
     for rank in RANKINGS:
         rows = []
         for r in results:
-            dense = np.array(r.methods["dense"].psnr)
-            rows.append(
-                [
-                    float(np.mean(dense - composite_psnr(r, keep_at(r.scores[rank], f))))
-                    for f in FRACTIONS
-                ]
-            )
+            rows.append(composite_drops(r, r.scores[rank]))
         out[rank] = np.array(rows)
     return out
+
+
+def composite_drops(res: WindowResult, scores: np.ndarray) -> list[float]:
+    """Mean-over-frames PSNR drop from dense (composite) at each of FRACTIONS, skipping by
+    ``scores``."""
+    dense = np.array(res.methods["dense"].psnr)
+    return [float(np.mean(dense - composite_psnr(res, keep_at(scores, f)))) for f in FRACTIONS]
 
 
 def real_curves(results: list[WindowResult], fractions: tuple[float, ...]) -> dict[str, np.ndarray]:

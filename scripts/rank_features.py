@@ -47,11 +47,6 @@ log = logging.getLogger("rank_features")
 TOP_SHARE = 0.3  # the AUC looks at this top share of tokens by Laplacian energy
 
 
-def _lap(y: Tensor) -> Tensor:
-    yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
-    return yp[..., :-2, 1:-1] + yp[..., 2:, 1:-1] + yp[..., 1:-1, :-2] + yp[..., 1:-1, 2:] - 4 * y
-
-
 def _clipped(lr: Tensor, margin: float) -> Tensor:
     y = M._luma(lr)
     return ((y < margin) | (y > 1 - margin)).float()
@@ -61,12 +56,14 @@ def _clipped(lr: Tensor, margin: float) -> Tensor:
 MAPS: dict[str, Callable[[Tensor], Tensor]] = {
     "laplacian": M.laplacian_energy,
     "gradient": M.gradient_energy,
-    "laplacian, no 3x3 mean": lambda lr: _lap(M._luma(lr)) ** 2,
+    "laplacian, no 3x3 mean": lambda lr: M._laplacian(M._luma(lr)) ** 2,
     "laplacian, 3x3 max": lambda lr: F.max_pool2d(M.laplacian_energy(lr), 3, 1, 1),
     "sqrt laplacian": lambda lr: M.laplacian_energy(lr).sqrt(),
     "log laplacian": lambda lr: M.laplacian_energy(lr).clamp_min(1e-5).log10(),
     "laplacian at 1/2": lambda lr: F.interpolate(
-        M._mean3x3(_lap(F.avg_pool2d(M._luma(lr), 2)) ** 2), size=lr.shape[-2:], mode="nearest"
+        M._mean3x3(M._laplacian(F.avg_pool2d(M._luma(lr), 2)) ** 2),
+        size=lr.shape[-2:],
+        mode="nearest",
     ),
     "sqrt(laplacian x gradient)": lambda lr: (
         (M.laplacian_energy(lr) * M.gradient_energy(lr)).clamp_min(0).sqrt()
@@ -111,33 +108,16 @@ def auc_helpful_over_harmful(gain: np.ndarray, score: np.ndarray, top: np.ndarra
     return float(u / (pos.size * neg.size))
 
 
-def composite_largest_skip(r: eq.WindowResult, score: np.ndarray) -> float:
-    dense = np.array(r.methods["dense"].psnr)
-    drops = [
-        float(np.mean(dense - eq.composite_psnr(r, eq.keep_at(score, f)))) for f in eq.FRACTIONS
-    ]
-    return eq.largest_skip(np.array(drops), eq.FRACTIONS)
-
-
 def photo_result(ctx: eq.Context, win: eq.Window) -> eq.WindowResult:
     """Dense run and per-token SSEs of one photo (no real SkipSR runs, no DAT)."""
-    p = ctx.patch
     lr = eq.to_tensor(win.lr)
     gt_y = eq.rgb_to_y(win.gt)
-    base_y = eq.rgb_to_y(eq.to_uint8(eq.upsample(lr, scale=eq.SCALE)))
-    dense, _, _ = eq.run_model(ctx, lr)
-    dense_fs, dense_y = eq.score_frames(dense, gt_y, with_ssim=False)
-    sse = {
-        name: np.stack(
-            [eq.token_sse(y[t], gt_y[t], patch=p, border=eq.BORDER) for t in range(len(y))]
-        )
-        for name, y in (("base", base_y), ("dense", dense_y))
-    }
+    errs = eq.token_errors(ctx, lr, gt_y)
     r = eq.WindowResult(
         win.name, "photos", 0, lr, gt_y, eq.border_pixels(*gt_y.shape[1:], border=eq.BORDER),
-        sse["base"], sse["dense"], {"oracle": sse["base"] - sse["dense"]},
+        errs.sse_base, errs.sse_dense, {"oracle": errs.sse_base - errs.sse_dense},
     )  # fmt: skip
-    r.methods["dense"] = dense_fs
+    r.methods["dense"], _ = eq.score_frames(errs.dense, gt_y, with_ssim=False)
     return r
 
 
@@ -158,7 +138,8 @@ def rank_set(ctx: eq.Context, wins: list[eq.Window]) -> dict[str, dict[str, floa
         lap = scores["laplacian"]
         top = lap >= np.quantile(lap, 1 - TOP_SHARE)
         for name, s in scores.items():
-            skips.setdefault(name, []).append(composite_largest_skip(r, s))
+            drops = np.array(eq.composite_drops(r, s))
+            skips.setdefault(name, []).append(eq.largest_skip(drops, eq.FRACTIONS))
             aucs.setdefault(name, []).append(auc_helpful_over_harmful(gain, s, top))
         log.info(
             "%s: oracle %.2f, laplacian %.2f", win.name, skips["oracle"][-1], skips["laplacian"][-1]

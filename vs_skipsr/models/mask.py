@@ -146,10 +146,14 @@ def laplacian_energy(lr: Tensor) -> Tensor:
     """Mean squared 4-neighbour Laplacian of BT.601 luma over a 3x3 neighbourhood:
     [T,3,h,w] -> [T,1,h,w]. Curvature rather than slope: a ramp that bicubic already
     reproduces scores nothing, an edge or a fine line does."""
-    y = _luma(lr)
-    yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
-    lap = yp[..., :-2, 1:-1] + yp[..., 2:, 1:-1] + yp[..., 1:-1, :-2] + yp[..., 1:-1, 2:] - 4 * y
+    lap = _laplacian(_luma(lr))
     return _mean3x3(lap * lap)
+
+
+def _laplacian(y: Tensor) -> Tensor:
+    """4-neighbour Laplacian of [T, 1, h, w], the border replicated."""
+    yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
+    return yp[..., :-2, 1:-1] + yp[..., 2:, 1:-1] + yp[..., 1:-1, :-2] + yp[..., 1:-1, 2:] - 4 * y
 
 
 def token_scores(score_map: Tensor, *, scale: int, patch: int, grid: tuple[int, int]) -> Tensor:
