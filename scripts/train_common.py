@@ -20,7 +20,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vs_skipsr.models.mask import gradient_energy, token_scores
+from vs_skipsr.models.mask import gradient_energy, laplacian_energy, token_scores
 from vs_skipsr.models.sr import SRConfig
 from vs_skipsr.pipeline import upsample
 from vs_skipsr.tokens import Partition, gather_patches, patchify, token_coords, window_partitions
@@ -90,13 +90,23 @@ def one_step_all_tokens(model, lr: Tensor, hr: Tensor, *, scale: int) -> tuple[T
 
 def training_keep(lr: Tensor, *, scale: int, patch: int, generator: torch.Generator) -> Tensor:
     """Keep sets like the ones inference makes: for each window either all tokens (30%) or the
-    top fraction f ~ U(0.15, 0.9) of a jittered gradient-energy score, so the SR net learns to
-    work with textured regions whose flat neighbours were dropped."""
+    top fraction f ~ U(0.15, 0.9) of a jittered score, so the SR net learns to work with
+    textured regions whose flat neighbours were dropped. The score is, with equal odds per
+    window, the gradient energy (scorer='gradient') or the Laplacian energy (the shipped
+    learned mask). The learned mask's real runs lose quality in partly skipped attention
+    windows (README, mask gap); nets trained on the gradient ranking alone met its keep sets
+    only through the jitter."""
     b, t, _, h, w = lr.shape
     hp, wp = h * scale // patch, w * scale // patch
-    emap = gradient_energy(lr.flatten(0, 1))  # [B*T, 1, h, w]
-    scores = token_scores(emap, scale=scale, patch=patch, grid=(hp, wp)).reshape(b, -1)
+    frames = lr.flatten(0, 1)
     dev = lr.device
+    use_lap = torch.rand(b, generator=generator, device=dev) < 0.5
+    emaps = torch.where(
+        use_lap.repeat_interleave(t)[:, None, None, None],
+        laplacian_energy(frames),
+        gradient_energy(frames),
+    )  # [B*T, 1, h, w]
+    scores = token_scores(emaps, scale=scale, patch=patch, grid=(hp, wp)).reshape(b, -1)
     u = torch.rand(b, 2, generator=generator, device=dev)
     jitter = torch.rand(scores.shape, generator=generator, device=dev)
     ranks = scores.argsort(dim=1).argsort(dim=1).float() / scores.shape[1]  # [B, N] in [0, 1)

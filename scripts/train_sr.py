@@ -5,8 +5,9 @@ Each step samples B windows of T frames (photos with sub-pixel camera motion and
 runs, scales 2-4), drops tokens as inference would (training_keep), and regresses the
 residual estimate behind the velocity (v = (x_t - r_hat) / t) at t ~ {1 (3/4 of the time: the
 one-step default), U(0, 1)} on kept tokens only. The budget is wall time (--minutes), so a
-run fits a device lease; --resume continues from the checkpoint. bf16 autocast on CUDA. Under torchrun it trains data-parallel
-(DDP, one GPU a rank; gloo on CPU), each rank drawing its own windows.
+run fits a device lease; --resume continues from the checkpoint; --init fine-tunes saved
+weights. bf16 autocast on CUDA. Under torchrun it trains data-parallel (DDP, one GPU a rank;
+gloo on CPU), each rank drawing its own windows.
 
     python scripts/train_sr.py --pack data/pack --minutes 6 --out out/train_sr \
         --weights vs_skipsr/weights/sr_default.safetensors
@@ -40,7 +41,7 @@ from train_common import (
 from train_data import WindowSampler
 
 from vs_skipsr.models import PRESETS, SRConfig, SRTransformer
-from vs_skipsr.models.weights import save_weights
+from vs_skipsr.models.weights import load_sr, save_weights
 from vs_skipsr.tokens import unpatchify
 
 log = logging.getLogger("train_sr")
@@ -120,6 +121,12 @@ def main() -> None:
         "--weights", type=Path, default=None, help="where to write the final safetensors"
     )
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="fine-tune: start from these SR weights (their config; not with --preset/--set)",
+    )
     ap.add_argument("--half-weights", action="store_true", help="store the safetensors in float16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-step-s", type=float, default=1e9, help="give up early if slower")
@@ -129,9 +136,16 @@ def main() -> None:
     dist = Distributed.from_env()
     dev = dist.device
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = with_overrides(PRESETS[args.preset], args.set)
+    if args.init is not None:
+        if args.set or args.preset != "default":
+            raise SystemExit("--init takes the config stored with the weights: drop --preset/--set")
+        net = load_sr(args.init).train().to(dev)
+        cfg = net.config
+        log.info("starting from %s", args.init)
+    else:
+        cfg = with_overrides(PRESETS[args.preset], args.set)
+        net = SRTransformer(cfg).to(dev)
     frames = cfg.window[0]
-    net = SRTransformer(cfg).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     ckpt = args.out / "ckpt.pt"
     step, spent = 0, 0.0
@@ -156,6 +170,16 @@ def main() -> None:
         pack_dir=args.pack, frames=frames, hr_size=args.hr_size, device=str(dev), seed=12345
     )
     val_lr, val_hr, val_s = held.sample(8, scale=4)
+    if args.init is not None and dist.main and step == 0:
+        p_bic, p_sr = one_step_psnr(net.eval(), val_lr, val_hr, val_s)
+        net.train()
+        curve.log(step=0, psnr_bicubic=p_bic, psnr_sr=p_sr, gain_db=p_sr - p_bic)
+        log.info(
+            "x4 held-out at the start: bicubic %.2f dB, SR %.2f dB (%+.2f)",
+            p_bic,
+            p_sr,
+            p_sr - p_bic,
+        )
     g = torch.Generator(device=dev).manual_seed(args.seed + 1 + step + 1000 * dist.rank)
     n_params = sum(p.numel() for p in net.parameters())
     log.info(
