@@ -88,24 +88,39 @@ def one_step_all_tokens(model, lr: Tensor, hr: Tensor, *, scale: int) -> tuple[T
     return batch, noise - v.float()  # one Euler step from t = 1
 
 
-def training_keep(lr: Tensor, *, scale: int, patch: int, generator: torch.Generator) -> Tensor:
+def training_keep(
+    lr: Tensor,
+    *,
+    scale: int,
+    patch: int,
+    generator: torch.Generator,
+    rankings: str = "gradient",
+) -> Tensor:
     """Keep sets like the ones inference makes: for each window either all tokens (30%) or the
     top fraction f ~ U(0.15, 0.9) of a jittered score, so the SR net learns to work with
-    textured regions whose flat neighbours were dropped. The score is, with equal odds per
-    window, the gradient energy (scorer='gradient') or the Laplacian energy (the shipped
-    learned mask). The learned mask's real runs lose quality in partly skipped attention
-    windows (README, mask gap); nets trained on the gradient ranking alone met its keep sets
-    only through the jitter."""
+    textured regions whose flat neighbours were dropped.
+
+    ``rankings``: "gradient" scores every window by the gradient energy (the default scorer;
+    the shipped weights were trained so, and this draws the same random numbers as then);
+    "both" picks the gradient or the Laplacian energy (the shipped learned mask) at equal odds
+    per window, so the net also meets the learned mask's keep sets, whose real runs lose
+    quality in partly skipped attention windows (README, mask gap). The one fine-tune with
+    "both" (twelfth session) did not close that gap."""
+    if rankings not in ("gradient", "both"):
+        raise ValueError(f"rankings={rankings!r}: expected 'gradient' or 'both'")
     b, t, _, h, w = lr.shape
     hp, wp = h * scale // patch, w * scale // patch
     frames = lr.flatten(0, 1)
     dev = lr.device
-    use_lap = torch.rand(b, generator=generator, device=dev) < 0.5
-    emaps = torch.where(
-        use_lap.repeat_interleave(t)[:, None, None, None],
-        laplacian_energy(frames),
-        gradient_energy(frames),
-    )  # [B*T, 1, h, w]
+    if rankings == "both":
+        use_lap = torch.rand(b, generator=generator, device=dev) < 0.5
+        emaps = torch.where(
+            use_lap.repeat_interleave(t)[:, None, None, None],
+            laplacian_energy(frames),
+            gradient_energy(frames),
+        )  # [B*T, 1, h, w]
+    else:
+        emaps = gradient_energy(frames)
     scores = token_scores(emaps, scale=scale, patch=patch, grid=(hp, wp)).reshape(b, -1)
     u = torch.rand(b, 2, generator=generator, device=dev)
     jitter = torch.rand(scores.shape, generator=generator, device=dev)

@@ -120,6 +120,13 @@ def main() -> None:
     ap.add_argument(
         "--weights", type=Path, default=None, help="where to write the final safetensors"
     )
+    ap.add_argument(
+        "--keep-rankings",
+        choices=("gradient", "both"),
+        default="gradient",
+        help="what ranks the training keep sets: the gradient energy (the shipped weights' "
+        "recipe) or, per window at equal odds, the gradient or the Laplacian energy",
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument(
         "--init",
@@ -207,7 +214,9 @@ def main() -> None:
         use4 = torch.rand(1, generator=g, device=dev).item() < args.scale4_frac
         lr, hr, scale = sampler.sample(args.batch, scale=4 if use4 else None)
         stages.mark("sample")
-        keep = training_keep(lr, scale=scale, patch=cfg.patch, generator=g)
+        keep = training_keep(
+            lr, scale=scale, patch=cfg.patch, generator=g, rankings=args.keep_rankings
+        )
         batch = make_batch(lr, hr, scale=scale, cfg=cfg, keep=keep)
         stages.mark("tokens")
         loss = velocity_loss(model, cfg, batch, generator=g, one_step_frac=args.one_step_frac)

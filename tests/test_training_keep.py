@@ -39,9 +39,10 @@ def _top(score_map: torch.Tensor, n: int) -> set[int]:
     return set(torch.topk(scores, n).indices.tolist())
 
 
-def test_keep_fractions_and_dense_share(windows: torch.Tensor) -> None:
+@pytest.mark.parametrize("rankings", ["gradient", "both"])
+def test_keep_fractions_and_dense_share(windows: torch.Tensor, rankings: str) -> None:
     g = torch.Generator().manual_seed(0)
-    keep = training_keep(windows, scale=SCALE, patch=PATCH, generator=g)
+    keep = training_keep(windows, scale=SCALE, patch=PATCH, generator=g, rankings=rankings)
     assert keep.shape == (WINDOWS, T, 16, 16)
     frac = keep.reshape(WINDOWS, -1).float().mean(dim=1)
     dense = frac == 1.0
@@ -50,12 +51,9 @@ def test_keep_fractions_and_dense_share(windows: torch.Tensor) -> None:
     assert frac[~dense].max() <= 0.9 + 1 / (T * 256)
 
 
-def test_partial_windows_follow_both_shipped_rankings(windows: torch.Tensor) -> None:
-    """Each partly kept window is nearer the Laplacian ranking's top set (the learned mask's)
-    or the gradient ranking's (the default scorer's), and each ranking serves a fair share."""
-    g = torch.Generator().manual_seed(1)
-    keep = training_keep(windows, scale=SCALE, patch=PATCH, generator=g).reshape(WINDOWS, -1)
-    first = windows[0]  # every window is the same picture: one top set per ranking and size
+def _nearer(keep: torch.Tensor, first: torch.Tensor) -> tuple[int, int]:
+    """How many partly kept windows are nearer the Laplacian ranking's top set of their size
+    than the gradient ranking's, and the other way round (ties count for neither)."""
     lap_map, grad_map = laplacian_energy(first), gradient_energy(first)
     nearer_lap, nearer_grad = 0, 0
     for row in keep:
@@ -64,9 +62,31 @@ def test_partial_windows_follow_both_shipped_rankings(windows: torch.Tensor) -> 
             continue
         kept = set(torch.nonzero(row).flatten().tolist())
         lap, grad = _top(lap_map, n), _top(grad_map, n)
-        if lap == grad:
-            continue
         nearer_lap += len(kept & lap) > len(kept & grad)
         nearer_grad += len(kept & grad) > len(kept & lap)
+    return nearer_lap, nearer_grad
+
+
+def test_both_follows_each_shipped_ranking_in_a_fair_share(windows: torch.Tensor) -> None:
+    """With rankings='both' each partly kept window follows the Laplacian ranking (the learned
+    mask's) or the gradient ranking (the default scorer's), and each serves a fair share."""
+    g = torch.Generator().manual_seed(1)
+    keep = training_keep(windows, scale=SCALE, patch=PATCH, generator=g, rankings="both")
+    nearer_lap, nearer_grad = _nearer(keep.reshape(WINDOWS, -1), windows[0])
     assert nearer_lap + nearer_grad > 100
     assert 0.3 < nearer_lap / (nearer_lap + nearer_grad) < 0.7
+
+
+def test_default_follows_the_gradient_ranking(windows: torch.Tensor) -> None:
+    """The default (the shipped weights' recipe) ranks every window by the gradient energy."""
+    g = torch.Generator().manual_seed(1)
+    keep = training_keep(windows, scale=SCALE, patch=PATCH, generator=g)
+    nearer_lap, nearer_grad = _nearer(keep.reshape(WINDOWS, -1), windows[0])
+    assert nearer_lap + nearer_grad > 100
+    assert nearer_lap / (nearer_lap + nearer_grad) < 0.15
+
+
+def test_rankings_is_checked(windows: torch.Tensor) -> None:
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="rankings='laplacian'"):
+        training_keep(windows[:2], scale=SCALE, patch=PATCH, generator=g, rankings="laplacian")
