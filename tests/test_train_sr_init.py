@@ -1,0 +1,52 @@
+"""scripts/train_sr.py --init: fine-tuning starts from saved weights and keeps their config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vs_skipsr.models.weights import load_sr
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK = ROOT / "data" / "pack"
+pytest.importorskip("cv2", reason="the sampler needs opencv-python-headless (the 'train' extra)")
+pytestmark = pytest.mark.skipif(
+    not (PACK / "manifest.json").is_file(),
+    reason="no data/pack: run scripts/fetch_data.py --what train && scripts/pack_training_set.py",
+)
+
+
+def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_sr.py"), "--pack", str(PACK)]
+    cmd += ["--minutes", "0.02", "--batch", "1", "--hr-size", "96", "--out", str(tmp_path)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
+
+
+def test_init_fine_tunes_the_given_weights(tmp_path: Path, sr_weights: Path) -> None:
+    start = load_sr(sr_weights)
+    out = tmp_path / "tuned.safetensors"
+    run = _train(tmp_path, "--init", str(sr_weights), "--weights", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "x4 held-out at the start" in run.stderr
+    tuned = load_sr(out)
+    assert tuned.config == start.config  # the weights' own (tiny) config, not the preset's
+    moved = [
+        name
+        for (name, a), (_, b) in zip(
+            start.state_dict().items(), tuned.state_dict().items(), strict=True
+        )
+        if not a.equal(b)
+    ]
+    assert moved  # it trained
+    # and it started from them: a fresh net of that config is far further away
+    first = next(iter(start.state_dict()))
+    assert (tuned.state_dict()[first] - start.state_dict()[first]).abs().max() < 0.05
+
+
+def test_init_refuses_a_config_override(tmp_path: Path, sr_weights: Path) -> None:
+    run = _train(tmp_path, "--init", str(sr_weights), "--set", "halo=0")
+    assert run.returncode != 0
+    assert "--init takes the config stored with the weights" in run.stderr
