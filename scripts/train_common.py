@@ -173,6 +173,9 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
+        # the head's convs run channels-last, so their weight gradients come out so: weights
+        # in that layout let DDP's buckets match them (else it warns and copies each step)
+        net = net.to(memory_format=torch.channels_last)
         return DistributedDataParallel(net, device_ids=ids)
 
     def max(self, value: float) -> float:

@@ -1,4 +1,4 @@
-"""scripts/train_sr.py --init: fine-tuning starts from saved weights and keeps their config."""
+"""scripts/train_sr.py: fine-tuning from saved weights (--init) and data-parallel training."""
 
 from __future__ import annotations
 
@@ -50,3 +50,16 @@ def test_init_refuses_a_config_override(tmp_path: Path, sr_weights: Path) -> Non
     run = _train(tmp_path, "--init", str(sr_weights), "--set", "halo=0")
     assert run.returncode != 0
     assert "--init takes the config stored with the weights" in run.stderr
+
+
+def test_data_parallel_gradients_match_the_buckets(tmp_path: Path, sr_weights: Path) -> None:
+    """Two ranks under torchrun (gloo on the CPU): the head's channels-last conv gradients
+    must fit DDP's buckets, or every step copies them (torch warns 'Grad strides do not match
+    bucket view strides')."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(ROOT / "scripts" / "train_sr.py"), "--pack", str(PACK), "--init", str(sr_weights)]
+    cmd += ["--minutes", "0.05", "--batch", "1", "--hr-size", "96", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "x 2 ranks" in run.stderr
+    assert "Grad strides do not match" not in run.stderr
