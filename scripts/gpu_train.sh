@@ -4,6 +4,8 @@
 # exists, so a call cut short still returns what finished.
 # Usage (on the GPU machine, repo root, data/pack present):
 #   SR_MIN=5.5 MASK_MIN=1.5 bash scripts/gpu_train.sh OUTDIR
+# SR_INIT=weights.safetensors fine-tunes those weights; SR_KEEP_RANKINGS=both trains on keep
+# sets ranked by either shipped scorer (train_sr.py --keep-rankings).
 set -uo pipefail
 out=${1:-out/gpu_train}
 mkdir -p "$out"
@@ -16,8 +18,11 @@ launch=(python3)
 if [ "$ngpu" -gt 1 ]; then
     launch=(python3 -m torch.distributed.run --standalone --nproc_per_node "$ngpu")
 fi
+init=()
+[ -n "${SR_INIT:-}" ] && init=(--init "$SR_INIT")  # fine-tune these weights instead
 "${launch[@]}" scripts/train_sr.py --pack data/pack --minutes "${SR_MIN:-5.5}" \
     --batch "${SR_BATCH:-16}" --lr "${SR_LR:-1e-3}" --max-step-s "${MAX_STEP_S:-0.3}" \
+    --keep-rankings "${SR_KEEP_RANKINGS:-gradient}" "${init[@]}" \
     --half-weights --out /tmp/train/sr --weights "$out/sr_default.safetensors" || exit 1
 cp /tmp/train/sr/curve.jsonl "$out/curve_sr.jsonl"
 cp /tmp/train/sr/*.png "$out/"
