@@ -125,6 +125,28 @@ def harm_by_rank(gain: np.ndarray, score: np.ndarray, *, bins: int = 10) -> np.n
     return np.add.reduceat(harm, edges[:-1]) / total
 
 
+def ratio_interval(
+    num: np.ndarray, den: np.ndarray, *, level: float = 0.9, resamples: int = 10000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(num) / mean(den) over paired samples (images):
+    each resample draws the images with replacement and keeps each one's pair together.
+
+    With 14 validation photos a ratio of largest skips moves by several hundredths when one
+    photo is swapped; this says how far from a target a figure is before calling it met."""
+    a, b = np.asarray(num, np.float64).ravel(), np.asarray(den, np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"ratio_interval: {a.size} numerators, {b.size} denominators")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"ratio_interval: level={level}, expected 0 < level < 1")
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(resamples, a.size))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = a[idx].mean(axis=1) / b[idx].mean(axis=1)
+    r = r[np.isfinite(r)]
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(r, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def border_pixels(h: int, w: int, *, border: int = 4) -> int:
     """How many pixels :func:`psnr` averages over."""
     return max(h - 2 * border, 0) * max(w - 2 * border, 0)

@@ -123,3 +123,22 @@ def test_harm_by_rank_puts_the_harmful_tokens_loss_in_its_score_bins() -> None:
     assert metrics.harm_by_rank(np.abs(gain), score, bins=5) == pytest.approx(np.zeros(5))
     with pytest.raises(ValueError, match="gain has 10 tokens, score 9"):
         metrics.harm_by_rank(gain, score[:9])
+
+
+def test_ratio_interval_of_paired_means() -> None:
+    same = np.array([0.5, 0.5, 0.5, 0.5])
+    assert metrics.ratio_interval(same * 0.8, same) == pytest.approx((0.8, 0.8))  # no spread
+    # pairs move together: num = 0.8 den everywhere gives exactly 0.8 whatever is drawn
+    den = np.array([0.2, 0.4, 0.6, 0.8, 0.9])
+    assert metrics.ratio_interval(0.8 * den, den) == pytest.approx((0.8, 0.8))
+    # unpaired spread: the interval holds the point estimate and widens as samples shrink
+    rng = np.random.default_rng(1)
+    num, den = rng.uniform(0.3, 0.9, 40), rng.uniform(0.5, 0.9, 40)
+    low, high = metrics.ratio_interval(num, den)
+    assert low < num.mean() / den.mean() < high
+    low8, high8 = metrics.ratio_interval(num[:8], den[:8])
+    assert high8 - low8 > high - low
+    wide = metrics.ratio_interval(num, den, level=0.99)
+    assert wide[0] < low and wide[1] > high
+    with pytest.raises(ValueError, match="3 numerators, 2 denominators"):
+        metrics.ratio_interval(num[:3], den[:2])
