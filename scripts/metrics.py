@@ -142,6 +142,8 @@ def ratio_interval(
     with np.errstate(divide="ignore", invalid="ignore"):
         r = a[idx].mean(axis=1) / b[idx].mean(axis=1)
     r = r[np.isfinite(r)]
+    if r.size == 0:  # every denominator zero: no ratio to bound
+        return float("nan"), float("nan")
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(r, [tail, 1.0 - tail])
     return float(low), float(high)

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -94,7 +95,7 @@ def training_keep(
     scale: int,
     patch: int,
     generator: torch.Generator,
-    rankings: str = "gradient",
+    rankings: Literal["gradient", "both"] = "gradient",
 ) -> Tensor:
     """Keep sets like the ones inference makes: for each window either all tokens (30%) or the
     top fraction f ~ U(0.15, 0.9) of a jittered score, so the SR net learns to work with
@@ -174,7 +175,8 @@ class Distributed:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         # the head's convs run channels-last, so their weight gradients come out so: weights
-        # in that layout let DDP's buckets match them (else it warns and copies each step)
+        # in that layout let DDP's buckets match them (else torch warns that the mismatch may
+        # impair performance)
         net = net.to(memory_format=torch.channels_last)
         return DistributedDataParallel(net, device_ids=ids)
 

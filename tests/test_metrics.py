@@ -140,5 +140,6 @@ def test_ratio_interval_of_paired_means() -> None:
     assert high8 - low8 > high - low
     wide = metrics.ratio_interval(num, den, level=0.99)
     assert wide[0] < low and wide[1] > high
+    assert all(math.isnan(v) for v in metrics.ratio_interval(num[:3], np.zeros(3)))
     with pytest.raises(ValueError, match="3 numerators, 2 denominators"):
         metrics.ratio_interval(num[:3], den[:2])
