@@ -19,9 +19,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_sr.py"), "--pack", str(PACK)]
-    cmd += ["--minutes", "0.02", "--batch", "1", "--hr-size", "96", "--out", str(tmp_path)]
+def _train(
+    tmp_path: Path, *args: str, ranks: int = 1, minutes: str = "0.02"
+) -> subprocess.CompletedProcess[str]:
+    """train_sr.py on the real pack for a few steps, as one process or under torchrun."""
+    cmd = [sys.executable]
+    if ranks > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    cmd += [str(ROOT / "scripts" / "train_sr.py"), "--pack", str(PACK)]
+    cmd += ["--minutes", minutes, "--batch", "1", "--hr-size", "96", "--out", str(tmp_path)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=300)
 
 
@@ -54,12 +60,9 @@ def test_init_refuses_a_config_override(tmp_path: Path, sr_weights: Path) -> Non
 
 def test_data_parallel_gradients_match_the_buckets(tmp_path: Path, sr_weights: Path) -> None:
     """Two ranks under torchrun (gloo on the CPU): the head's channels-last conv gradients
-    must fit DDP's buckets, or every step copies them (torch warns 'Grad strides do not match
-    bucket view strides')."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(ROOT / "scripts" / "train_sr.py"), "--pack", str(PACK), "--init", str(sr_weights)]
-    cmd += ["--minutes", "0.05", "--batch", "1", "--hr-size", "96", "--out", str(tmp_path)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    must fit DDP's buckets (else torch warns 'Grad strides do not match bucket view strides',
+    which may impair performance)."""
+    run = _train(tmp_path, "--init", str(sr_weights), ranks=2, minutes="0.05")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "x 2 ranks" in run.stderr
     assert "Grad strides do not match" not in run.stderr
