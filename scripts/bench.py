@@ -633,36 +633,51 @@ def bench_vspipe(args) -> None:
         extra, n, w = regimes[regime]
         w = w if args.warmup_frames is None else args.warmup_frames
         kw = skip_kw
-        for field in rest:  # the case's own settings: regime:steps:sink[:r0.5|:t1e9][:s3][:a4]
+        for field in rest:  # the case's own settings: regime:steps:sink[:r0.5|:t1e9][:s3][:a4]..
             key = CASE_FIELDS.get(field[:1])
             if key is None or not field[1:]:
                 raise SystemExit(
                     f"--vspipe-cases {item!r}: field {field!r}: accepted rRATIO, tTHRESHOLD, "
-                    "sSTREAMS, aREADAHEAD, jTHREADS (e.g. r0.5, t1e9, s3, a4, j8)"
+                    "sSTREAMS, aREADAHEAD, jTHREADS, wWINDOW (e.g. r0.5, t1e9, s3, a4, j8, w20)"
                 )
             if key in KEEP_FIELDS:
                 kw = {key: field[1:], "scorer": args.scorer}
             else:
                 extra = {**extra, key: field[1:]}
         cases.append((regime, int(steps), sink, extra, n, w, kw))
-    # what the source chain alone (decode, resize to the LR size; demo.vpy -a sr=0) allows:
-    # a ceiling for any filter reading it, the part of a floor that is not SkipSR's
-    sources = {}
-    for lr_w, n in sorted({(c[3].get("lr_width"), c[4]) for c in cases}, key=str):
-        extra = {"sr": "0", **({} if lr_w is None else {"lr_width": lr_w})}
-        try:
-            r = vspipe_run(args, extra, None, n, 10, f"source-{lr_w}", "null")
-        except Exception as e:
-            say(f"source chain alone, lr_width {lr_w or 'default'}: failed: {e}")
-            continue
-        sources[str(lr_w or "default")] = r
-        say(
-            f"source chain alone ({'preloaded, from memory' if args.preload else 'decode'}, "
-            f"resize to lr_width {lr_w or 'default'}; no SkipSR), "
-            f"{n * args.loop} frames: {r['steady_fps']:.2f} fps = "
-            f"{1e3 / r['steady_fps']:.2f} ms per frame"
-        )
-    RESULTS["vspipe_source"] = sources
+    # Two references per LR width, no SkipSR in either:
+    # - the source chain alone (decode, resize to the LR size; demo.vpy -a sr=0): a ceiling
+    #   for any filter reading it, the part of a floor that is not SkipSR's;
+    # - the same with VapourSynth's own bicubic to the output size (-a plain_upscale=1): what
+    #   making and writing the output frames costs with no Python filter in the loop, the part
+    #   of SkipSR's floor that no change to the filter can remove.
+    origin = "preloaded, from memory" if args.preload else "decode"
+    references = {
+        "vspipe_source": (
+            {"sr": "0"},
+            f"source chain alone ({origin}, resize to the LR width; no SkipSR)",
+            "frame",
+        ),
+        "vspipe_plain_upscale": (
+            {"plain_upscale": "1"},
+            f"source chain ({origin}) + VapourSynth's bicubic x4, no Python filter",
+            "output frame",
+        ),
+    }
+    for key, (ref_kw, what, unit) in references.items():
+        RESULTS[key] = {}
+        for lr_w, n in sorted({(c[3].get("lr_width"), c[4]) for c in cases}, key=str):
+            extra = {**ref_kw, **({} if lr_w is None else {"lr_width": lr_w})}
+            try:
+                r = vspipe_run(args, extra, None, n, 10, f"{key}-{lr_w}", "null")
+            except Exception as e:
+                say(f"{what}, lr_width {lr_w or 'default'}: failed: {e}")
+                continue
+            RESULTS[key][str(lr_w or "default")] = r
+            say(
+                f"{what}, lr_width {lr_w or 'default'}, {n * args.loop} frames: "
+                f"{r['steady_fps']:.2f} fps = {1e3 / r['steady_fps']:.2f} ms per {unit}"
+            )
     say(
         f"{'regime':>14} {'steps':>5} {'sink':>5} {'N':>4} {'W':>3} {'dense fps':>9} "
         f"{'skip fps':>8} {'speed-up':>8} {'kept':>5} {'ideal':>6} {'of ideal':>8} "
@@ -753,12 +768,13 @@ CASE_FIELDS = {
     "s": "num_streams",
     "a": "readahead",
     "j": "threads",
+    "w": "window",
 }
 KEEP_FIELDS = ("skip_ratio", "threshold")  # the case's keep rule; the others are demo.vpy's
 
 
 def _case_label(regime: str, extra: dict[str, str]) -> str:
-    """The regime, with the case's own streams, read-ahead and threads if it sets them."""
+    """The regime, with the case's own streams, read-ahead, threads and window if it sets them."""
     own = [f"{k}{extra[v]}" for k, v in CASE_FIELDS.items() if v not in KEEP_FIELDS and v in extra]
     return " ".join([regime, *own])
 
@@ -858,13 +874,15 @@ def main() -> None:
         "--vspipe-cases",
         default="eager:1:null,eager:1:x264,eager:4:null,eager:8:null,graphs:1:null,"
         "graphs:1:x264,graphs:4:null,large:1:null",
-        help="regime:steps:sink[:rRATIO|:tTHRESHOLD][:sSTREAMS][:aREADAHEAD][:jTHREADS] list; "
+        help="regime:steps:sink[:rRATIO|:tTHRESHOLD][:sSTREAMS][:aREADAHEAD][:jTHREADS][:wWINDOW] "
+        "list; "
         "sinks null "
         "(vspipe's own: nothing written), pipe (y4m read by this process and dropped), x264 "
         "(piped into the encoder); rRATIO: this case skips a fixed "
         "fraction instead of --threshold; tTHRESHOLD its own threshold, t1e9 keeps no token: "
         "the pipeline's floor; sSTREAMS / aREADAHEAD its own num_streams / readahead "
-        "instead of --streams / --readahead; jTHREADS VapourSynth's thread count); regimes "
+        "instead of --streams / --readahead; jTHREADS VapourSynth's thread count; wWINDOW "
+        "skipsr's window, frames); regimes "
         "eager (the default model, cuda_graphs=0), "
         "rgb (the same with device_color=0: RGB back to the host, resized there), graphs "
         "(cuda_graphs=1, skipsr's default on CUDA), compiled (torch_compile=1), large "
