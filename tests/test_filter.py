@@ -182,15 +182,18 @@ def test_nothing_is_written_to_stdout(
 # --- windows and the cache -------------------------------------------------------------------
 
 
+def _assert_default_window(out: vs.VideoNode, stats: SkipSRStats, t: int) -> None:
+    for n in range(out.num_frames):
+        assert out.get_frame(n).props["SkipSRWindow"] == n // t
+    assert dict(stats.computed) == {k: 1 for k in range(-(-N_FRAMES // t))}
+
+
 def test_window_defaults_to_the_models_temporal_window(
     make_clip: MakeClip, sr, sr_weights: Path
 ) -> None:
     t = load_sr(sr_weights).config.window[0]
     stats = SkipSRStats()
-    out = sr(make_clip(vs.RGBS), stats=stats)
-    for n in range(out.num_frames):
-        assert out.get_frame(n).props["SkipSRWindow"] == n // t
-    assert dict(stats.computed) == {k: 1 for k in range(-(-N_FRAMES // t))}
+    _assert_default_window(sr(make_clip(vs.RGBS), stats=stats, backend="cpu"), stats, t)
 
 
 def _assert_shuffled_threads_match(
@@ -706,6 +709,21 @@ def test_cuda_default_runs_two_windows_at_once(
 ) -> None:
     """Two streams on CUDA by default: the configuration every GPU figure was measured in."""
     assert _default_streams(make_clip, sr, monkeypatch, backend="cuda", skip_ratio=0.5) == 2
+
+
+@needs_cuda
+def test_cuda_window_defaults_to_four_model_windows_for_small_frames(
+    make_clip: MakeClip, sr, sr_weights: Path
+) -> None:
+    """Torch on CUDA takes up to four model windows a pass (the test clip is far under the
+    token cap); an explicit window is left alone."""
+    t = load_sr(sr_weights).config.window[0]
+    stats = SkipSRStats()
+    clip = make_clip(vs.RGBS)
+    _assert_default_window(sr(clip, stats=stats, backend="cuda", skip_ratio=0.5), stats, 4 * t)
+    stats = SkipSRStats()
+    out = sr(clip, stats=stats, backend="cuda", skip_ratio=0.5, window=t)
+    _assert_default_window(out, stats, t)
 
 
 @needs_cuda

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from vs_skipsr.windows import Piece, WindowPlan
+from vs_skipsr.windows import Piece, WindowPlan, longer_window
 
 SHAPES = [(n, t, o) for n, t in itertools.product(range(1, 23), range(1, 7)) for o in range(t)]
 
@@ -165,3 +165,34 @@ def test_out_of_range_frame_or_window_raises() -> None:
         plan.contributions(10)
     with pytest.raises(IndexError):
         plan.frames(plan.num_windows)
+
+
+GPU_CAP = 20 * 120 * 68  # the filter's cap: 20 frames of 1080p output, in 16-px tokens
+
+
+@pytest.mark.parametrize(
+    ("out_w", "out_h", "frames"),
+    [
+        (1920, 1080, 20),  # the cap is exactly four model windows of 1080p
+        (1280, 720, 20),  # smaller frames still stop at four times the model's window
+        (2560, 1440, 10),  # two model windows fit
+        (3840, 2160, 5),  # 4K: not even two fit, the model's own window
+        (7680, 4320, 5),  # over the cap at one model window: never below the model's
+    ],
+)
+def test_longer_window_is_a_multiple_of_the_model_window_within_the_token_cap(
+    out_w: int, out_h: int, frames: int
+) -> None:
+    per_frame = -(-out_w // 16) * -(-out_h // 16)
+    got = longer_window(model_frames=5, tokens_per_frame=per_frame, multiple=4, max_tokens=GPU_CAP)
+    assert got == frames
+    assert got % 5 == 0
+    assert got == 5 or got * per_frame <= GPU_CAP
+
+
+@pytest.mark.parametrize("bad", ["model_frames", "tokens_per_frame", "multiple"])
+def test_longer_window_refuses_a_non_positive_size(bad: str) -> None:
+    kw = {"model_frames": 5, "tokens_per_frame": 100, "multiple": 4, "max_tokens": GPU_CAP}
+    kw[bad] = 0
+    with pytest.raises(ValueError, match=f"{bad}=0"):
+        longer_window(**kw)

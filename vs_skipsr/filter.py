@@ -71,7 +71,7 @@ from .models.weights import (
 from .pipeline import WindowOutput, upscale_window, window_inputs
 from .staging import HostPool
 from .tokens import token_grid
-from .windows import Blend, Contribution, WindowPlan
+from .windows import Blend, Contribution, WindowPlan, longer_window
 
 __all__ = ["SkipSRStats", "skipsr"]
 
@@ -114,6 +114,15 @@ _READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with noth
 # end-to-end figure since the third session was measured with (one was never measured
 # there); one elsewhere, where the network already fills the cores.
 _GPU_STREAMS = 2
+# The default window with the torch backend on CUDA (window=None): up to 4 x the model's (20
+# frames for the shipped model), at most 163,200 tokens (20 frames of 1080p output). Against
+# the model's 5 frames, one H200, cockatoo 480x270 -> 1080p, 1080 frames, default threshold:
+# SkipSR 8 steps 375.1 -> 523.8 fps, 1 step 544.8 -> 728.8 fps, dense 1 step 318.0 -> 448.4
+# fps; bikes 8 steps 377.4 -> 493.6 fps (call 3); the floor (no token kept) 2.57 -> 1.80 ms
+# a frame (call 1; reports/bench_gpu_s15.log). The clips' Y-PSNR moves by at most 0.012 dB
+# and their flicker not at all (scripts/eval_window_length.py, the same log).
+_GPU_WINDOW_MULTIPLE = 4
+_GPU_WINDOW_TOKENS = 20 * 120 * 68
 
 
 # --- what a caller can watch -----------------------------------------------------------------
@@ -1151,7 +1160,9 @@ def skipsr(
         backend: 'auto' (CUDA if torch sees one, else CPU), 'torch', 'cpu', 'cuda', or a
             backend value from ``vs_skipsr.backends``.
         window: frames the network sees at once (T); None takes the SR model's temporal
-            attention window (5 for the shipped model).
+            attention window (5 for the shipped model), and with the torch backend on CUDA
+            up to four times it (20 frames up to 1080p output; fewer, fuller windows are
+            faster there, at the same quality).
         overlap: frames shared by consecutive windows, blended across the border (0 <=
             overlap < window); costs window / (window - overlap) times the compute.
         blend: the overlap ramp, 'linear' or 'smooth' (raised cosine).
@@ -1299,6 +1310,14 @@ def skipsr(
         raise _fail(
             f"torch_compile=True: backend={backend!r} chose {spec}; accepted with the torch "
             "backend on CUDA (backend='cuda')"
+        )
+    if window is None and isinstance(spec, TorchBackend) and str(spec.device).startswith("cuda"):
+        _, rows, cols = token_grid(1, clip.height * scale, clip.width * scale, patch=patch)
+        t = longer_window(
+            model_frames=t,
+            tokens_per_frame=rows * cols,
+            multiple=_GPU_WINDOW_MULTIPLE,
+            max_tokens=_GPU_WINDOW_TOKENS,
         )
     if num_streams is None:
         on_gpu = isinstance(spec, TensorRTBackend) or str(

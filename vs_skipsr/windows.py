@@ -32,7 +32,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Blend", "Contribution", "Piece", "WindowPlan"]
+__all__ = ["Blend", "Contribution", "Piece", "WindowPlan", "longer_window"]
 
 Blend = Literal["linear", "smooth"]
 
@@ -155,3 +155,24 @@ class WindowPlan:
     def _check_frame(self, frame: int) -> None:
         if not 0 <= frame < self.num_frames:
             raise IndexError(f"frame {frame} outside 0..{self.num_frames - 1}")
+
+
+def longer_window(
+    *, model_frames: int, tokens_per_frame: int, multiple: int, max_tokens: int
+) -> int:
+    """The largest multiple of the model's temporal window, up to ``multiple`` times it, whose
+    tokens stay within ``max_tokens``; the model's own window when even that is over.
+
+    Why longer windows: each window costs the host a fixed amount of work (launches, syncs,
+    the read-ahead's hand-offs) and a small SR call cannot fill a GPU, so on a GPU fewer,
+    fuller windows are faster. A multiple of the model's window, so its attention windows tile
+    the window in time as they do at the model's length. Capped in tokens, so a 4K clip does
+    not get four times the device memory of a 1080p one.
+    """
+    if model_frames < 1 or tokens_per_frame < 1 or multiple < 1:
+        raise ValueError(
+            f"longer_window: model_frames={model_frames}, tokens_per_frame={tokens_per_frame}, "
+            f"multiple={multiple}: accepted values >= 1"
+        )
+    fits = max_tokens // (model_frames * tokens_per_frame)
+    return model_frames * max(1, min(multiple, fits))
