@@ -182,6 +182,38 @@ def test_nothing_is_written_to_stdout(
 # --- windows and the cache -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("card_mib", "out", "frames"),
+    [
+        (143771, (1920, 1080), 20),  # H200: four model windows, the token cap
+        (81559, (1920, 1080), 20),  # H100 80 GB
+        (40960, (1920, 1080), 15),  # 40 GB: half of it holds three
+        (24564, (1920, 1080), 10),  # 24 GB: two
+        (16376, (1920, 1080), 5),  # 16 GB: the model's own
+        (24564, (1280, 720), 20),  # smaller frames: more of them fit
+        (143771, (3840, 2160), 5),  # 4K: the token cap leaves the model's own
+        (None, (1920, 1080), 5),  # not torch on CUDA: the model's own
+    ],
+)
+def test_default_window_grows_on_cuda_within_the_cards_memory(
+    card_mib: float | None, out: tuple[int, int], frames: int
+) -> None:
+    shipped = load_sr(DEFAULT_SR_WEIGHTS).config
+    got = skipsr_filter._default_window(shipped, out_w=out[0], out_h=out[1], device_mib=card_mib)
+    assert got == frames
+    # the estimate of the memory it takes stays within half the card
+    tokens = got * -(-out[0] // 16) * -(-out[1] // 16)
+    assert got == shipped.window[0] or tokens * 0.14 <= card_mib * 0.5
+
+
+def test_default_window_of_another_model_shape_is_its_own(sr_weights: Path) -> None:
+    """Only the shipped shape's memory was measured: the test model keeps its window."""
+    config = load_sr(sr_weights).config
+    assert config.window[0] != 5
+    got = skipsr_filter._default_window(config, out_w=640, out_h=360, device_mib=143771)
+    assert got == config.window[0]
+
+
 def _assert_default_window(out: vs.VideoNode, stats: SkipSRStats, t: int) -> None:
     for n in range(out.num_frames):
         assert out.get_frame(n).props["SkipSRWindow"] == n // t
@@ -712,18 +744,20 @@ def test_cuda_default_runs_two_windows_at_once(
 
 
 @needs_cuda
-def test_cuda_window_defaults_to_four_model_windows_for_small_frames(
-    make_clip: MakeClip, sr, sr_weights: Path
-) -> None:
-    """Torch on CUDA takes up to four model windows a pass (the test clip is far under the
-    token cap); an explicit window is left alone."""
-    t = load_sr(sr_weights).config.window[0]
-    stats = SkipSRStats()
+def test_cuda_window_default_is_the_cards(make_clip: MakeClip, sr, sr_weights: Path) -> None:
+    """Torch on CUDA takes the window _default_window gives for this card (the test model's
+    shape is not the shipped one, so its own); an explicit window is left alone."""
+    config = load_sr(sr_weights).config
     clip = make_clip(vs.RGBS)
-    _assert_default_window(sr(clip, stats=stats, backend="cuda", skip_ratio=0.5), stats, 4 * t)
+    card = torch.cuda.get_device_properties(0).total_memory / 2**20
+    t = skipsr_filter._default_window(
+        config, out_w=clip.width * 4, out_h=clip.height * 4, device_mib=card
+    )
     stats = SkipSRStats()
-    out = sr(clip, stats=stats, backend="cuda", skip_ratio=0.5, window=t)
-    _assert_default_window(out, stats, t)
+    _assert_default_window(sr(clip, stats=stats, backend="cuda", skip_ratio=0.5), stats, t)
+    stats = SkipSRStats()
+    out = sr(clip, stats=stats, backend="cuda", skip_ratio=0.5, window=config.window[0])
+    _assert_default_window(out, stats, config.window[0])
 
 
 @needs_cuda

@@ -60,7 +60,8 @@ from .backends.select import BACKEND_NAMES, Backend, resolve_backend
 from .backends.tensorrt_backend import TensorRTBackend
 from .backends.torch_backend import TorchBackend
 from .color import YuvLayout, rgb_to_yuv, yuv_layout
-from .models.sr import SRTransformer
+from .models.sr import PRESETS as SR_PRESETS
+from .models.sr import SRConfig, SRTransformer
 from .models.weights import (
     DEFAULT_MASK_WEIGHTS,
     DEFAULT_SR_WEIGHTS,
@@ -114,15 +115,22 @@ _READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with noth
 # end-to-end figure since the third session was measured with (one was never measured
 # there); one elsewhere, where the network already fills the cores.
 _GPU_STREAMS = 2
-# The default window with the torch backend on CUDA (window=None): up to 4 x the model's (20
-# frames for the shipped model), at most 163,200 tokens (20 frames of 1080p output). Against
-# the model's 5 frames, one H200, cockatoo 480x270 -> 1080p, 1080 frames, default threshold:
-# SkipSR 8 steps 375.1 -> 523.8 fps, 1 step 544.8 -> 728.8 fps, dense 1 step 318.0 -> 448.4
-# fps; bikes 8 steps 377.4 -> 493.6 fps (call 3); the floor (no token kept) 2.57 -> 1.80 ms
-# a frame (call 1; reports/bench_gpu_s15.log). The clips' Y-PSNR moves by at most 0.012 dB
-# and their flicker not at all (scripts/eval_window_length.py, the same log).
+# The default window of the shipped model's shape with the torch backend on CUDA
+# (window=None; _default_window): up to 4 x the model's (20 frames), at most 163,200 tokens (20
+# frames of 1080p output), and at most what half the card's memory holds at 0.14 MiB a window
+# token. Against the model's 5 frames, one H200, cockatoo 480x270 -> 1080p, 1080 frames,
+# default threshold: SkipSR 8 steps 375.1 -> 523.8 fps, 1 step 544.8 -> 728.8 fps, dense 1 step
+# 318.0 -> 448.4 fps; bikes 8 steps 377.4 -> 493.6 fps (call 3); the floor (no token kept) 2.57
+# -> 1.80 ms a frame (call 1; reports/bench_gpu_s15.log). The clips' Y-PSNR moves by at most
+# 0.012 dB and their flicker not at all (scripts/eval_window_length.py, the same log). The
+# memory is what a whole 8-step 1080p run peaked at in torch's allocator (reserved, 2 streams,
+# graphs): 5648 MiB at 5 frames, 22074 MiB at 20 (call 6), 0.138 and 0.135 MiB a token; so a
+# 24 GB card gets 10 frames at 1080p, a 16 GB one 5. Other model shapes were not measured and
+# keep their own window.
 _GPU_WINDOW_MULTIPLE = 4
 _GPU_WINDOW_TOKENS = 20 * 120 * 68
+_GPU_WINDOW_MIB_PER_TOKEN = 0.14
+_GPU_WINDOW_MEMORY_SHARE = 0.5
 
 
 # --- what a caller can watch -----------------------------------------------------------------
@@ -956,6 +964,24 @@ class _SkipSRNode:
 # --- validation ------------------------------------------------------------------------------
 
 
+def _default_window(config: SRConfig, *, out_w: int, out_h: int, device_mib: float | None) -> int:
+    """skipsr's window when none is given: the model's temporal window, or with the torch
+    backend on a CUDA card of ``device_mib`` MiB and the shipped model's shape a longer one
+    (see _GPU_WINDOW_MULTIPLE). It depends on the card's total memory, not its free memory,
+    so a card and a clip always give the same windows, and the same output."""
+    frames = config.window[0]
+    if device_mib is None or config != SR_PRESETS["default"]:
+        return frames
+    _, rows, cols = token_grid(1, out_h, out_w, patch=config.patch)
+    fits = int(device_mib * _GPU_WINDOW_MEMORY_SHARE / _GPU_WINDOW_MIB_PER_TOKEN)
+    return longer_window(
+        model_frames=frames,
+        tokens_per_frame=rows * cols,
+        multiple=_GPU_WINDOW_MULTIPLE,
+        max_tokens=min(_GPU_WINDOW_TOKENS, fits),
+    )
+
+
 def _fail(message: str) -> vs.Error:
     return vs.Error(f"skipsr: {message}")
 
@@ -1160,9 +1186,10 @@ def skipsr(
         backend: 'auto' (CUDA if torch sees one, else CPU), 'torch', 'cpu', 'cuda', or a
             backend value from ``vs_skipsr.backends``.
         window: frames the network sees at once (T); None takes the SR model's temporal
-            attention window (5 for the shipped model), and with the torch backend on CUDA
-            up to four times it (20 frames up to 1080p output; fewer, fuller windows are
-            faster there, at the same quality).
+            attention window (5 for the shipped model); with the torch backend on CUDA
+            and the shipped model's shape up to four times it (20 frames up to 1080p output
+            on a card of 48 GB or more, 10 on 24 GB; fewer, fuller windows are faster there,
+            at the same quality).
         overlap: frames shared by consecutive windows, blended across the border (0 <=
             overlap < window); costs window / (window - overlap) times the compute.
         blend: the overlap ramp, 'linear' or 'smooth' (raised cosine).
@@ -1312,12 +1339,12 @@ def skipsr(
             "backend on CUDA (backend='cuda')"
         )
     if window is None and isinstance(spec, TorchBackend) and str(spec.device).startswith("cuda"):
-        _, rows, cols = token_grid(1, clip.height * scale, clip.width * scale, patch=patch)
-        t = longer_window(
-            model_frames=t,
-            tokens_per_frame=rows * cols,
-            multiple=_GPU_WINDOW_MULTIPLE,
-            max_tokens=_GPU_WINDOW_TOKENS,
+        card = torch.cuda.get_device_properties(torch.device(spec.device))
+        t = _default_window(
+            sr_net.config,
+            out_w=clip.width * scale,
+            out_h=clip.height * scale,
+            device_mib=card.total_memory / 2**20,
         )
     if num_streams is None:
         on_gpu = isinstance(spec, TensorRTBackend) or str(
