@@ -193,13 +193,18 @@ def test_nothing_is_written_to_stdout(
         (24564, (1280, 720), 20),  # smaller frames: more of them fit
         (143771, (3840, 2160), 5),  # 4K: the token cap leaves the model's own
         (None, (1920, 1080), 5),  # not torch on CUDA: the model's own
+        (143771, (1920, 1080, 12), 15),  # a 12-frame clip: three model windows cover it
+        (143771, (1920, 1080, 3), 5),  # shorter than one: the model's own
     ],
 )
-def test_default_window_grows_on_cuda_within_the_cards_memory(
-    card_mib: float | None, out: tuple[int, int], frames: int
+def test_default_window_grows_on_cuda_within_the_cards_memory_and_the_clip(
+    card_mib: float | None, out: tuple[int, ...], frames: int
 ) -> None:
     shipped = load_sr(DEFAULT_SR_WEIGHTS).config
-    got = skipsr_filter._default_window(shipped, out_w=out[0], out_h=out[1], device_mib=card_mib)
+    num_frames = out[2] if len(out) > 2 else 1000
+    got = skipsr_filter._default_window(
+        shipped, out_w=out[0], out_h=out[1], num_frames=num_frames, device_mib=card_mib
+    )
     assert got == frames
     # the estimate of the memory it takes stays within half the card
     tokens = got * -(-out[0] // 16) * -(-out[1] // 16)
@@ -210,7 +215,9 @@ def test_default_window_of_another_model_shape_is_its_own(sr_weights: Path) -> N
     """Only the shipped shape's memory was measured: the test model keeps its window."""
     config = load_sr(sr_weights).config
     assert config.window[0] != 5
-    got = skipsr_filter._default_window(config, out_w=640, out_h=360, device_mib=143771)
+    got = skipsr_filter._default_window(
+        config, out_w=640, out_h=360, num_frames=1000, device_mib=143771
+    )
     assert got == config.window[0]
 
 
@@ -751,7 +758,11 @@ def test_cuda_window_default_is_the_cards(make_clip: MakeClip, sr, sr_weights: P
     clip = make_clip(vs.RGBS)
     card = torch.cuda.get_device_properties(0).total_memory / 2**20
     t = skipsr_filter._default_window(
-        config, out_w=clip.width * 4, out_h=clip.height * 4, device_mib=card
+        config,
+        out_w=clip.width * 4,
+        out_h=clip.height * 4,
+        num_frames=clip.num_frames,
+        device_mib=card,
     )
     stats = SkipSRStats()
     _assert_default_window(sr(clip, stats=stats, backend="cuda", skip_ratio=0.5), stats, t)

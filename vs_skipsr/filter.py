@@ -961,14 +961,17 @@ class _SkipSRNode:
         return flat, tuple(views)
 
 
-# --- validation ------------------------------------------------------------------------------
+# --- defaults --------------------------------------------------------------------------------
 
 
-def _default_window(config: SRConfig, *, out_w: int, out_h: int, device_mib: float | None) -> int:
+def _default_window(
+    config: SRConfig, *, out_w: int, out_h: int, num_frames: int, device_mib: float | None
+) -> int:
     """skipsr's window when none is given: the model's temporal window, or with the torch
     backend on a CUDA card of ``device_mib`` MiB and the shipped model's shape a longer one
-    (see _GPU_WINDOW_MULTIPLE). It depends on the card's total memory, not its free memory,
-    so a card and a clip always give the same windows, and the same output."""
+    (see _GPU_WINDOW_MULTIPLE), no longer than the clip needs (a short clip would otherwise
+    pay for padded frames). It depends on the card's total memory, not its free memory, so a
+    card and a clip always give the same windows, and the same output."""
     frames = config.window[0]
     if device_mib is None or config != SR_PRESETS["default"]:
         return frames
@@ -977,9 +980,12 @@ def _default_window(config: SRConfig, *, out_w: int, out_h: int, device_mib: flo
     return longer_window(
         model_frames=frames,
         tokens_per_frame=rows * cols,
-        multiple=_GPU_WINDOW_MULTIPLE,
+        multiple=max(1, min(_GPU_WINDOW_MULTIPLE, -(-num_frames // frames))),
         max_tokens=min(_GPU_WINDOW_TOKENS, fits),
     )
+
+
+# --- validation ------------------------------------------------------------------------------
 
 
 def _fail(message: str) -> vs.Error:
@@ -1344,6 +1350,7 @@ def skipsr(
             sr_net.config,
             out_w=clip.width * scale,
             out_h=clip.height * scale,
+            num_frames=clip.num_frames,
             device_mib=card.total_memory / 2**20,
         )
     if num_streams is None:
