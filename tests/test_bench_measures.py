@@ -148,6 +148,7 @@ def test_profile_filter_times_each_frame_and_window_of_a_run(
         ("eager:1:nul", "sink 'nul': accepted null, pipe, x264"),
         ("eager:1:null:q5", "field 'q5': accepted rRATIO, tTHRESHOLD"),
         ("eager:1:null:s", "field 's': accepted"),
+        ("eager:1:null:w", "field 'w': accepted"),
     ],
 )
 def test_bench_refuses_a_bad_case_naming_the_value(case: str, needle: str, tmp_path: Path) -> None:

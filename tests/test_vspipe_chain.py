@@ -127,6 +127,24 @@ def test_demo_loop_plays_the_clip_again(
     assert "loop=0: accepted loop >= 1" in run.stderr.decode(errors="replace")
 
 
+def test_demo_plain_upscale_is_vapoursynths_bicubic_without_skipsr(
+    clip_file: Path, sr_weights: Path, mask_weights: Path, vs_env: dict[str, str]
+) -> None:
+    """demo.vpy -a plain_upscale=1 (bench.py's reference run): every frame, in order, at the
+    output size, and not SkipSR's pictures."""
+    cmd = _vspipe_cmd(clip_file, "bs", sr_weights, mask_weights)
+    skip = subprocess.run(cmd, check=False, capture_output=True, env=vs_env, timeout=120)
+    assert skip.returncode == 0, skip.stderr.decode(errors="replace")
+    cmd[-2:-2] = ["-a", "plain_upscale=1"]
+    run = subprocess.run(cmd, check=False, capture_output=True, env=vs_env, timeout=120)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    info, frames = _parse_y4m(run.stdout)
+    assert (int(info["W"]), int(info["H"])) == (OUT_W, OUT_H)
+    luma = [np.frombuffer(f[: OUT_W * OUT_H], np.uint8).reshape(OUT_H, OUT_W) for f in frames]
+    assert [read_index(y / 255.0, scale=SCALE) for y in luma] == list(range(N_FRAMES))
+    assert run.stdout != skip.stdout
+
+
 def test_demo_preload_gives_the_bytes_of_the_decoded_clip(
     clip_file: Path, sr_weights: Path, mask_weights: Path, vs_env: dict[str, str]
 ) -> None:
