@@ -1229,7 +1229,9 @@ def skipsr(
         cuda_graphs: replay the SR net as CUDA graphs (torch backend on CUDA), one per
             token-count bucket (geometric, at most ~9% padding, see tokens.kept_bucket), all
             captured when the first window is computed (56 graphs for 1080p windows of 5
-            frames: 6.4-10.7 s on an H100, 5.5-9.2 s for one graph), so none stalls the run
+            frames: 6.4-10.7 s on an H100, 5.5-9.2 s for one graph; 72 for windows of 20 on
+            an H200: 6.2 s at one step, 10.0-17.6 s at 8, against 5.9 s and 8.4-15.2 s for
+            56 there), so none stalls the run
             later; a window's whole flow, all its steps, is one graph replay. With
             device_color the steps around the net (upsample and keep set, colour conversion)
             replay as graphs too, one per stream. None (default): on where it applies, since
