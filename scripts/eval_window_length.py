@@ -9,7 +9,9 @@ fewer, fuller windows are faster there; the model's attention windows are 5 fram
 way, but the shifted ones and the flow noise see different neighbours. Protocol of
 scripts/eval_quality.py (clip frames /2, LR = PIL bicubic /4, torch on the CPU, fp32, one step,
 seed 0); "flicker" is its residual warping error (the error image's change from frame to frame
-beyond the ground truth's motion, lower is steadier). Prints a table; writes nothing.
+beyond the ground truth's motion, lower is steadier), here the plain mean over consecutive
+frame pairs, where eval_quality.py weights each pair by its valid pixels. Prints a table;
+writes nothing.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def test_window_length_keeps_every_frame_and_the_threshold_keep_set() -> None:
     runner = eq.TorchBackend(device="cpu", dtype="fp32", attention="padded").load(
         sr=eq.load_sr(), mask=None
     )
-    rule = {"threshold": 0.004766, "scorer": "gradient"}
+    rule = {"threshold": ewl.DEFAULT_THRESHOLD["gradient"], "scorer": "gradient"}
     out3, kept3 = ewl.run_clip(runner, lr, window=3, keep_rule=rule)
     out8, kept8 = ewl.run_clip(runner, lr, window=8, keep_rule=rule)
     assert out3.shape == out8.shape == (8, *gt_y.shape[1:], 3)
@@ -36,3 +37,18 @@ def test_window_length_keeps_every_frame_and_the_threshold_keep_set() -> None:
     psnr = [np.mean(eq.score_frames(d, gt_y, with_ssim=False)[0].psnr) for d in dense]
     assert abs(psnr[0] - psnr[1]) < 0.1
     assert not np.array_equal(dense[0], dense[1])  # the windows really differ
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--windows", "5,x"], "--windows '5,x': accepted comma-separated ints"),
+        (["--windows", "0,20"], "--windows '0,20' / --frames 20: accepted values >= 1"),
+        (["--frames", "0"], "--windows '5,20' / --frames 0: accepted values >= 1"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(args: list[str], needle: str) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "eval_window_length.py"), *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and not run.stdout
+    assert needle in run.stderr

@@ -980,7 +980,7 @@ def _default_window(
     return longer_window(
         model_frames=frames,
         tokens_per_frame=rows * cols,
-        multiple=max(1, min(_GPU_WINDOW_MULTIPLE, -(-num_frames // frames))),
+        multiple=min(_GPU_WINDOW_MULTIPLE, -(-num_frames // frames)),
         max_tokens=min(_GPU_WINDOW_TOKENS, fits),
     )
 
@@ -1346,7 +1346,8 @@ def skipsr(
             f"torch_compile=True: backend={backend!r} chose {spec}; accepted with the torch "
             "backend on CUDA (backend='cuda')"
         )
-    if window is None and isinstance(spec, TorchBackend) and str(spec.device).startswith("cuda"):
+    on_cuda = str(getattr(spec, "device", "cpu")).startswith("cuda")  # torch or onnxruntime
+    if window is None and isinstance(spec, TorchBackend) and on_cuda:
         card = torch.cuda.get_device_properties(torch.device(spec.device))
         t = _default_window(
             sr_net.config,
@@ -1356,10 +1357,7 @@ def skipsr(
             device_mib=card.total_memory / 2**20,
         )
     if num_streams is None:
-        on_gpu = isinstance(spec, TensorRTBackend) or str(
-            getattr(spec, "device", "cpu")
-        ).startswith("cuda")
-        num_streams = _GPU_STREAMS if on_gpu else 1
+        num_streams = _GPU_STREAMS if on_cuda or isinstance(spec, TensorRTBackend) else 1
     if isinstance(spec, TensorRTBackend):  # engines sized for this clip's windows
         spec = dataclasses.replace(
             spec.for_clip(
