@@ -381,13 +381,20 @@ def _as_float32(a: np.ndarray) -> np.ndarray:
 
 
 def _copy_plane(dst: np.ndarray, src: np.ndarray) -> None:
-    """Write one plane into a VapourSynth frame through torch: a memcpy where dtypes match,
-    else a conversion (round to nearest even like numpy, but vectorised; numpy's float32 ->
-    float16 cast takes ~15 ms for a 1080p RGB frame). The copy lets go of the GIL, so the
-    threads' copies run side by side. A memcpy that kept the GIL (memoryviews) held it for
+    """Write one plane into a VapourSynth frame: numpy's copy where dtypes match, else a
+    conversion through torch (round to nearest even like numpy, but vectorised; numpy's
+    float32 -> float16 cast takes ~15 ms for a 1080p RGB frame). Both let go of the GIL, so
+    the threads' copies run side by side. A memcpy that kept the GIL (memoryviews) held it for
     ~0.7 ms a frame, 41% of py-spy's GIL samples, and made the floor 2.81 ms a frame where
-    the filter before gave 2.14 (H100, ninth session, call 2)."""
-    torch.from_numpy(dst).copy_(torch.from_numpy(src))
+    the filter before gave 2.14 (H100, ninth session, call 2). Not torch's copy_ for a plain
+    copy: it splits each copy over torch's intra-op threads, and from VapourSynth's 16 threads
+    at once those teams oversubscribe the cores; 1080p YUV420P8 frames from 16 threads took
+    0.275 ms each through torch, 0.132 through numpy, and the stub-network plumbing went from
+    366 to 390 fps at 20-frame windows (H200, sixteenth session, reports/bench_gpu_s16.log)."""
+    if dst.dtype == src.dtype:
+        np.copyto(dst, src)
+    else:
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
 
 
 def _to_host(src: torch.Tensor, dst: torch.Tensor) -> None:
