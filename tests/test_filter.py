@@ -211,6 +211,30 @@ def test_default_window_grows_on_cuda_within_the_cards_memory_and_the_clip(
     assert got == shipped.window[0] or tokens * 0.14 <= card_mib * 0.5
 
 
+@pytest.mark.parametrize(
+    ("card_mib", "frames", "streams"),
+    [
+        (143771, 20, 3),  # H200: three 20-frame 1080p windows take ~34 GB of its ~70 GB share
+        (81559, 20, 3),  # an 80 GB card: 34 GB of 40
+        (49140, 20, 2),  # 48 GB: the 20-frame window fits twice in its share, not three times
+        (40960, 15, 2),  # 40 GB: its 15-frame window (~8.6 GB a window in flight) twice
+    ],
+)
+def test_longer_default_window_runs_three_where_the_card_holds_three(
+    card_mib: float, frames: int, streams: int
+) -> None:
+    shipped = load_sr(DEFAULT_SR_WEIGHTS).config
+    t = skipsr_filter._default_window(
+        shipped, out_w=1920, out_h=1080, num_frames=1000, device_mib=card_mib
+    )
+    assert t == frames
+    tokens = t * 120 * 68
+    got = skipsr_filter._long_window_streams(window_tokens=tokens, device_mib=card_mib)
+    assert got == streams
+    # the estimate of what the windows in flight take stays within half the card
+    assert got * tokens * 0.14 / 2 <= card_mib * 0.5
+
+
 def test_default_window_of_another_model_shape_is_its_own(sr_weights: Path) -> None:
     """Only the shipped shape's memory was measured: the test model keeps its window."""
     config = load_sr(sr_weights).config
@@ -772,6 +796,33 @@ def test_cuda_window_default_is_the_cards(make_clip: MakeClip, sr) -> None:
     stats = SkipSRStats()
     out = sr(clip, stats=stats, window=shipped.window[0], **kw)
     _assert_default_window(out, stats, shipped.window[0])
+
+
+@needs_cuda
+def test_cuda_window_default_brings_its_streams(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The longer default window comes with the streams _long_window_streams gives for this
+    card; a window or a stream count given by the caller is left alone."""
+    card = torch.cuda.get_device_properties(0).total_memory / 2**20
+    clip = make_clip(vs.YUV420P8)
+    shipped = load_sr(DEFAULT_SR_WEIGHTS).config
+    t = skipsr_filter._default_window(
+        shipped, out_w=clip.width * 4, out_h=clip.height * 4, num_frames=N_FRAMES, device_mib=card
+    )
+    tokens = t * -(-clip.width * 4 // 16) * -(-clip.height * 4 // 16)
+    want = skipsr_filter._long_window_streams(window_tokens=tokens, device_mib=card)
+    made: list[int] = []
+
+    def record(n: int, device: torch.device) -> skipsr_filter._Slots:
+        made.append(n)
+        return _SLOTS(n, device)
+
+    monkeypatch.setattr(skipsr_filter, "_Slots", record)
+    kw = {"backend": "cuda", "skip_ratio": 0.5, "sr_weights": DEFAULT_SR_WEIGHTS}
+    for extra, streams in [({}, want), ({"window": 5}, 2), ({"num_streams": 1}, 1)]:
+        sr(clip, **kw, **extra).get_frame(0)
+        assert made.pop() == streams, extra
 
 
 @needs_cuda

@@ -131,6 +131,15 @@ _GPU_WINDOW_MULTIPLE = 4
 _GPU_WINDOW_TOKENS = 20 * 120 * 68
 _GPU_WINDOW_MIB_PER_TOKEN = 0.14
 _GPU_WINDOW_MEMORY_SHARE = 0.5
+# With that longer window, three windows in the network at once and three read ahead
+# (num_streams=None and readahead=None) where the card's memory share holds three windows.
+# Same H200, same run, 1080 frames, 8 steps, default threshold, two streams and two read
+# ahead against three and three: cockatoo 572.2/568.0 -> 608.5/610.5 fps, bikes 479.0/479.3
+# -> 493.6/521.0 (sixteenth session, call 5, reports/bench_gpu_s16.log; why is open: a
+# profile still shows one read-ahead thread computing every window). The memory estimate
+# scales by the windows in flight, 0.14 MiB a token being two of them: 34272 MiB for three
+# 20-frame 1080p windows, where the whole run peaked at 26292 MiB reserved (call 6).
+_LONG_WINDOW_STREAMS = 3
 
 
 # --- what a caller can watch -----------------------------------------------------------------
@@ -992,6 +1001,16 @@ def _default_window(
     )
 
 
+def _long_window_streams(*, window_tokens: int, device_mib: float) -> int:
+    """Windows in the network at once by default with a longer default window: three where
+    the card's memory share holds three such windows at the measured cost a token, else the
+    usual two (a card that only just holds the window keeps its length, not the third)."""
+    per_window = _GPU_WINDOW_MIB_PER_TOKEN / _GPU_STREAMS * window_tokens
+    if per_window * _LONG_WINDOW_STREAMS <= device_mib * _GPU_WINDOW_MEMORY_SHARE:
+        return _LONG_WINDOW_STREAMS
+    return _GPU_STREAMS
+
+
 # --- validation ------------------------------------------------------------------------------
 
 
@@ -1354,17 +1373,25 @@ def skipsr(
             "backend on CUDA (backend='cuda')"
         )
     on_cuda = str(getattr(spec, "device", "cpu")).startswith("cuda")  # torch or onnxruntime
+    long_streams = None  # streams (and windows read ahead) that suit a longer default window
     if window is None and isinstance(spec, TorchBackend) and on_cuda:
-        card = torch.cuda.get_device_properties(torch.device(spec.device))
+        card_mib = torch.cuda.get_device_properties(torch.device(spec.device)).total_memory
+        card_mib /= 2**20
         t = _default_window(
             sr_net.config,
             out_w=clip.width * scale,
             out_h=clip.height * scale,
             num_frames=clip.num_frames,
-            device_mib=card.total_memory / 2**20,
+            device_mib=card_mib,
         )
+        if t > sr_net.config.window[0]:
+            grid = token_grid(t, clip.height * scale, clip.width * scale, patch=sr_net.config.patch)
+            long_streams = _long_window_streams(window_tokens=math.prod(grid), device_mib=card_mib)
     if num_streams is None:
         num_streams = _GPU_STREAMS if on_cuda or isinstance(spec, TensorRTBackend) else 1
+        if long_streams is not None:  # measured as a pair: as many windows read ahead
+            num_streams = long_streams
+            readahead = long_streams if readahead is None else readahead
     if isinstance(spec, TensorRTBackend):  # engines sized for this clip's windows
         spec = dataclasses.replace(
             spec.for_clip(
