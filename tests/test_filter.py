@@ -476,6 +476,32 @@ def test_cpu_default_reads_nothing_ahead(make_clip: MakeClip, sr) -> None:
     assert stats.read_ahead == 0 and dict(stats.computed) == {0: 1}
 
 
+def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a linear pass on the CPU (nothing read ahead) a window's first frame computes it
+    through a node made for that frame and its other frames come from the one node for
+    cached windows, each frame once, the same bytes as frames asked for with the cache
+    cleared each time, and no stash entry outlives its frame."""
+    seen: list[tuple[object, int]] = []
+    real = skipsr_filter._SkipSRNode._produce_cached
+
+    def produce_cached(self, n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
+        seen.append((self, n))
+        return real(self, n, f)
+
+    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce_cached", produce_cached)
+    t = 3
+    node = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5)
+    got = [_planes(node.get_frame(n)) for n in range(N_FRAMES)]
+    assert [n for _, n in seen] == [n for n in range(N_FRAMES) if n % t]
+    assert seen[0][0]._stash == {}
+    for n in reversed(range(N_FRAMES)):  # fresh nodes: every frame through its own node
+        alone = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5)
+        for a, b in zip(_planes(alone.get_frame(n)), got[n], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"frame {n}")
+
+
 def test_linear_pass_computes_each_window_once_with_a_bounded_cache(
     make_clip: MakeClip, sr
 ) -> None:
