@@ -495,7 +495,16 @@ def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
     node = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5)
     got = [_planes(node.get_frame(n)) for n in range(N_FRAMES)]
     assert [n for _, n in seen] == [n for n in range(N_FRAMES) if n % t]
-    assert seen[0][0]._stash == {}
+    made = seen[0][0]
+    assert made._stash == {}
+    # a request with no entry (not expected) is made from the cache while it holds the windows
+    last = N_FRAMES - 1
+    inputs = [made.blank.get_frame(last), made.clip.get_frame(last)]
+    again = _planes(made._produce_cached(last, inputs))
+    assert all(np.array_equal(a, b) for a, b in zip(again, _planes(made.sr.get_frame(last))))
+    made.cache._entries.clear()
+    with pytest.raises(vs.Error, match=f"frame {last}: its windows left the cache"):
+        made._produce_cached(last, inputs)
     for n in reversed(range(N_FRAMES)):  # fresh nodes: every frame through its own node
         alone = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5)
         for a, b in zip(_planes(alone.get_frame(n)), got[n], strict=True):

@@ -656,10 +656,17 @@ class _SkipSRNode:
         """Frame n from windows that were all cached when _select ran; the stash holds them,
         so an eviction since then does not matter."""
         with self._stash_lock:
-            entry = self._stash[n]
-            entry[2] -= 1
-            if not entry[2]:
-                del self._stash[n]
+            entry = self._stash.get(n)
+            if entry is not None:
+                entry[2] -= 1
+                if not entry[2]:
+                    del self._stash[n]
+        if entry is None:  # not expected (one _select per request); the cache, if it still can
+            contributions = self.plan.contributions(n)
+            ready = {c.window: self.cache.peek(c.window) for c in contributions}
+            if any(r is None for r in ready.values()):
+                raise vs.Error(f"skipsr: frame {n}: its windows left the cache before it was made")
+            entry = [contributions, ready]
         return self._produce(n, f, contributions=entry[0], ready=entry[1], offsets=[])
 
     def _produce(
