@@ -12,7 +12,8 @@
 VapourSynth asks for frames one at a time, from several threads, in any order, while the
 network wants T frames at once. A :func:`~vapoursynth.core.std.FrameEval` looks at frame n,
 asks the cache which of its windows are missing and returns a ``ModifyFrame`` fed with just
-the source frames those windows need; the callback computes them under one lock per window
+the source frames those windows need (or, when none is missing, one node built once for such
+frames); the callback computes them under one lock per window
 (so two threads asking frames of one window compute it once), blends and writes the frame.
 Callbacks of different frames run concurrently, which is what lets the plumbing keep up with a
 GPU (DESIGN.md). Nothing is written to stdout: vspipe owns it; messages go to ``logging``.
