@@ -501,7 +501,9 @@ def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
     last = N_FRAMES - 1
     inputs = [made.blank.get_frame(last), made.clip.get_frame(last)]
     again = _planes(made._produce_cached(last, inputs))
-    assert all(np.array_equal(a, b) for a, b in zip(again, _planes(made.sr.get_frame(last))))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(again, _planes(made.sr.get_frame(last)), strict=True)
+    )
     made.cache._entries.clear()
     with pytest.raises(vs.Error, match=f"frame {last}: its windows left the cache"):
         made._produce_cached(last, inputs)

@@ -1416,8 +1416,8 @@ def skipsr(
     on_cuda = str(getattr(spec, "device", "cpu")).startswith("cuda")  # torch or onnxruntime
     long_streams = None  # streams (and windows read ahead) that suit a longer default window
     if window is None and isinstance(spec, TorchBackend) and on_cuda:
-        card_mib = torch.cuda.get_device_properties(torch.device(spec.device)).total_memory
-        card_mib /= 2**20
+        card = torch.cuda.get_device_properties(torch.device(spec.device))
+        card_mib = card.total_memory / 2**20
         t = _default_window(
             sr_net.config,
             out_w=clip.width * scale,
