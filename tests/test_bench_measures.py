@@ -159,6 +159,15 @@ def test_bench_refuses_a_bad_case_naming_the_value(case: str, needle: str, tmp_p
     assert f"--vspipe-cases {case!r}: {needle}" in run.stderr
 
 
+@pytest.mark.parametrize("flag", ["--repeat", "--dense-repeat"])
+def test_bench_refuses_no_runs_naming_the_flag(flag: str, tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu"]
+    cmd += ["--sections", "vspipe", flag, "0", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"{flag} 0: at least 1 run" in run.stderr
+
+
 def test_bench_color_refuses_a_folder_without_color_py(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_color.py"), "--against", str(tmp_path)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
