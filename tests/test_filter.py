@@ -481,8 +481,8 @@ def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
 ) -> None:
     """In a linear pass on the CPU (nothing read ahead) a window's first frame computes it
     through a node made for that frame and its other frames come from the one node for
-    cached windows, each frame once, the same bytes as frames asked for with the cache
-    cleared each time, and no stash entry outlives its frame."""
+    cached windows, each frame once, the same bytes as each frame asked for alone from a
+    fresh node, and no stash entry outlives its frame."""
     seen: list[tuple[object, int]] = []
     real = skipsr_filter._SkipSRNode._produce_cached
 
