@@ -460,6 +460,15 @@ class _Settings:
     small_graphs: bool
 
 
+@dataclass
+class _Stashed:
+    """Frame n's windows, all cached when _select ran, held for _produce_cached."""
+
+    contributions: tuple[Contribution, ...]
+    ready: dict[int, _WindowResult]
+    pending: int = 1  # requests for n routed to the cached-window node, not yet produced
+
+
 @dataclass(frozen=True)
 class _Fetch:
     """A read-ahead window's source frames, asked for and on their way."""
@@ -569,23 +578,20 @@ class _SkipSRNode:
         self._ahead_next = 0  # windows below this one were read ahead or asked for already
         self._prepared = False
         self._prepare_lock = threading.Lock()
-        # frame n's cached windows, from _select to _produce_cached: [contributions, results,
-        # requests not yet produced]
-        self._stash: dict[int, list[Any]] = {}
+        # frame n's cached windows, from _select to _produce_cached
+        self._stash: dict[int, _Stashed] = {}
         self._stash_lock = threading.Lock()
-        self._from_cache: vs.VideoNode | None = None
+        # one node for every frame whose windows are all cached (with read ahead, nearly all
+        # of them), instead of a ModifyFrame made per frame; uncached, so each request reaches
+        # the callback and takes its frame's entry out of the stash
+        self._from_cache = self.core.std.ModifyFrame(
+            self.blank, [self.blank, self.clip], self._produce_cached
+        )
+        self.core.std.SetVideoCache(self._from_cache, mode=0)  # sets the mode, returns nothing
 
     # the graph ------------------------------------------------------------------------------
 
     def build(self) -> vs.VideoNode:
-        # one node for every frame whose windows are all cached (with read ahead, nearly all
-        # of them), instead of a ModifyFrame made per frame; uncached, so each request reaches
-        # the callback and takes its frame's entry out of the stash
-        cached = self.core.std.ModifyFrame(
-            self.blank, [self.blank, self.clip], self._produce_cached
-        )
-        self.core.std.SetVideoCache(cached, mode=0)  # sets the node's mode, returns nothing
-        self._from_cache = cached
         # the source's props copied on in native code, then this filter's own over them.
         # Copied key by key in the callback they took 0.85 ms a frame of wall time summed over
         # threads; the own ones alone take 0.28 (H100 floor profiles, eighth and ninth
@@ -638,13 +644,13 @@ class _SkipSRNode:
                 needed.update(self.plan.frames(c.window))
             else:
                 ready[c.window] = result
-        if not needed and self._from_cache is not None:
+        if not needed:
             with self._stash_lock:
                 entry = self._stash.get(n)
                 if entry is None:
-                    self._stash[n] = [contributions, ready, 1]
+                    self._stash[n] = _Stashed(contributions, ready)
                 else:  # a second request for n before the first was produced
-                    entry[1], entry[2] = ready, entry[2] + 1
+                    entry.ready, entry.pending = ready, entry.pending + 1
             return self._from_cache
         offsets = sorted(i - n for i in needed)
         clips = [self.blank, self.clip] + [self.shifted[d] for d in offsets]
@@ -659,16 +665,16 @@ class _SkipSRNode:
         with self._stash_lock:
             entry = self._stash.get(n)
             if entry is not None:
-                entry[2] -= 1
-                if not entry[2]:
+                entry.pending -= 1
+                if not entry.pending:
                     del self._stash[n]
         if entry is None:  # not expected (one _select per request); the cache, if it still can
             contributions = self.plan.contributions(n)
             ready = {c.window: self.cache.peek(c.window) for c in contributions}
             if any(r is None for r in ready.values()):
                 raise vs.Error(f"skipsr: frame {n}: its windows left the cache before it was made")
-            entry = [contributions, ready]
-        return self._produce(n, f, contributions=entry[0], ready=entry[1], offsets=[])
+            entry = _Stashed(contributions, ready)  # type: ignore[arg-type]
+        return self._produce(n, f, contributions=entry.contributions, ready=entry.ready, offsets=[])
 
     def _produce(
         self,
