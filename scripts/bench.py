@@ -693,14 +693,14 @@ def bench_vspipe(args) -> None:
             name = f"{_case_label(regime, extra).replace(' ', '-')}-{steps}-{sink}-" + "-".join(
                 skip_kw.values()
             )
+            dense_kw = {**extra, "skip_ratio": "0", "steps": str(steps)}
+            skip_kw_run = {**extra, **skip_kw, "steps": str(steps)}
             denses, skips = [], []
             for i in range(max(args.repeat, args.dense_repeat)):  # dense and skip in turn
                 if i < args.dense_repeat:
-                    dense_kw = {**extra, "skip_ratio": "0", "steps": str(steps)}
                     label = name + ("-dense" if i == 0 else f"-dense{i}")
                     denses.append(vspipe_run(args, dense_kw, enc, n, w, label, sink))
                 if i < args.repeat:
-                    skip_kw_run = {**extra, **skip_kw, "steps": str(steps)}
                     skips.append(vspipe_run(args, skip_kw_run, enc, n, w, name + f"-skip{i}", sink))
         except Exception as e:
             say(f"{regime} {steps} {sink}: failed: {e}")
