@@ -110,7 +110,8 @@ class Spans:
 def instrument(spans: Spans) -> None:
     """The filter's steps, by the names a reader of filter.py finds them under."""
     node = filt._SkipSRNode
-    spans.wrap(node, "_select", "_select (per frame: ModifyFrame node)")
+    spans.wrap(node, "_select", "_select (per frame: picks the node)")
+    spans.wrap(node, "_produce_cached", "_produce_cached (per frame: windows were cached)")
     spans.wrap(node, "_produce", "_produce (per frame: callback)")
     spans.wrap(node, "_new_frame", "  _new_frame")
     spans.wrap(node, "_set_props", "  _set_props")
@@ -130,6 +131,7 @@ def gpu_busy(trace: dict[str, Any]) -> dict[str, float]:
     the host time in CUDA runtime calls (launches, syncs), from a chrome trace."""
     spans, copies = [], 0.0
     runtime: dict[str, float] = defaultdict(float)
+    by_name: dict[str, float] = defaultdict(float)  # GPU time per kernel / copy name
     launches = 0
     for e in trace.get("traceEvents", []):
         cat = e.get("cat", "")
@@ -137,6 +139,7 @@ def gpu_busy(trace: dict[str, Any]) -> dict[str, float]:
             continue
         if cat in ("kernel", "gpu_memcpy", "gpu_memset"):
             spans.append((e["ts"], e["ts"] + e["dur"]))
+            by_name[e.get("name", "?")[:90]] += e["dur"]
             if cat == "gpu_memcpy":
                 copies += e["dur"]
         elif cat == "cuda_runtime" or cat == "cuda_driver":
@@ -154,6 +157,7 @@ def gpu_busy(trace: dict[str, Any]) -> dict[str, float]:
         end = b
     wall = spans[-1][1] - spans[0][0]
     top = sorted(runtime.items(), key=lambda kv: -kv[1])[:6]
+    kernels = sorted(by_name.items(), key=lambda kv: -kv[1])[:20]
     return {
         "gpu_span_ms": wall / 1e3,
         "gpu_busy_ms": busy / 1e3,
@@ -161,6 +165,9 @@ def gpu_busy(trace: dict[str, Any]) -> dict[str, float]:
         "memcpy_ms": copies / 1e3,
         "launches": launches,
         "runtime_ms": {k: v / 1e3 for k, v in top},
+        # summed durations (streams overlap, so these can add up to more than busy)
+        "kernels_ms": {k: v / 1e3 for k, v in kernels},
+        "kernels_total_ms": sum(by_name.values()) / 1e3,
     }
 
 
@@ -311,7 +318,11 @@ def main() -> None:
         "profiled_fps": args.profiled / prof_s,
         "host": host,
         "gil": gil,
-        "gpu": {**gpu, "gpu_ms_per_frame": gpu.get("gpu_busy_ms", 0.0) / args.profiled},
+        "gpu": {
+            **gpu,
+            "gpu_ms_per_frame": gpu.get("gpu_busy_ms", 0.0) / args.profiled,
+            "profiled_frames": args.profiled,
+        },
         "gpu_memory": memory,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -353,6 +364,13 @@ def report(s: dict[str, Any]) -> str:
             f"copies {gpu['memcpy_ms']:.0f} ms; {gpu['launches']} launches; runtime calls "
             + ", ".join(f"{k} {v:.0f} ms" for k, v in gpu["runtime_ms"].items())
         )
+        n = s["gpu"]["profiled_frames"]
+        lines.append(
+            f"GPU time by kernel or copy, summed over streams ({gpu['kernels_total_ms'] / n:.3f} "
+            "ms per frame in all), ms per frame, the largest:"
+        )
+        for name, ms in gpu["kernels_ms"].items():
+            lines.append(f"  {ms / n:8.4f}  {name}")
     mem = s.get("gpu_memory")
     if mem:
         lines.append(

@@ -13,6 +13,7 @@ from vs_skipsr.models import MaskConfig, MaskNet, SRTransformer, random_sr
 from vs_skipsr.models.attention import masked_dense_attention, padded_window_attention
 from vs_skipsr.pipeline import token_noise, upsample, upscale_window, window_inputs
 from vs_skipsr.tokens import (
+    add_to_tokens,
     build_partition,
     gather_patches,
     pad_to_grid,
@@ -199,6 +200,25 @@ def test_gather_patches_reads_each_token_with_its_replicated_halo():
         ys = torch.arange(y * 16 - 8, y * 16 + 24).clamp(0, 31)  # replicate = clamped rows
         xs = torch.arange(x * 16 - 8, x * 16 + 24).clamp(0, 47)
         assert torch.equal(got[row], frames[t][:, ys][:, :, xs]), f"token {i}"
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.3, 1.0])
+def test_add_to_tokens_equals_a_residual_scattered_over_the_whole_window(frac):
+    """Kept tokens brought back in place give the bytes of the whole-window sum they replace
+    (residuals scattered into zeros, unpatchified, added, clamped), with none kept, some, or
+    all; residuals large enough that the clamp bites."""
+    g = torch.Generator().manual_seed(4)
+    grid, patch = (2, 3, 5), 16
+    base = torch.rand(2, 3, 48, 80, generator=g)
+    index = torch.nonzero((torch.rand(grid, generator=g) < frac).reshape(-1)).squeeze(1)
+    values = torch.randn(index.numel(), 3 * patch * patch, generator=g)
+    whole = torch.zeros(math.prod(grid), 3 * patch * patch)
+    whole[index] = values
+    want = (base + unpatchify(whole, grid=grid, patch=patch)).clamp(0, 1)
+    got = base.clone()
+    add_to_tokens(got, values, index, patch=patch)
+    assert torch.equal(got, want)
+    assert frac == 0.0 or not torch.equal(got, base)
 
 
 @pytest.mark.parametrize("frac,seed", [(0.15, 0), (0.5, 1), (0.85, 2)])

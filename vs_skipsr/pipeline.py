@@ -3,10 +3,10 @@
     LR [T,3,h,w] -> base = bicubic upsample [T,3,H,W], padded to the token grid
     LR -> scorer (mask net or gradient heuristic) -> token scores [T,Hp,Wp] -> keep set
     kept tokens of base (+ their t,y,x) -> SR net, 1..N flow steps, one keep set
-    residuals scattered into zeros; out = base + residual; skipped tokens = base exactly
+    residuals added to the kept tokens of base in place; skipped tokens = base exactly
 
 This module is where tokens are dropped (``select_tokens``) and brought back
-(``scatter_tokens``); windows of frames are cut in ``windows.py``.
+(``add_to_tokens``); windows of frames are cut in ``windows.py``.
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ from .models.mask import (
     token_scores,
 )
 from .tokens import (
+    add_to_tokens,
     bucket_size,
     gather_patches,
     kept_bucket,
     pad_to_grid,
     padded_tokens,
-    scatter_tokens,
     token_grid,
-    unpatchify,
 )
 
 __all__ = [
@@ -236,7 +235,8 @@ def upscale_window(
     The keep set comes from ``keep`` ([T, Hp, Wp] bool) if given, else from the scorer with
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
     kept and the mask is not evaluated (the dense path). ``base``, if given, is
-    :func:`padded_base` of lr, as :func:`window_inputs` makes it. ``steps`` Euler steps of
+    :func:`padded_base` of lr, as :func:`window_inputs` makes it; it is written into, the
+    output being a view of it (pass a copy to keep it), so no window-sized copy is made. ``steps`` Euler steps of
     the flow all reuse one keep set and one pair of partitions. ``buckets`` pads the kept
     count up to a bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`; None: where the
     runner wants it, i.e. torch on CUDA) so captured graphs and per-shape kernel plans are
@@ -305,12 +305,8 @@ def upscale_window(
         residual = state[:n_keep]  # [K, 3p²]
 
     with timer.stage("scatter"):
-        if n_keep == total:  # every token kept: index is 0..N-1, nothing to scatter
-            res = residual.float()
-        else:
-            res = scatter_tokens(residual.float(), index, total=total)  # [N, 3p²]
-        res = unpatchify(res, grid=grid, patch=patch)  # [T, 3, Hg, Wg]
-        out = (base + res)[..., :out_h, :out_w].clamp_(0, 1)
+        add_to_tokens(base, residual.float(), index, patch=patch)
+        out = base[..., :out_h, :out_w]
 
     stats = WindowStats(kept=n_keep, total=total, bucket=n_bucket, times=timer.times)
     return WindowOutput(frames=out, keep=keep, stats=stats)

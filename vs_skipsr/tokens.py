@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "BUCKET_GROWTH",
     "Partition",
+    "add_to_tokens",
     "bucket_size",
     "build_partition",
     "gather_patches",
@@ -26,9 +27,9 @@ __all__ = [
     "pad_to_grid",
     "padded_tokens",
     "patchify",
-    "scatter_tokens",
     "token_coords",
     "token_grid",
+    "token_view",
     "unpatchify",
     "window_grid",
     "window_partitions",
@@ -54,34 +55,46 @@ def token_grid(frames: int, height: int, width: int, *, patch: int) -> tuple[int
     return (frames, -(-height // patch), -(-width // patch))
 
 
+def token_view(frames: Tensor, *, patch: int) -> Tensor:
+    """[T, C, H, W] (H, W multiples of patch) -> [T, Hp, Wp, C, p, p], a view of the same
+    memory: token (t, y, x) is ``view[t, y, x]``, to read or write in place."""
+    t, c, h, w = frames.shape
+    x = frames.view(t, c, h // patch, patch, w // patch, patch)  # [T, C, Hp, p, Wp, p]
+    return x.permute(0, 2, 4, 1, 3, 5)
+
+
 def patchify(frames: Tensor, *, patch: int) -> Tensor:
     """[T, C, H, W] (H, W multiples of patch) -> [T*Hp*Wp, C*p*p] in (t, y, x) order."""
     t, c, h, w = frames.shape
-    hp, wp = h // patch, w // patch
-    x = frames.reshape(t, c, hp, patch, wp, patch)  # [T, C, Hp, p, Wp, p]
-    x = x.permute(0, 2, 4, 1, 3, 5)  # [T, Hp, Wp, C, p, p]
-    return x.reshape(t * hp * wp, c * patch * patch)
+    return token_view(frames.contiguous(), patch=patch).reshape(
+        t * (h // patch) * (w // patch), c * patch * patch
+    )
 
 
 def gather_patches(frames: Tensor, index: Tensor, *, patch: int, halo: int = 0) -> Tensor:
     """The p x p patches of tokens ``index`` [K] (flat (t, y, x) order over the token grid of
     ``frames`` [T, C, H, W]), each with ``halo`` pixels of its surroundings: [K, C*(p+2h)²].
 
-    The frame border is replicated into the halo, as :func:`pad_to_grid` pads. Only the K
-    requested patches are copied: the overlapping patches are an unfold view, indexed.
-    """
-    if halo == 0:
-        return patchify(frames, patch=patch)[index]
+    The frame border is replicated into the halo, as :func:`pad_to_grid` pads: rows and
+    columns past the border are clamped to it. Only the K requested patches are read, with
+    one indexing kernel; a replicate-padded copy of the whole window, unfolded and indexed,
+    cost a full pass over the window's pixels even when no token was kept."""
     _, c, h, w = frames.shape
-    hp, wp = h // patch, w // patch
+    t_i, y_i, x_i = token_coords(index, grid=(frames.shape[0], h // patch, w // patch)).unbind(1)
+    if halo == 0:
+        return token_view(frames, patch=patch)[t_i, y_i, x_i].reshape(index.shape[0], -1)
     side = patch + 2 * halo
-    padded = F.pad(frames, (halo, halo, halo, halo), mode="replicate")
-    view = padded.unfold(2, side, patch).unfold(3, side, patch)  # [T, C, Hp, Wp, s, s]
-    ti = index // (hp * wp)
-    rem = index - ti * (hp * wp)
-    yi = rem // wp
-    xi = rem - yi * wp
-    return view[ti, :, yi, xi].reshape(index.shape[0], c * side * side)  # [K, C, s, s] first
+    offsets = torch.arange(-halo, patch + halo, device=frames.device)  # [s]
+    rows = (y_i[:, None] * patch + offsets).clamp_(0, h - 1)  # [K, s]
+    cols = (x_i[:, None] * patch + offsets).clamp_(0, w - 1)  # [K, s]
+    channels = torch.arange(c, device=frames.device)
+    patches = frames[  # [K, C, s, s]
+        t_i[:, None, None, None],
+        channels[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+    return patches.reshape(index.shape[0], c * side * side)
 
 
 def unpatchify(tokens: Tensor, *, grid: tuple[int, int, int], patch: int) -> Tensor:
@@ -103,11 +116,21 @@ def token_coords(index: Tensor, *, grid: tuple[int, int, int]) -> Tensor:
     return torch.stack((t, y, x), dim=1)
 
 
-def scatter_tokens(values: Tensor, index: Tensor, *, total: int) -> Tensor:
-    """Kept-token values [K, D] placed at ``index`` in zeros [total, D]: skipped tokens stay 0."""
-    out = values.new_zeros(total, values.shape[1])
-    out[index] = values
-    return out
+def add_to_tokens(frames: Tensor, values: Tensor, index: Tensor, *, patch: int) -> None:
+    """Add ``values`` [K, C*p*p] to the tokens ``index`` [K] (unique, flat (t, y, x) order) of
+    ``frames`` [T, C, Hg, Wg] in place, clamping what it adds to [0, 1]; every other pixel is
+    left as it is. Where SkipSR brings its kept tokens back: the work is K tokens', so a window
+    with few kept costs little here (a residual scattered into a zeroed window and added to
+    all of it took three full passes over the window whatever was kept)."""
+    t, c, h, w = frames.shape
+    view = token_view(frames, patch=patch)  # [T, Hp, Wp, C, p, p]
+    values = values.view(index.shape[0], c, patch, patch)
+    if index.shape[0] == t * (h // patch) * (w // patch):  # every token, in order
+        view.add_(values.view(view.shape))
+        frames.clamp_(0, 1)
+        return
+    at = token_coords(index, grid=(t, h // patch, w // patch)).unbind(1)
+    view[at] = (view[at] + values).clamp_(0, 1)
 
 
 # geometric token buckets where the runner wants few shapes (torch on CUDA: captured graphs,
