@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import vs_skipsr.tokens as tokens_module
 from vs_skipsr.backends import TorchBackend
 from vs_skipsr.models import MaskConfig, MaskNet, SRTransformer, random_sr
 from vs_skipsr.models.attention import masked_dense_attention, padded_window_attention
@@ -189,17 +190,27 @@ def _reference_kept_velocity(net, lr, keep, scale, seed=0):
     return base, grid, v[kept], state[kept]
 
 
-def test_gather_patches_reads_each_token_with_its_replicated_halo():
+@pytest.mark.parametrize("way", ["public", "flat", "rows"])
+def test_gather_patches_reads_each_token_with_its_replicated_halo(way):
+    """Each token's patch and halo, the border replicated, by either way of reading them
+    (the GPU's flat index, the CPU's padded rows), and nothing for no token."""
     g = torch.Generator().manual_seed(3)
     frames = torch.rand(2, 3, 32, 48, generator=g)  # grid (2, 2, 3)
     index = torch.tensor([0, 2, 3, 5, 6, 11])
+    gather = {
+        "public": gather_patches,
+        "flat": tokens_module._gather_flat,
+        "rows": tokens_module._gather_rows,
+    }[way]
     assert torch.equal(gather_patches(frames, index, patch=16), patchify(frames, patch=16)[index])
-    got = gather_patches(frames, index, patch=16, halo=8).reshape(-1, 3, 32, 32)
+    got = gather(frames, index, patch=16, halo=8).reshape(-1, 3, 32, 32)
     for row, i in enumerate(index.tolist()):
         t, y, x = i // 6, (i % 6) // 3, i % 3
         ys = torch.arange(y * 16 - 8, y * 16 + 24).clamp(0, 31)  # replicate = clamped rows
         xs = torch.arange(x * 16 - 8, x * 16 + 24).clamp(0, 47)
         assert torch.equal(got[row], frames[t][:, ys][:, :, xs]), f"token {i}"
+    none = gather_patches(frames, index[:0], patch=16, halo=8)
+    assert none.shape == (0, 3 * 32 * 32)
 
 
 @pytest.mark.parametrize("frac", [0.0, 0.3, 1.0])
