@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from vs_skipsr.backends.base import EulerFlow  # noqa: E402
 from vs_skipsr.models.weights import DEFAULT_SR_WEIGHTS, load_sr  # noqa: E402
 from vs_skipsr.pipeline import WindowOutput, WindowStats  # noqa: E402
-from vs_skipsr.tokens import token_grid  # noqa: E402
+from vs_skipsr.tokens import pad_to_grid, token_grid  # noqa: E402
 
 
 def load_filter(path: str | None) -> ModuleType:
@@ -105,15 +105,27 @@ def stub_upscale_window(fresh: bool) -> Callable[..., WindowOutput]:
         key = (tuple(lr.shape), scale, lr.device)
         out = cache.get(key)
         if out is None:
-            frames = F.interpolate(lr.float(), scale_factor=scale, mode="nearest").contiguous()
+            frames = F.interpolate(lr.float(), scale_factor=scale, mode="nearest")
             t, _, h, w = frames.shape
-            grid = token_grid(t, h, w, patch=runner.sr_config.patch)
+            patch = runner.sr_config.patch
+            grid = token_grid(t, h, w, patch=patch)
             keep = torch.ones(grid, dtype=torch.bool, device=lr.device)
+            padded = pad_to_grid(frames, patch=patch)
             out = cache[key] = WindowOutput(
-                frames=frames, keep=keep, stats=WindowStats(kept=1, total=1, bucket=1)
+                frames=padded[..., :h, :w],
+                keep=keep,
+                stats=WindowStats(kept=1, total=1, bucket=1),
+                grid_frames=padded,
             )
         if fresh:
-            return WindowOutput(frames=out.frames.clone(), keep=out.keep.clone(), stats=out.stats)
+            padded = out.grid_frames.clone()
+            h, w = out.frames.shape[-2:]
+            return WindowOutput(
+                frames=padded[..., :h, :w],
+                keep=out.keep.clone(),
+                stats=out.stats,
+                grid_frames=padded,
+            )
         return out
 
     return upscale

@@ -21,6 +21,7 @@ from conftest import N_FRAMES, read_index
 import vs_skipsr.filter as skipsr_filter
 from vs_skipsr import SkipSRStats, skipsr
 from vs_skipsr.backends.torch_backend import TorchBackend
+from vs_skipsr.color import rgb_to_yuv, yuv_layout
 from vs_skipsr.models.weights import DEFAULT_MASK_WEIGHTS, DEFAULT_SR_WEIGHTS, load_mask, load_sr
 from vs_skipsr.pipeline import upscale_window
 from vs_skipsr.staging import HostPool
@@ -1112,6 +1113,39 @@ def test_device_color_matches_the_resize_within_one_code(
         assert {k: v for k, v in a.props.items() if k != "SkipSRWindowMs"} == {
             k: v for k, v in b.props.items() if k != "SkipSRWindowMs"
         }
+
+
+def test_device_color_of_frames_short_of_whole_tokens(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output height that is not whole tokens (46 x 4 = 184 = 11.5 tokens): the window is
+    converted from its token grid, padding and all, cropped inside the conversion; the planes
+    still match the resize back within one code, and the bottom rows are no different."""
+    monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
+    clip = vs.core.std.Crop(make_clip(vs.YUV420P8), bottom=2)
+    kw = {"window": 4, "skip_ratio": 0.5}
+    on_device = sr(clip, device_color=True, **kw)
+    resized = sr(clip, device_color=False, **kw)
+    assert (on_device.width, on_device.height) == (256, 184)
+    for n in range(N_FRAMES):
+        a, b = on_device.get_frame(n), resized.get_frame(n)
+        for pa, pb in zip(_planes(a), _planes(b), strict=True):
+            diff = np.abs(pa.astype(np.int32) - pb.astype(np.int32))
+            assert diff.max() <= 1, f"frame {n}"
+            assert diff[-4:].max() <= 1, f"frame {n}: bottom rows"
+
+
+def test_rgb_to_yuv_cropped_inside_equals_the_cropped_window() -> None:
+    """``size`` crops before converting: the padded window with ``size`` gives the bytes of
+    the cropped window (chroma at the bottom and right edge included)."""
+    g = torch.Generator().manual_seed(2)
+    padded = torch.rand(2, 3, 48, 64, generator=g)
+    layout = yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
+    assert layout is not None
+    want = rgb_to_yuv(padded[..., :42, :58].contiguous(), layout)
+    got = rgb_to_yuv(padded, layout, size=(42, 58))
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
 
 
 @needs_cuda

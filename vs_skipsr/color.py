@@ -123,11 +123,15 @@ def _downsample(c: Tensor, *, axis: int, offset: float) -> Tensor:
     return out
 
 
-def rgb_to_yuv(rgb: Tensor, layout: YuvLayout) -> tuple[Tensor, Tensor, Tensor]:
+def rgb_to_yuv(
+    rgb: Tensor, layout: YuvLayout, *, size: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """[T, 3, H, W] float RGB in [0, 1] -> (Y [T, H, W], U [T, h, w], V [T, h, w]) integer
-    samples in ``layout.dtype``."""
+    samples in ``layout.dtype``. ``size`` (height, width): convert only that top-left part,
+    so a window padded to its token grid goes into a graph whole, a contiguous copy, and is
+    cropped inside it."""
     kr, kb = _KR_KB[layout.matrix]
-    x = rgb.float()
+    x = rgb.float() if size is None else rgb[..., : size[0], : size[1]].float()
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # [T, 1, H, W] each
     y = kr * r + (1 - kr - kb) * g + kb * b
     uv = torch.cat([b, r], 1).sub_(y)  # U and V as two channels: one pass downsamples both

@@ -928,8 +928,11 @@ class _SkipSRNode:
                         if frames is None:
                             frames, planes = self._plane_buffer(real, layout)
                             pooled = True
-                        # all T frames, a tail window's padding too: one shape, one graph
-                        yuv = self.to_yuv(res.frames, layout=layout)
+                        # all T frames, a tail window's padding too: one shape, one graph;
+                        # the token grid's padded rows too, cropped in the graph
+                        yuv = self.to_yuv(
+                            res.grid_frames, layout=layout, size=(self.out_h, self.out_w)
+                        )
                         for dst, src in zip(planes, yuv, strict=True):
                             dst[span].copy_(src[: piece.length], non_blocking=True)
                     elif as_is:

@@ -72,9 +72,12 @@ class WindowStats:
 
 @dataclass
 class WindowOutput:
-    frames: Tensor  # [T, 3, H, W] float32 in [0, 1]
+    frames: Tensor  # [T, 3, H, W] float32 in [0, 1]: a view of grid_frames
     keep: Tensor  # [T, Hp, Wp] bool
     stats: WindowStats
+    # [T, 3, Hg, Wg], the frames on the whole token grid, contiguous: copied whole into a
+    # graph's input (a plain memcpy) where a copy of the cropped view would be strided
+    grid_frames: Tensor
 
 
 class _Timer:
@@ -309,4 +312,4 @@ def upscale_window(
         out = base[..., :out_h, :out_w]
 
     stats = WindowStats(kept=n_keep, total=total, bucket=n_bucket, times=timer.times)
-    return WindowOutput(frames=out, keep=keep, stats=stats)
+    return WindowOutput(frames=out, keep=keep, stats=stats, grid_frames=base)
