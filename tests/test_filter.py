@@ -1148,6 +1148,25 @@ def test_rgb_to_yuv_cropped_inside_equals_the_cropped_window() -> None:
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("offset", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("axis", [2, 3])
+def test_chroma_downsample_without_zero_taps_gives_the_nine_tap_bytes(offset, axis) -> None:
+    """Leaving out the taps of weight 0 changes no bit of the halved plane."""
+    import torch.nn.functional as F
+
+    from vs_skipsr import color
+
+    c = torch.rand(2, 2, 20, 24, generator=torch.Generator().manual_seed(1)) - 0.3
+    k = color._taps(offset)
+    assert 0.0 in k  # there is a tap to leave out
+    pad = (4, 4, 0, 0) if axis == 3 else (0, 0, 4, 4)
+    win = F.pad(c, pad, mode="replicate").unfold(axis, 9, 2)
+    want = win[..., 0] * k[0]
+    for i in range(1, 9):
+        want.add_(win[..., i], alpha=k[i])
+    assert torch.equal(color._downsample(c, axis=axis, offset=offset), want)
+
+
 @needs_cuda
 def test_cuda_device_color_under_concurrency_gives_the_same_bytes(make_clip: MakeClip, sr) -> None:
     """On a GPU (device_color on by default there), two streams, a two-window cache and

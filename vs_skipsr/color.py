@@ -117,8 +117,11 @@ def _downsample(c: Tensor, *, axis: int, offset: float) -> Tensor:
     k = _taps(offset)
     pad = (4, 4, 0, 0) if axis == 3 else (0, 0, 4, 4)
     win = F.pad(c, pad, mode="replicate").unfold(axis, 9, 2)  # [..., out, ..., 9] views
-    out = win[..., 0] * k[0]
-    for i in range(1, 9):
+    # taps of weight 0 (the outer two at a co-sited location, one at a centred one) are left
+    # out: adding 0 * x changes no bit, and each tap is a pass over the plane
+    taps = [i for i in range(9) if k[i] != 0.0]
+    out = win[..., taps[0]] * k[taps[0]]
+    for i in taps[1:]:
         out.add_(win[..., i], alpha=k[i])
     return out
 
