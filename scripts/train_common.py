@@ -63,7 +63,9 @@ def make_batch(
     base_k = base_tok[bi, ni]
     net_base = base_k
     if cfg.halo:
-        net_base = gather_patches(base, bi * (t * hp * wp) + ni, patch=p, halo=cfg.halo)
+        at = local.clone()
+        at[:, 0] += bi * t  # the frame of base [B*T]
+        net_base = gather_patches(base, at, patch=p, halo=cfg.halo)
     return TokenBatch(
         base=net_base,
         target=hr_tok[bi, ni] - base_k,

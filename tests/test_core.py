@@ -184,7 +184,7 @@ def _reference_kept_velocity(net, lr, keep, scale, seed=0):
         same = (win[:, None, :] == win[None, :, :]).all(-1)  # [N, N]
         allowed = same & kept[:, None] & kept[None, :]
         attends.append(lambda q, k, v, a=allowed: masked_dense_attention(q, k, v, a))
-    tokens = gather_patches(base, all_idx, patch=cfg.patch, halo=cfg.halo)
+    tokens = gather_patches(base, coords, patch=cfg.patch, halo=cfg.halo)
     state = token_noise(all_idx, dim=cfg.token_dim, seed=seed) * cfg.noise_std
     v = net.forward_attend(tokens, state, coords, torch.ones(1), attends)
     return base, grid, v[kept], state[kept]
@@ -197,19 +197,20 @@ def test_gather_patches_reads_each_token_with_its_replicated_halo(way):
     g = torch.Generator().manual_seed(3)
     frames = torch.rand(2, 3, 32, 48, generator=g)  # grid (2, 2, 3)
     index = torch.tensor([0, 2, 3, 5, 6, 11])
+    coords = token_coords(index, grid=(2, 2, 3))
     gather = {
         "public": gather_patches,
         "flat": tokens_module._gather_flat,
         "rows": tokens_module._gather_rows,
     }[way]
-    assert torch.equal(gather_patches(frames, index, patch=16), patchify(frames, patch=16)[index])
-    got = gather(frames, index, patch=16, halo=8).reshape(-1, 3, 32, 32)
+    assert torch.equal(gather_patches(frames, coords, patch=16), patchify(frames, patch=16)[index])
+    got = gather(frames, coords, patch=16, halo=8).reshape(-1, 3, 32, 32)
     for row, i in enumerate(index.tolist()):
         t, y, x = i // 6, (i % 6) // 3, i % 3
         ys = torch.arange(y * 16 - 8, y * 16 + 24).clamp(0, 31)  # replicate = clamped rows
         xs = torch.arange(x * 16 - 8, x * 16 + 24).clamp(0, 47)
         assert torch.equal(got[row], frames[t][:, ys][:, :, xs]), f"token {i}"
-    none = gather_patches(frames, index[:0], patch=16, halo=8)
+    none = gather_patches(frames, coords[:0], patch=16, halo=8)
     assert none.shape == (0, 3 * 32 * 32)
 
 
@@ -227,7 +228,7 @@ def test_add_to_tokens_equals_a_residual_scattered_over_the_whole_window(frac):
     whole[index] = values
     want = (base + unpatchify(whole, grid=grid, patch=patch)).clamp(0, 1)
     got = base.clone()
-    add_to_tokens(got, values, index, patch=patch)
+    add_to_tokens(got, values, token_coords(index, grid=grid), patch=patch)
     assert torch.equal(got, want)
     assert frac == 0.0 or not torch.equal(got, base)
 

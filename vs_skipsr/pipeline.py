@@ -299,7 +299,7 @@ def upscale_window(
             shift=cfg.shift,
             static_len=device.type == "cuda",
         )
-        base_tok = gather_patches(base, padded, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
+        base_tok = gather_patches(base, coords, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
         state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std  # [Kb, 3p²]
 
     with timer.stage("sr"):
@@ -308,7 +308,7 @@ def upscale_window(
         residual = state[:n_keep]  # [K, 3p²]
 
     with timer.stage("scatter"):
-        add_to_tokens(base, residual.float(), index, patch=patch)
+        add_to_tokens(base, residual.float(), coords[:n_keep], patch=patch)
         out = base[..., :out_h, :out_w]
 
     stats = WindowStats(kept=n_keep, total=total, bucket=n_bucket, times=timer.times)

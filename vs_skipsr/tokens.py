@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -71,8 +72,8 @@ def patchify(frames: Tensor, *, patch: int) -> Tensor:
     )
 
 
-def gather_patches(frames: Tensor, index: Tensor, *, patch: int, halo: int = 0) -> Tensor:
-    """The p x p patches of tokens ``index`` [K] (flat (t, y, x) order over the token grid of
+def gather_patches(frames: Tensor, coords: Tensor, *, patch: int, halo: int = 0) -> Tensor:
+    """The p x p patches of the tokens at ``coords`` [K, 3] ((t, y, x) on the token grid of
     ``frames`` [T, C, H, W]), each with ``halo`` pixels of its surroundings: [K, C*(p+2h)²].
 
     The frame border is replicated into the halo, as :func:`pad_to_grid` pads: rows and
@@ -83,55 +84,63 @@ def gather_patches(frames: Tensor, index: Tensor, *, patch: int, halo: int = 0) 
     kept. CPU (2 cores), 5 x 368 x 640, 31% kept: 3.5-4.4 ms by rows of a copy padded in
     width only (:func:`_gather_rows`) against 5.7-6.1 before; the flat index's int64 offsets
     took 20 ms to build there (scratch microbenchmark, seventeenth session)."""
-    _, c, h, w = frames.shape
+    k, c = coords.shape[0], frames.shape[1]
     side = patch + 2 * halo
-    if index.shape[0] == 0:
+    if k == 0:
         return frames.new_empty(0, c * side * side)
     if halo == 0:
-        coords = token_coords(index, grid=(frames.shape[0], h // patch, w // patch))
         patches = token_view(frames, patch=patch)[tuple(coords.unbind(1))]
     elif frames.device.type == "cpu":
-        patches = _gather_rows(frames, index, patch=patch, halo=halo)
+        patches = _gather_rows(frames, coords, patch=patch, halo=halo)
     else:
-        patches = _gather_flat(frames, index, patch=patch, halo=halo)
-    return patches.reshape(index.shape[0], c * side * side)
+        patches = _gather_flat(frames, coords, patch=patch, halo=halo)
+    return patches.reshape(k, c * side * side)
 
 
+@lru_cache(maxsize=64)
 def _halo_lines(
-    index: Tensor, *, grid: tuple[int, int, int], patch: int, halo: int, size: tuple[int, int]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Tokens' frame t [K], and the rows [K, s] and columns [K, s] their patches with halo
-    cover, clamped to the frame (size = (H, W)): replicate padding without a padded copy."""
-    t_i, y_i, x_i = token_coords(index, grid=grid).unbind(1)
-    offsets = torch.arange(-halo, patch + halo, device=index.device)  # [s]
-    rows = (y_i[:, None] * patch + offsets).clamp_(0, size[0] - 1)
-    cols = (x_i[:, None] * patch + offsets).clamp_(0, size[1] - 1)
-    return t_i, x_i, rows, cols
+    count: int, *, patch: int, halo: int, size: int, stride: int, device: torch.device
+) -> Tensor:
+    """[count, s]: the pixel rows (or columns) that tokens 0 .. count-1 along one axis cover
+    with their halo, clamped to the frame's ``size`` (replicate padding without a padded
+    copy), times ``stride``. A table per shape instead of a few launches per window; made on
+    the host and copied over synchronously, so any stream may read it at once."""
+    offsets = torch.arange(-halo, patch + halo)
+    lines = (torch.arange(count)[:, None] * patch + offsets).clamp_(0, size - 1)
+    return (lines * stride).to(device)
 
 
-def _gather_flat(frames: Tensor, index: Tensor, *, patch: int, halo: int) -> Tensor:
+@lru_cache(maxsize=16)
+def _plane_starts(channels: int, *, plane: int, device: torch.device) -> Tensor:
+    """[C]: where each channel's plane starts in a frame (see :func:`_halo_lines`)."""
+    return (torch.arange(channels) * plane).to(device)
+
+
+def _gather_flat(frames: Tensor, coords: Tensor, *, patch: int, halo: int) -> Tensor:
     """[K, C, s, s]: every pixel's flat offset into ``frames``, then one 1-D gather."""
-    t, c, h, w = frames.shape
-    t_i, _, rows, cols = _halo_lines(
-        index, grid=(t, h // patch, w // patch), patch=patch, halo=halo, size=(h, w)
-    )
-    planes = (t_i[:, None] * c + torch.arange(c, device=frames.device)) * (h * w)  # [K, C]
-    flat = planes[:, :, None, None] + (rows * w)[:, None, :, None] + cols[:, None, None, :]
+    _, c, h, w = frames.shape
+    t_i, y_i, x_i = coords.unbind(1)
+    dev = frames.device
+    rows = _halo_lines(h // patch, patch=patch, halo=halo, size=h, stride=w, device=dev)[y_i]
+    cols = _halo_lines(w // patch, patch=patch, halo=halo, size=w, stride=1, device=dev)[x_i]
+    planes = (t_i * (c * h * w))[:, None] + _plane_starts(c, plane=h * w, device=dev)  # [K, C]
+    flat = planes[:, :, None, None] + rows[:, None, :, None] + cols[:, None, None, :]
     return frames.reshape(-1)[flat]
 
 
-def _gather_rows(frames: Tensor, index: Tensor, *, patch: int, halo: int) -> Tensor:
+def _gather_rows(frames: Tensor, coords: Tensor, *, patch: int, halo: int) -> Tensor:
     """[K, C, s, s]: whole s-pixel rows of a copy padded in width only (its columns unfolded
     by token), picked by frame, channel and clamped row."""
-    t, c, h, w = frames.shape
-    t_i, x_i, rows, _ = _halo_lines(
-        index, grid=(t, h // patch, w // patch), patch=patch, halo=halo, size=(h, w)
-    )
+    _, c, h, _ = frames.shape
+    t_i, y_i, x_i = coords.unbind(1)
     side = patch + 2 * halo
+    rows = _halo_lines(h // patch, patch=patch, halo=halo, size=h, stride=1, device=frames.device)
     wide = F.pad(frames, (halo, halo, 0, 0), mode="replicate")  # [T, C, H, W + 2h]
     view = wide.unfold(3, side, patch)  # [T, C, H, Wp, s]
-    channels = torch.arange(c, device=frames.device)
-    return view[t_i[:, None, None], channels[None, :, None], rows[:, None, :], x_i[:, None, None]]
+    channels = _plane_starts(c, plane=1, device=frames.device)  # 0 .. C-1
+    return view[
+        t_i[:, None, None], channels[None, :, None], rows[y_i][:, None, :], x_i[:, None, None]
+    ]
 
 
 def unpatchify(tokens: Tensor, *, grid: tuple[int, int, int], patch: int) -> Tensor:
@@ -153,20 +162,21 @@ def token_coords(index: Tensor, *, grid: tuple[int, int, int]) -> Tensor:
     return torch.stack((t, y, x), dim=1)
 
 
-def add_to_tokens(frames: Tensor, values: Tensor, index: Tensor, *, patch: int) -> None:
-    """Add ``values`` [K, C*p*p] to the tokens ``index`` [K] (unique, flat (t, y, x) order) of
-    ``frames`` [T, C, Hg, Wg] in place, clamping what it adds to [0, 1]; every other pixel is
-    left as it is. Where SkipSR brings its kept tokens back: the work is K tokens', so a window
-    with few kept costs little here (a residual scattered into a zeroed window and added to
-    all of it took three full passes over the window whatever was kept)."""
+def add_to_tokens(frames: Tensor, values: Tensor, coords: Tensor, *, patch: int) -> None:
+    """Add ``values`` [K, C*p*p] to the tokens at ``coords`` [K, 3] (unique (t, y, x) on the
+    token grid) of ``frames`` [T, C, Hg, Wg] in place, clamping what it adds to [0, 1]; every
+    other pixel is left as it is. Where SkipSR brings its kept tokens back: the work is K
+    tokens', so a window with few kept costs little here (a residual scattered into a zeroed
+    window and added to all of it took three full passes over the window whatever was kept).
+    Every token of the grid, given in (t, y, x) order, is one in-place add."""
     t, c, h, w = frames.shape
     view = token_view(frames, patch=patch)  # [T, Hp, Wp, C, p, p]
-    values = values.view(index.shape[0], c, patch, patch)
-    if index.shape[0] == t * (h // patch) * (w // patch):  # every token, in order
+    values = values.view(coords.shape[0], c, patch, patch)
+    if coords.shape[0] == t * (h // patch) * (w // patch):  # every token, in order
         view.add_(values.view(view.shape))
         frames.clamp_(0, 1)
         return
-    at = token_coords(index, grid=(t, h // patch, w // patch)).unbind(1)
+    at = tuple(coords.unbind(1))
     view[at] = (view[at] + values).clamp_(0, 1)
 
 
