@@ -215,3 +215,18 @@ def test_byte_count_shows_the_lean_forms_and_their_split():
     assert 0 < gb["lean forms"] < 0.75 * gb["plain forms"], out
     assert features > 0 and step > 0
     assert abs(features + step - gb["lean forms"]) < 0.02 * gb["lean forms"], out
+
+
+def test_bench_tokens_times_every_kept_fraction_it_is_given():
+    """scripts/bench_tokens.py prints a row a kept fraction: every token at 1.0, none at 0,
+    and a time for each move; a window size that is not whole tokens is refused by name."""
+    script = str(ROOT / "scripts" / "bench_tokens.py")
+    cmd = [sys.executable, script, "--device", "cpu", "--size", "2x32x48", "--reps", "2"]
+    run = subprocess.run([*cmd, "--kept", "1.0,0.5,0.0"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split() for line in run.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["1.00", "0.50", "0.00"]
+    assert int(rows[0][1]) == 2 * 2 * 3 and int(rows[2][1]) == 0
+    assert all(float(v) >= 0 for r in rows for v in r[2:])
+    bad = subprocess.run([*cmd[:-4], "--size", "2x30x48"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--size '2x30x48': H and W must be multiples of 16" in bad.stderr

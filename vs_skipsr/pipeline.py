@@ -239,11 +239,12 @@ def upscale_window(
     ``skip_ratio`` (fraction skipped) or ``threshold``; with none of the three every token is
     kept and the mask is not evaluated (the dense path). ``base``, if given, is
     :func:`padded_base` of lr, as :func:`window_inputs` makes it; it is written into, the
-    output being a view of it (pass a copy to keep it), so no window-sized copy is made. ``steps`` Euler steps of
-    the flow all reuse one keep set and one pair of partitions. ``buckets`` pads the kept
-    count up to a bucket (True: see :func:`~vs_skipsr.tokens.kept_bucket`; None: where the
-    runner wants it, i.e. torch on CUDA) so captured graphs and per-shape kernel plans are
-    reused; padding never changes the result.
+    output being a view of it (pass a copy to keep it), so no window-sized copy is made.
+    ``steps`` Euler steps of the flow all reuse one keep set and one pair of partitions.
+    ``buckets`` pads the kept count up to a bucket (True: see
+    :func:`~vs_skipsr.tokens.kept_bucket`; None: where the runner wants it, i.e. torch on
+    CUDA) so captured graphs and per-shape kernel plans are reused; padding never changes the
+    result.
 
     On CUDA the window costs one device-to-host sync (the kept count), none when dense.
     """

@@ -78,12 +78,13 @@ def gather_patches(frames: Tensor, coords: Tensor, *, patch: int, halo: int = 0)
 
     The frame border is replicated into the halo, as :func:`pad_to_grid` pads: rows and
     columns past the border are clamped to it. What reads the patches fastest differs by
-    device (times of one window, before: a replicate-padded copy of the window, unfolded and
-    indexed, whatever K). H200, 20 x 1088 x 1920, 17% kept: 0.93 ms by one flat index of
-    every pixel (:func:`_gather_flat`) against 1.24 before, 0.20 against 0.59 with no token
-    kept. CPU (2 cores), 5 x 368 x 640, 31% kept: 3.5-4.4 ms by rows of a copy padded in
-    width only (:func:`_gather_rows`) against 5.7-6.1 before; the flat index's int64 offsets
-    took 20 ms to build there (scratch microbenchmark, seventeenth session)."""
+    device; before, a replicate-padded copy of the whole window was unfolded and indexed,
+    whatever K. One window (seventeenth session; ``scripts/bench_tokens.py`` times it now):
+    H200, 20 x 1088 x 1920, 17% kept, 0.82 ms by one flat index of every pixel
+    (:func:`_gather_flat`) against 1.23 ms before, 0.005 against 0.58 with no token kept;
+    CPU (2 cores), 5 x 368 x 640, 31% kept, 3.8 ms by rows of a copy padded in width only
+    (:func:`_gather_rows`) against 5.0 before, where the flat index's int64 offsets took
+    20 ms to build."""
     k, c = coords.shape[0], frames.shape[1]
     side = patch + 2 * halo
     if k == 0:
