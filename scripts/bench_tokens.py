@@ -13,10 +13,7 @@ Prints one table: ms per window, median of --reps calls, each one timed on its o
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,24 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from vs_skipsr.benchmark import median_seconds  # noqa: E402
 from vs_skipsr.tokens import add_to_tokens, gather_patches, token_coords  # noqa: E402
 
 PATCH, HALO = 16, 8  # the shipped model's token and halo
-
-
-def timed(fn: Callable[[], object], *, device: torch.device, reps: int) -> float:
-    """Median milliseconds of ``reps`` calls, the device synchronised around each."""
-    fn()  # warm-up: caching allocator, lazily built tables
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -72,16 +55,14 @@ def main() -> None:
         keep = torch.rand(total, generator=g) < frac
         coords = token_coords(torch.nonzero(keep).squeeze(1), grid=grid).to(device)
         values = (0.05 * torch.randn(coords.shape[0], 3 * PATCH * PATCH, generator=g)).to(device)
-        gather = timed(
-            lambda c=coords: gather_patches(frames, c, patch=PATCH, halo=HALO),
-            device=device,
-            reps=args.reps,
+        gather = 1e3 * median_seconds(
+            lambda c=coords: gather_patches(frames, c, patch=PATCH, halo=HALO), device, args.reps
         )
         base = frames.clone()  # added into again and again: the same work each call
-        add = timed(
+        add = 1e3 * median_seconds(
             lambda c=coords, v=values, b=base: add_to_tokens(b, v, c, patch=PATCH),
-            device=device,
-            reps=args.reps,
+            device,
+            args.reps,
         )
         print(f"{frac:6.2f} {coords.shape[0]:7d} {gather:10.3f} {add:12.3f}")
 
