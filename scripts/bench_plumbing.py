@@ -99,34 +99,26 @@ def stub_upscale_window(fresh: bool) -> Callable[..., WindowOutput]:
     returns a new copy, as the real upscale_window allocates its output (on the CPU that
     allocation's page faults are then in the timing); else the same tensor every call, as a
     GPU's caching allocator hands out device memory for free."""
-    cache: dict[tuple, WindowOutput] = {}
+    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
 
     def upscale(lr: torch.Tensor, *, scale: int, runner, **_: object) -> WindowOutput:
         key = (tuple(lr.shape), scale, lr.device)
-        out = cache.get(key)
-        if out is None:
+        made = cache.get(key)
+        if made is None:
             frames = F.interpolate(lr.float(), scale_factor=scale, mode="nearest")
             t, _, h, w = frames.shape
             patch = runner.sr_config.patch
-            grid = token_grid(t, h, w, patch=patch)
-            keep = torch.ones(grid, dtype=torch.bool, device=lr.device)
-            padded = pad_to_grid(frames, patch=patch)
-            out = cache[key] = WindowOutput(
-                frames=padded[..., :h, :w],
-                keep=keep,
-                stats=WindowStats(kept=1, total=1, bucket=1),
-                grid_frames=padded,
-            )
+            keep = torch.ones(token_grid(t, h, w, patch=patch), dtype=torch.bool, device=lr.device)
+            made = cache[key] = (pad_to_grid(frames, patch=patch), keep, h, w)
+        padded, keep, h, w = made
         if fresh:
-            padded = out.grid_frames.clone()
-            h, w = out.frames.shape[-2:]
-            return WindowOutput(
-                frames=padded[..., :h, :w],
-                keep=out.keep.clone(),
-                stats=out.stats,
-                grid_frames=padded,
-            )
-        return out
+            padded, keep = padded.clone(), keep.clone()
+        return WindowOutput(
+            frames=padded[..., :h, :w],
+            keep=keep,
+            stats=WindowStats(kept=1, total=1, bucket=1),
+            grid_frames=padded,
+        )
 
     return upscale
 

@@ -364,7 +364,7 @@ def report(s: dict[str, Any]) -> str:
             f"copies {gpu['memcpy_ms']:.0f} ms; {gpu['launches']} launches; runtime calls "
             + ", ".join(f"{k} {v:.0f} ms" for k, v in gpu["runtime_ms"].items())
         )
-        n = s["gpu"]["profiled_frames"]
+        n = gpu["profiled_frames"]
         lines.append(
             f"GPU time by kernel or copy, summed over streams ({gpu['kernels_total_ms'] / n:.3f} "
             "ms per frame in all), ms per frame, the largest:"
