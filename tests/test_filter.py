@@ -1119,20 +1119,35 @@ def test_device_color_of_frames_short_of_whole_tokens(
     make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An output height that is not whole tokens (46 x 4 = 184 = 11.5 tokens): the window is
-    converted from its token grid, padding and all, cropped inside the conversion; the planes
-    still match the resize back within one code, and the bottom rows are no different."""
+    converted from its token grid, padding and all, cropped inside the conversion. The planes
+    match the resize back within one code, and are exactly the conversion of the RGB frames
+    the resize path starts from, so the padded rows reach no sample (the bottom rows included)."""
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
+    nodes: list[skipsr_filter._SkipSRNode] = []
+    real = skipsr_filter._SkipSRNode._produce
+
+    def produce(self, n: int, f: list[vs.VideoFrame], **kw: object) -> vs.VideoFrame:
+        nodes.append(self)
+        return real(self, n, f, **kw)
+
+    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce", produce)
     clip = vs.core.std.Crop(make_clip(vs.YUV420P8), bottom=2)
+    clip = vs.core.std.SetFrameProps(clip, _Matrix=1, _Range=0, _ChromaLocation=0)
     kw = {"window": 4, "skip_ratio": 0.5}
     on_device = sr(clip, device_color=True, **kw)
     resized = sr(clip, device_color=False, **kw)
     assert (on_device.width, on_device.height) == (256, 184)
+    layout = yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
+    assert layout is not None
     for n in range(N_FRAMES):
         a, b = on_device.get_frame(n), resized.get_frame(n)
         for pa, pb in zip(_planes(a), _planes(b), strict=True):
-            diff = np.abs(pa.astype(np.int32) - pb.astype(np.int32))
-            assert diff.max() <= 1, f"frame {n}"
-            assert diff[-4:].max() <= 1, f"frame {n}: bottom rows"
+            assert np.abs(pa.astype(np.int32) - pb.astype(np.int32)).max() <= 1, f"frame {n}"
+        rgb_node = next(x for x in nodes if not x.settings.device_color)
+        rgb = torch.from_numpy(np.stack(_planes(rgb_node.sr.get_frame(n))))[None]
+        want = rgb_to_yuv(rgb, layout)
+        for pa, w in zip(_planes(a), want, strict=True):
+            np.testing.assert_array_equal(pa, w[0].numpy(), err_msg=f"frame {n}")
 
 
 def test_rgb_to_yuv_cropped_inside_equals_the_cropped_window() -> None:
