@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """GPU time of the device colour conversion (color.rgb_to_yuv) for one 5-frame 1080p window,
-eager and as one CUDA graph replay, optionally against another checkout's color.py, with the
-largest code difference between the two.
+eager and as one CUDA graph replay: this checkout's torch ops and its Triton kernels (where
+Triton is installed), optionally another checkout's color.py, with the largest code
+difference from the first row and how many codes differ.
 
     python scripts/bench_color.py [--against OTHER_CHECKOUT]
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,23 +73,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", type=Path, help="a folder with another vs_skipsr/color.py")
     args = ap.parse_args()
-    mods = {"this checkout": color}
-    if args.against:
-        mods[str(args.against)] = load_other(args.against)
     if not torch.cuda.is_available():
         raise SystemExit("bench_color.py needs CUDA")
-    # what the filter converts: the clamped window view, rows cropped from the token grid
-    x = torch.rand(5, 3, 1088, 1920, device="cuda")[..., :1080, :]
+    # what the filter converts: the window on its token grid (1088 rows), cropped inside
+    x = torch.rand(5, 3, 1088, 1920, device="cuda")
+    cases: dict[str, tuple[ModuleType, dict[str, object]]] = {
+        "this checkout, torch ops": (color, {"kernels": "torch"}),
+    }
+    if color._triton_kernels() is not None:
+        cases["this checkout, Triton"] = (color, {"kernels": "triton"})
+    if args.against:
+        cases[str(args.against)] = (load_other(args.against), {})
     outs = {}
-    for name, mod in mods.items():
+    for name, (mod, kw) in cases.items():
         layout = mod.yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
-        eager, replay = gpu_ms(lambda m=mod, lay=layout: m.rgb_to_yuv(x, lay))
-        outs[name] = mod.rgb_to_yuv(x, layout)
+        if "size" in inspect.signature(mod.rgb_to_yuv).parameters:
+            call = {**kw, "size": (1080, 1920)}
+            src = x
+        else:  # older: the caller crops
+            call, src = kw, x[..., :1080, :]
+        eager, replay = gpu_ms(lambda m=mod, lay=layout, s=src, c=call: m.rgb_to_yuv(s, lay, **c))
+        outs[name] = mod.rgb_to_yuv(src, layout, **call)
         print(f"{name}: eager {eager:.3f} ms, graph replay {replay:.3f} ms per 5 x 1080p window")
-    if len(outs) == 2:
-        a, b = outs.values()
-        diff = [int((p.int() - q.int()).abs().max()) for p, q in zip(a, b, strict=True)]
-        print(f"largest code difference (Y, U, V): {diff}")
+    first, *others = outs.items()
+    for name, planes in others:
+        diff = [int((p.int() - q.int()).abs().max()) for p, q in zip(first[1], planes, strict=True)]
+        count = sum(int((p != q).sum()) for p, q in zip(first[1], planes, strict=True))
+        print(
+            f"{name} against {first[0]}: largest code difference (Y, U, V) {diff}, {count} codes differ"
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import vapoursynth as vs
 from conftest import N_FRAMES, read_index
 
 import vs_skipsr.filter as skipsr_filter
-from vs_skipsr import SkipSRStats, skipsr
+from vs_skipsr import SkipSRStats, color, skipsr
 from vs_skipsr.backends.torch_backend import TorchBackend
 from vs_skipsr.color import rgb_to_yuv, yuv_layout
 from vs_skipsr.models.weights import DEFAULT_MASK_WEIGHTS, DEFAULT_SR_WEIGHTS, load_mask, load_sr
@@ -328,7 +328,8 @@ def test_readahead_computes_the_next_window_before_any_of_its_frames_is_asked_fo
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
     monkeypatch.setattr(skipsr_filter, "_READ_AHEAD_IDLE_S", 0.05)
     clip = vs.core.std.SetFrameProps(make_clip(vs.YUV420P8), _Matrix=6, _Range=0)
-    kw = {"window": 3, "skip_ratio": 0.5, "device_color": device_color}
+    # the CPU explicitly: on a machine with a GPU the default backend would be CUDA
+    kw = {"backend": "cpu", "window": 3, "skip_ratio": 0.5, "device_color": device_color}
     want = io.BytesIO()
     sr(clip, readahead=0, **kw).output(want, y4m=True)
 
@@ -1098,7 +1099,7 @@ def test_device_color_matches_the_resize_within_one_code(
     from RGB: every sample within one code, the same props, frames in order."""
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
     clip = vs.core.std.SetFrameProps(make_clip(fmt), _Matrix=matrix, _Range=0, _ChromaLocation=0)
-    kw = {"window": 4, "skip_ratio": 0.5}
+    kw = {"backend": "cpu", "window": 4, "skip_ratio": 0.5}  # the CPU on a GPU's machine too
     with caplog.at_level(logging.INFO, logger="vs_skipsr.filter"):
         on_device = sr(clip, **kw)  # auto: chosen because "cpu" counts as a device here
     assert "device_color=True" in caplog.text  # the path under test was taken
@@ -1133,7 +1134,9 @@ def test_device_color_of_frames_short_of_whole_tokens(
     monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce", produce)
     clip = vs.core.std.Crop(make_clip(vs.YUV420P8), bottom=2)
     clip = vs.core.std.SetFrameProps(clip, _Matrix=1, _Range=0, _ChromaLocation=0)
-    kw = {"window": 4, "skip_ratio": 0.5}
+    # the CPU on a GPU's machine too: there the RGB path's frames are float16 on the host,
+    # and their conversion is not the device's conversion of the float32 window
+    kw = {"backend": "cpu", "window": 4, "skip_ratio": 0.5}
     on_device = sr(clip, device_color=True, **kw)
     resized = sr(clip, device_color=False, **kw)
     assert (on_device.width, on_device.height) == (256, 184)
@@ -1200,6 +1203,24 @@ def test_cuda_device_color_under_concurrency_gives_the_same_bytes(make_clip: Mak
             _planes(on_device.get_frame(n)), _planes(resized.get_frame(n)), strict=True
         ):
             assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, f"frame {n}"
+
+
+@needs_cuda
+@pytest.mark.skipif(color._triton_kernels() is None, reason="needs triton")
+def test_cuda_device_color_by_triton_gives_the_torch_ops_bytes(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter's colour graph with the Triton kernels (the default on a GPU) and with
+    torch ops: the same bytes, frame by frame (4:2:0 10-bit, a height short of whole tokens,
+    so the crop inside the graph is on the path)."""
+    clip = vs.core.std.Crop(make_clip(vs.YUV420P10), bottom=2)
+    kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5}
+    by_triton = [_bytes(f) for f in sr(clip, **kw).frames()]
+    assert not color._triton_failed
+    monkeypatch.setattr(color, "_triton_kernels", lambda: None)
+    by_torch = [_bytes(f) for f in sr(clip, **kw).frames()]
+    assert len(by_triton) == len(by_torch) == N_FRAMES
+    assert by_triton == by_torch
 
 
 def test_device_color_refuses_what_it_cannot_convert(make_clip: MakeClip, sr) -> None:

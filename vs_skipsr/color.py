@@ -15,14 +15,19 @@ tests compare both paths code by code.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from types import ModuleType
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["YuvLayout", "rgb_to_yuv", "yuv_layout"]
+
+log = logging.getLogger(__name__)
 
 # _Matrix values (ITU-T H.273) with constant (Kr, Kb) luma weights
 _KR_KB: dict[int, tuple[float, float]] = {
@@ -126,15 +131,87 @@ def _downsample(c: Tensor, *, axis: int, offset: float) -> Tensor:
     return out
 
 
+def _ranges(layout: YuvLayout) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(scale, offset) of luma and of chroma in ``layout``'s integer range."""
+    if layout.full_range:
+        peak = (1 << layout.bits) - 1
+        return (float(peak), 0.0), (float(peak), float(1 << (layout.bits - 1)))
+    unit = 1 << (layout.bits - 8)
+    return (219.0 * unit, 16.0 * unit), (224.0 * unit, 128.0 * unit)
+
+
+@lru_cache(maxsize=1)
+def _triton_kernels() -> ModuleType | None:
+    """:mod:`vs_skipsr.color_triton`, or None where Triton is not installed."""
+    try:
+        from . import color_triton
+    except ImportError:
+        return None
+    return color_triton
+
+
+_triton_failed: list[str] = []  # the first error of the Triton kernels in this process
+
+
 def rgb_to_yuv(
-    rgb: Tensor, layout: YuvLayout, *, size: tuple[int, int] | None = None
+    rgb: Tensor,
+    layout: YuvLayout,
+    *,
+    size: tuple[int, int] | None = None,
+    kernels: Literal["auto", "torch", "triton"] = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """[T, 3, H, W] float RGB in [0, 1] -> (Y [T, H, W], U [T, h, w], V [T, h, w]) integer
     samples in ``layout.dtype``. ``size`` (height, width): convert only that top-left part,
     so a window padded to its token grid goes into a graph whole, a contiguous copy, and is
-    cropped inside it."""
+    cropped inside it.
+
+    ``kernels``: "auto" runs the Triton kernels of :mod:`vs_skipsr.color_triton` (three passes
+    instead of ~40, the same codes) on a GPU where Triton is installed and works, else torch
+    ops; a Triton failure (no C compiler for its launcher, say) is logged once and torch ops
+    take over."""
+    if kernels not in ("auto", "torch", "triton"):
+        raise ValueError(f"kernels must be 'auto', 'torch' or 'triton', not {kernels!r}")
+    height, width = rgb.shape[-2:] if size is None else size
+    triton_ok = rgb.device.type == "cuda" and not _triton_failed
+    if kernels == "triton" or (kernels == "auto" and triton_ok):
+        module = _triton_kernels()
+        if module is None and kernels == "triton":
+            raise RuntimeError("rgb_to_yuv: kernels='triton' needs the triton package")
+        if module is not None:
+            try:
+                return _convert_triton(module, rgb, layout, size=(height, width))
+            except Exception as e:  # any failure: torch ops do the same job
+                if kernels == "triton":
+                    raise
+                _triton_failed.append(repr(e))
+                log.warning("colour conversion: Triton failed (%r); using torch ops", e)
+    return _convert_torch(rgb[..., :height, :width], layout)
+
+
+def _convert_triton(
+    module: ModuleType, rgb: Tensor, layout: YuvLayout, *, size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
     kr, kb = _KR_KB[layout.matrix]
-    x = rgb.float() if size is None else rgb[..., : size[0], : size[1]].float()
+    off_x, off_y = _chroma_offsets(layout.chromaloc)
+    luma, chroma = _ranges(layout)
+    return module.rgb_to_yuv_triton(
+        rgb,
+        size=size,
+        kr=kr,
+        kb=kb,
+        taps_w=_taps(off_x) if layout.ss_w else None,
+        taps_h=_taps(off_y) if layout.ss_h else None,
+        luma=luma,
+        chroma=chroma,
+        peak=(1 << layout.bits) - 1,
+        dtype=layout.dtype,
+    )
+
+
+def _convert_torch(rgb: Tensor, layout: YuvLayout) -> tuple[Tensor, Tensor, Tensor]:
+    """The conversion as torch ops (the CPU's, and the reference the kernels repeat)."""
+    kr, kb = _KR_KB[layout.matrix]
+    x = rgb.float()
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # [T, 1, H, W] each
     y = kr * r + (1 - kr - kb) * g + kb * b
     uv = torch.cat([b, r], 1).sub_(y)  # U and V as two channels: one pass downsamples both
@@ -146,13 +223,7 @@ def rgb_to_yuv(
     if layout.ss_h:
         uv = _downsample(uv, axis=2, offset=off_y)
     peak = (1 << layout.bits) - 1
-    if layout.full_range:
-        y_scale, y_off = float(peak), 0.0
-        c_scale, c_off = float(peak), float(1 << (layout.bits - 1))
-    else:
-        unit = 1 << (layout.bits - 8)
-        y_scale, y_off = 219.0 * unit, 16.0 * unit
-        c_scale, c_off = 224.0 * unit, 128.0 * unit
+    (y_scale, y_off), (c_scale, c_off) = _ranges(layout)
 
     def quantise(p: Tensor, scale: float, offset: float) -> Tensor:
         return (p * scale + offset).round_().clamp_(0, peak)[:, 0].to(layout.dtype)
