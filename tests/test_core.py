@@ -371,6 +371,15 @@ def test_grouped_attention_equals_masked_dense_on_uneven_windows(frac):
         atol=1e-6,
         rtol=1e-5,
     )
+    # the next block's call with the same partition reuses its groups: other tokens' values,
+    # still the reference's numbers
+    q, kk, v = (torch.randn(k, 2, 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(
+        grouped_window_attention(q, kk, v, p),
+        masked_dense_attention(q, kk, v, allowed),
+        atol=1e-6,
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("steps", [1, 3])

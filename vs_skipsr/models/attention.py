@@ -17,6 +17,7 @@ applied) and returns [K, H, D]. A token attends only to kept tokens of its own w
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,36 +82,63 @@ def padded_window_attention(q: Tensor, k: Tensor, v: Tensor, part: Tensor) -> Te
     return out[slot]  # [K, H, D]; tokens in no window get zeros
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Windows of one length class: where their tokens sit in K, and back."""
+
+    rows: Tensor  # [n, cap] token rows per window (pads: row 0, a key nobody attends to)
+    keep_key: Tensor  # [n, 1, 1, cap] bool, True at real tokens
+    src: Tensor  # [m] flat slots in [n * cap] of the group's real tokens
+    dst: Tensor  # [m] their rows in K
+
+
+def _group_layout(partition: Partition) -> tuple[_Group, ...] | None:
+    """The groups of :func:`grouped_window_attention` (None: the padded form is cheaper),
+    built once a partition: every block and flow step of a window uses the same partitions,
+    and building them is ~10 small ops a group, a host sync included, each time."""
+    memo = partition.__dict__.get("_groups")
+    if memo is not None:
+        return memo[0]
+    part = partition.part  # [nW, L], each window's tokens first, then -1
+    lengths = (part >= 0).sum(dim=1)  # [nW]
+    n_w, length = part.shape
+    classes = torch.ceil(torch.log2(lengths.clamp_min(1).float())).long()  # [nW]
+    caps = (2**classes).clamp(max=length)
+    groups: tuple[_Group, ...] | None = None
+    if n_w >= 2 and int((caps * caps).sum()) <= 0.75 * n_w * length * length:
+        built = []
+        for c in torch.unique(classes).tolist():
+            pg = part[torch.nonzero(classes == c).squeeze(1), : min(1 << c, length)]  # [n, cap]
+            real = pg >= 0
+            built.append(
+                _Group(
+                    rows=pg.clamp_min(0),
+                    keep_key=real[:, None, None, :],
+                    src=torch.nonzero(real.reshape(-1)).squeeze(1),
+                    dst=pg[real],
+                )
+            )
+        groups = tuple(built)
+    object.__setattr__(partition, "_groups", (groups,))
+    return groups
+
+
 def grouped_window_attention(q: Tensor, k: Tensor, v: Tensor, partition: Partition) -> Tensor:
     """:func:`padded_window_attention` with windows grouped by length (powers of two), each
     group padded to its own longest window, where that saves at least a quarter of the
     padded layout's attention work; else the padded form itself. Inference only (a token's
-    rows are gathered through one zero row, which a backward pass would serialise on)."""
-    part = partition.part  # [nW, L], each window's tokens first, then -1
-    lengths = (part >= 0).sum(dim=1)  # [nW]
-    n_w, length = part.shape
-    groups = torch.ceil(torch.log2(lengths.clamp_min(1).float())).long()  # [nW]
-    caps = (2**groups).clamp(max=length)
-    single = n_w * length * length
-    grouped = int((caps * caps).sum())
-    if n_w < 2 or grouped > 0.75 * single:
-        return padded_window_attention(q, k, v, part)
-    n_k, heads, dim = q.shape
-    zero = q.new_zeros(1, heads, dim)
-    qx, kx, vx = (torch.cat((x, zero)) for x in (q, k, v))  # row K: the pad
+    rows are gathered through one row, which a backward pass would serialise on). The
+    groups are built on the first call with a partition and reused (:func:`_group_layout`).
+    A pad slot reads row 0 as its key and value: masked out, it gets weight exactly 0."""
+    groups = _group_layout(partition)
+    if groups is None:
+        return padded_window_attention(q, k, v, partition.part)
+    heads, dim = q.shape[1:]
     out = torch.zeros_like(q)
-    for g in torch.unique(groups).tolist():
-        rows = torch.nonzero(groups == g).squeeze(1)
-        cap = min(1 << g, length)
-        pg = part[rows, :cap]  # [n, cap]
-        pad = pg < 0
-        idx = torch.where(pad, torch.full_like(pg, n_k), pg)  # pads -> the zero row
-        keep_key = ~pad
-        keep_key = keep_key | ~keep_key.any(dim=1, keepdim=True)
-        qw, kw, vw = (x[idx].transpose(1, 2) for x in (qx, kx, vx))  # [n, H, cap, D]
-        ow = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=keep_key[:, None, None, :])
-        ow = ow.transpose(1, 2)  # [n, cap, H, D]
-        out[pg[~pad]] = ow[~pad]
+    for g in groups:
+        qw, kw, vw = (x[g.rows].transpose(1, 2) for x in (q, k, v))  # [n, H, cap, D]
+        ow = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=g.keep_key)
+        out[g.dst] = ow.transpose(1, 2).reshape(-1, heads, dim)[g.src]  # [m, H, D]
     return out
 
 
