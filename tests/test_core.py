@@ -760,9 +760,9 @@ def test_cpu_upsample_through_opencv_equals_torch_bicubic(scale):
     torch's, borders included, to float rounding."""
     import torch.nn.functional as F
 
-    from vs_skipsr.pipeline import _opencv
+    from vs_skipsr.optional import optional_module
 
-    assert _opencv() is not None
+    assert optional_module("cv2") is not None
     lr = _lr(t=2, h=21, w=29, seed=scale)
     want = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
     got = upsample(lr, scale=scale)

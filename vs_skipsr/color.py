@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .optional import optional_module
+
 __all__ = ["YuvLayout", "rgb_to_yuv", "yuv_layout"]
 
 log = logging.getLogger(__name__)
@@ -140,14 +142,9 @@ def _ranges(layout: YuvLayout) -> tuple[tuple[float, float], tuple[float, float]
     return (219.0 * unit, 16.0 * unit), (224.0 * unit, 128.0 * unit)
 
 
-@lru_cache(maxsize=1)
 def _triton_kernels() -> ModuleType | None:
     """:mod:`vs_skipsr.color_triton`, or None where Triton is not installed."""
-    try:
-        from . import color_triton
-    except ImportError:
-        return None
-    return color_triton
+    return optional_module("vs_skipsr.color_triton")
 
 
 _triton_failed: list[str] = []  # the first error of the Triton kernels in this process

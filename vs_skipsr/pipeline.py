@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import ModuleType
 from typing import Literal
 
 import torch
@@ -31,6 +30,7 @@ from .models.mask import (
     keep_by_threshold,
     token_scores,
 )
+from .optional import optional_module
 from .tokens import (
     add_to_tokens,
     bucket_size,
@@ -107,7 +107,7 @@ def upsample(lr: Tensor, *, scale: int) -> Tensor:
     torch's, borders included) about four times faster; torch's took ~14 ms of a 5-frame
     160x90 -> 640x360 window on two cores, the largest fixed cost of a CPU window
     (scripts/bench.py, stages). Elsewhere, or without OpenCV, torch's."""
-    cv2 = _opencv() if lr.device.type == "cpu" and lr.dtype == torch.float32 else None
+    cv2 = optional_module("cv2") if lr.device.type == "cpu" and lr.dtype == torch.float32 else None
     if cv2 is None or lr.requires_grad:
         return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(
             0, 1
@@ -128,15 +128,6 @@ def padded_base(lr: Tensor, *, scale: int, patch: int) -> Tensor:
     [T, 3, Hg, Wg] by replicating its last row and column (:func:`~vs_skipsr.tokens.pad_to_grid`):
     what :func:`window_inputs` hands to :func:`upscale_window`."""
     return pad_to_grid(upsample(lr.float(), scale=scale), patch=patch)
-
-
-@lru_cache(maxsize=1)
-def _opencv() -> ModuleType | None:
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
 
 
 @lru_cache(maxsize=8)
