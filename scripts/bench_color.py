@@ -73,10 +73,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", type=Path, help="a folder with another vs_skipsr/color.py")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_color.py needs CUDA")
-    # what the filter converts: the window on its token grid (1088 rows), cropped inside
-    x = torch.rand(5, 3, 1088, 1920, device="cuda")
     cases: dict[str, tuple[ModuleType, dict[str, object]]] = {
         "this checkout, torch ops": (color, {"kernels": "torch"}),
     }
@@ -84,6 +80,10 @@ def main() -> None:
         cases["this checkout, Triton"] = (color, {"kernels": "triton"})
     if args.against:
         cases[str(args.against)] = (load_other(args.against), {})
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_color.py needs CUDA")
+    # what the filter converts: the window on its token grid (1088 rows), cropped inside
+    x = torch.rand(5, 3, 1088, 1920, device="cuda")
     outs = {}
     for name, (mod, kw) in cases.items():
         layout = mod.yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)

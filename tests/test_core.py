@@ -233,6 +233,24 @@ def test_add_to_tokens_equals_a_residual_scattered_over_the_whole_window(frac):
     assert frac == 0.0 or not torch.equal(got, base)
 
 
+def test_add_to_tokens_writes_through_any_strides_and_refuses_partial_tokens():
+    """A crop of a wider window (the filter's padded grid) is written in place like a
+    contiguous copy, the columns outside it untouched; frames that are not whole tokens are
+    refused with their shape named."""
+    g = torch.Generator().manual_seed(5)
+    coords = token_coords(torch.tensor([1, 3]), grid=(1, 2, 2))
+    values = torch.randn(2, 3 * 16 * 16, generator=g)
+    wide = torch.rand(1, 3, 32, 48, generator=g)
+    want = wide[..., :32].contiguous()
+    add_to_tokens(want, values, coords, patch=16)
+    got = wide.clone()
+    add_to_tokens(got[..., :32], values, coords, patch=16)
+    assert torch.equal(got[..., :32], want)
+    assert torch.equal(got[..., 32:], wide[..., 32:])
+    with pytest.raises(ValueError, match=r"\(1, 3, 40, 32\) are not whole 16-px tokens"):
+        add_to_tokens(torch.zeros(1, 3, 40, 32), values, coords, patch=16)
+
+
 @pytest.mark.parametrize("frac,seed", [(0.15, 0), (0.5, 1), (0.85, 2)])
 def test_fast_path_equals_masked_dense_reference(runner, frac, seed):
     lr = _lr(h=24, w=40, seed=seed + 10)  # x2 -> 48 x 80: whole tokens, nothing cropped

@@ -39,9 +39,12 @@ def _rgb(frame: vs.VideoFrame) -> np.ndarray:
 
 @pytest.fixture()
 def sr(sr_weights: Path, mask_weights: Path) -> Callable[..., vs.VideoNode]:
-    """skipsr with the test weights."""
+    """skipsr with the test weights, on the CPU unless a test names a backend: these tests
+    pin the CPU's behaviour (some stand the CPU in for CUDA by monkeypatching), and on a
+    machine with a GPU the default would be CUDA; the CUDA tests name it."""
 
     def run(clip: vs.VideoNode, **kw: object) -> vs.VideoNode:
+        kw.setdefault("backend", "cpu")
         kw.setdefault("sr_weights", sr_weights)
         kw.setdefault("mask_weights", mask_weights)
         kw.setdefault("scorer", "learned")  # exercise the mask net; the default is 'gradient'
@@ -328,8 +331,7 @@ def test_readahead_computes_the_next_window_before_any_of_its_frames_is_asked_fo
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
     monkeypatch.setattr(skipsr_filter, "_READ_AHEAD_IDLE_S", 0.05)
     clip = vs.core.std.SetFrameProps(make_clip(vs.YUV420P8), _Matrix=6, _Range=0)
-    # the CPU explicitly: on a machine with a GPU the default backend would be CUDA
-    kw = {"backend": "cpu", "window": 3, "skip_ratio": 0.5, "device_color": device_color}
+    kw = {"window": 3, "skip_ratio": 0.5, "device_color": device_color}
     want = io.BytesIO()
     sr(clip, readahead=0, **kw).output(want, y4m=True)
 
@@ -1016,7 +1018,11 @@ def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[obje
         ("blend", lambda mk: (yuv(mk), {"blend": "cubic"}), "blend='cubic'"),
         ("cache", lambda mk: (yuv(mk), {"cache_windows": 0}), "cache_windows=0"),
         ("cuda_graphs type", lambda mk: (yuv(mk), {"cuda_graphs": 1}), "cuda_graphs=1"),
-        ("cuda_graphs without cuda", lambda mk: (yuv(mk), {"cuda_graphs": True}), "no CUDA"),
+        (
+            "cuda_graphs without cuda",
+            lambda mk: (yuv(mk), {"cuda_graphs": True, "backend": "auto"}),
+            "no CUDA",
+        ),
         (
             "cuda_graphs on cpu",
             lambda mk: (yuv(mk), {"cuda_graphs": True, "backend": "cpu"}),
@@ -1035,12 +1041,12 @@ def _bad_cases(missing: Path) -> list[tuple[str, Callable[[MakeClip], tuple[obje
         ),
         (
             "torch_compile without fp16",
-            lambda mk: (yuv(mk), {"torch_compile": True, "fp16": False}),
+            lambda mk: (yuv(mk), {"torch_compile": True, "fp16": False, "backend": "auto"}),
             "torch_compile=True",
         ),
         (
             "torch_compile without graphs",
-            lambda mk: (yuv(mk), {"torch_compile": True, "cuda_graphs": False}),
+            lambda mk: (yuv(mk), {"torch_compile": True, "cuda_graphs": False, "backend": "auto"}),
             "torch_compile=True",
         ),
         ("sr weights", lambda mk: (yuv(mk), {"sr_weights": missing}), str(missing)),
@@ -1099,7 +1105,7 @@ def test_device_color_matches_the_resize_within_one_code(
     from RGB: every sample within one code, the same props, frames in order."""
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
     clip = vs.core.std.SetFrameProps(make_clip(fmt), _Matrix=matrix, _Range=0, _ChromaLocation=0)
-    kw = {"backend": "cpu", "window": 4, "skip_ratio": 0.5}  # the CPU on a GPU's machine too
+    kw = {"window": 4, "skip_ratio": 0.5}
     with caplog.at_level(logging.INFO, logger="vs_skipsr.filter"):
         on_device = sr(clip, **kw)  # auto: chosen because "cpu" counts as a device here
     assert "device_color=True" in caplog.text  # the path under test was taken
@@ -1134,9 +1140,7 @@ def test_device_color_of_frames_short_of_whole_tokens(
     monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce", produce)
     clip = vs.core.std.Crop(make_clip(vs.YUV420P8), bottom=2)
     clip = vs.core.std.SetFrameProps(clip, _Matrix=1, _Range=0, _ChromaLocation=0)
-    # the CPU on a GPU's machine too: there the RGB path's frames are float16 on the host,
-    # and their conversion is not the device's conversion of the float32 window
-    kw = {"backend": "cpu", "window": 4, "skip_ratio": 0.5}
+    kw = {"window": 4, "skip_ratio": 0.5}
     on_device = sr(clip, device_color=True, **kw)
     resized = sr(clip, device_color=False, **kw)
     assert (on_device.width, on_device.height) == (256, 184)

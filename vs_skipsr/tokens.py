@@ -60,6 +60,11 @@ def token_view(frames: Tensor, *, patch: int) -> Tensor:
     """[T, C, H, W] (H, W multiples of patch) -> [T, Hp, Wp, C, p, p], a view of the same
     memory: token (t, y, x) is ``view[t, y, x]``, to read or write in place."""
     t, c, h, w = frames.shape
+    if h % patch or w % patch:
+        raise ValueError(
+            f"token_view: frames {tuple(frames.shape)} are not whole {patch}-px tokens"
+        )
+    # only splits of dimensions: a view exists for any strides (a crop, channels last)
     x = frames.view(t, c, h // patch, patch, w // patch, patch)  # [T, C, Hp, p, Wp, p]
     return x.permute(0, 2, 4, 1, 3, 5)
 
