@@ -73,6 +73,7 @@ from .models.weights import (
 from .pipeline import WindowOutput, upscale_window, window_inputs
 from .staging import HostPool
 from .tokens import token_grid
+from .torch_thread import on_torch_thread
 from .windows import Blend, Contribution, WindowPlan, longer_window
 
 __all__ = ["SkipSRStats", "skipsr"]
@@ -878,6 +879,15 @@ class _SkipSRNode:
     def _compute(
         self, window: int, by_index: Mapping[int, vs.VideoFrame], layout: YuvLayout | None = None
     ) -> _WindowResult:
+        """:meth:`_compute_window`, on the torch thread where the network runs on the CPU
+        (:mod:`vs_skipsr.torch_thread`: one OpenMP team in the process)."""
+        if self.runner.device.type == "cpu":
+            return on_torch_thread(self._compute_window, window, by_index, layout)
+        return self._compute_window(window, by_index, layout)
+
+    def _compute_window(
+        self, window: int, by_index: Mapping[int, vs.VideoFrame], layout: YuvLayout | None = None
+    ) -> _WindowResult:
         """One window through the network, split into pieces at scene cuts if asked. ``ms``
         counts the time in the network slot (copy in, network, copy out), not the wait for it.
 
@@ -1392,8 +1402,9 @@ def skipsr(
             "accepted mask_weights=<path> or scorer='gradient'"
         )
     try:
-        sr_net = given_net if given_net is not None else load_sr(sr_path)  # type: ignore[arg-type]
-        mask_net = None if mask_path is None else load_mask(mask_path)
+        # on the torch thread: copying the weights in opens OpenMP regions (torch_thread.py)
+        sr_net = given_net if given_net is not None else on_torch_thread(load_sr, sr_path)  # type: ignore[arg-type]
+        mask_net = None if mask_path is None else on_torch_thread(load_mask, mask_path)
     except WeightsError as e:
         raise _fail(str(e)) from e
 
@@ -1449,7 +1460,10 @@ def skipsr(
             ),
             num_streams=num_streams,
         )
-    runner = spec.load(sr=sr_net, mask=mask_net)
+    if on_cuda or isinstance(spec, TensorRTBackend):
+        runner = spec.load(sr=sr_net, mask=mask_net)
+    else:  # the CPU: where its windows will run (torch_thread.py)
+        runner = on_torch_thread(spec.load, sr=sr_net, mask=mask_net)
     why_not = _device_color_unavailable(clip.format, overlap=overlap, show_mask=bool(show_mask))
     if device_color is None:
         use_device_color = why_not is None and runner.device.type in _DEVICE_COLOR_DEVICES
