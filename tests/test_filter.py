@@ -277,6 +277,28 @@ def _assert_shuffled_threads_match(
     return len(order)
 
 
+def test_cpu_windows_are_computed_on_the_torch_thread_whoever_asks(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU every window runs on the one torch thread (torch_thread.py: a second thread
+    opening OpenMP regions slows every small op), whichever of six requesting threads asks
+    first, and the frames are the bytes of a linear pass."""
+    clip = make_clip(vs.YUV420P8)
+    kw = {"window": 4, "skip_ratio": 0.5}
+    want = [_bytes(f) for f in sr(clip, **kw).frames()]
+    names: list[str] = []
+    real = skipsr_filter._SkipSRNode._compute_window
+
+    def spy(self, *a: object, **k: object) -> object:  # type: ignore[no-untyped-def]
+        names.append(threading.current_thread().name)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_compute_window", spy)
+    _assert_shuffled_threads_match(sr(clip, **kw), want, seed=3, repeats=2, workers=6)
+    assert len(names) >= 4  # every window (14 frames, window 4), some again after eviction
+    assert len(set(names)) == 1 and names[0].startswith("vs_skipsr-torch")
+
+
 def test_concurrent_out_of_order_requests_match_a_linear_pass(make_clip: MakeClip, sr) -> None:
     clip = make_clip(vs.YUV420P10)
     kw = {"window": 4, "overlap": 1, "skip_ratio": 0.5}
