@@ -3,8 +3,10 @@
 PyTorch runs the loops of its CPU ops in OpenMP parallel regions, and libgomp gives every
 thread that opens one a team of worker threads of its own. Once the process holds more
 OpenMP threads than CPUs, which a second thread opening regions is enough for (the script's
-thread loading the weights, then VapourSynth's threads computing windows), libgomp stops
-spinning between regions, and every region waits for its workers to wake. A SkipSR window is
+thread loading the weights, then VapourSynth's threads computing windows), libgomp cuts its
+spinning between regions short (its documented throttling, which the runs with
+OMP_WAIT_POLICY=PASSIVE and ACTIVE here match; not traced inside libgomp), and every region
+waits for its workers to wake. A SkipSR window is
 thousands of small regions: on a 2-core Xeon the same windows took 27.5 ms a frame on a
 second thread against 21.6 on the only one, at the same CPU time (one parallel copy in the
 main thread first was enough). So the weights are loaded and the CPU's windows computed on
