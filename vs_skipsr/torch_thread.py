@@ -22,14 +22,16 @@ from typing import Any
 
 __all__ = ["on_torch_thread"]
 
-_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vs_skipsr-torch")
-_ident: list[int] = []  # the torch thread's id, once it has run something
+_ident: list[int] = []  # the torch thread's id, recorded when the thread starts
 
 
-def _run[T](fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-    if not _ident:
-        _ident.append(threading.get_ident())
-    return fn(*args, **kwargs)
+def _remember() -> None:
+    _ident.append(threading.get_ident())
+
+
+_pool = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="vs_skipsr-torch", initializer=_remember
+)
 
 
 def on_torch_thread[T](fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -38,4 +40,4 @@ def on_torch_thread[T](fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     itself). Calls from several threads queue, one at a time."""
     if _ident and threading.get_ident() == _ident[0]:
         return fn(*args, **kwargs)
-    return _pool.submit(_run, fn, args, kwargs).result()
+    return _pool.submit(fn, *args, **kwargs).result()
