@@ -230,3 +230,17 @@ def test_bench_tokens_times_every_kept_fraction_it_is_given():
     assert all(float(v) >= 0 for r in rows for v in r[2:])
     bad = subprocess.run([*cmd[:-4], "--size", "2x30x48"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--size '2x30x48': H and W must be multiples of 16" in bad.stderr
+
+
+def test_bench_cpu_threads_times_each_case_in_its_own_process(clip_file: Path) -> None:
+    """scripts/bench_cpu_threads.py prints a wall and a CPU time for each of its four cases
+    (each a fresh process); fewer frames than one window are refused by name."""
+    script = str(ROOT / "scripts" / "bench_cpu_threads.py")
+    cmd = [sys.executable, script, "--clip", str(clip_file), "--reps", "1"]
+    run = subprocess.run([*cmd, "--frames", "10"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = run.stdout.splitlines()[2:]
+    assert [r[:14].strip() for r in rows] == ["main", "second", "one thread", "after a copy"]
+    assert all(float(v) > 0 for r in rows for v in r[14:].split())
+    bad = subprocess.run([*cmd, "--frames", "3"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--frames 3: accepted 5 or more" in bad.stderr
