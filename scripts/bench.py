@@ -103,7 +103,11 @@ def sr_table(
     peak: float | None,
     fractions=FRACTIONS,
 ) -> list[dict]:
-    attention = "padded" if mode == "padded" else "auto"
+    # "graphs+varlen": the mode with its attention named (triton, varlen); else the mode's own
+    mode, _, attention = mode.partition("+")
+    attention = attention or {"padded": "padded", "varlen": "varlen", "triton": "triton"}.get(
+        mode, "auto"
+    )
     graphs = mode in ("graphs", "compiled")
     runner = TorchBackend(
         device=str(dev),
@@ -125,8 +129,9 @@ def sr_table(
 
 def bench_sr(dev: torch.device, args, peak: float | None) -> None:
     """The default model alone, one table per output size, window length (--sr-frames) and
-    mode (--sr-modes: padded, varlen, graphs, compiled (torch.compile, then graphs) in bf16
-    on CUDA; graphs-fp16 and so on)."""
+    mode (--sr-modes: padded, varlen (torch's flash varlen), triton (the Triton window
+    attention), graphs, compiled (torch.compile, then graphs) in bf16 on CUDA; graphs-fp16
+    and so on; graphs+varlen: graphs with that attention instead of the automatic choice)."""
     out = {}
     net = load_sr().to(dev)
     modes = args.sr_modes.split(",") if dev.type == "cuda" else ["padded"]
@@ -955,8 +960,9 @@ def main() -> None:
     ap.add_argument(
         "--sr-modes",
         default="padded,varlen,graphs,graphs-fp16",
-        help="sr section modes on CUDA: padded, varlen, graphs, compiled (torch.compile + "
-        "graphs), each -fp16 or bf16 (default)",
+        help="sr section modes on CUDA: padded, varlen, triton, graphs, compiled (torch.compile "
+        "+ graphs), each -fp16 or bf16 (default); graphs+varlen, graphs+triton: graphs with "
+        "that attention (plain graphs: the runner's automatic choice)",
     )
     ap.add_argument(
         "--profile",

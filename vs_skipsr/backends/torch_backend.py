@@ -15,6 +15,9 @@ from ..models.attention import (
     grouped_window_attention,
     packed_window_attention,
     padded_window_attention,
+    tiled_window_attention,
+    triton_attention_unavailable,
+    triton_attention_works,
     varlen_available,
     varlen_window_attention,
 )
@@ -33,9 +36,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass(frozen=True, kw_only=True)
 class TorchBackend:
-    """PyTorch on ``device``. ``attention``: 'varlen' (CUDA flash varlen, half precision only),
-    'padded' (windows padded to the longest, runs anywhere) or 'auto' (varlen where it can;
-    on the CPU windows grouped by length, each group padded to its own longest).
+    """PyTorch on ``device``. ``attention``: 'triton' (one Triton kernel that reads the kept
+    tokens in place, CUDA, half precision), 'varlen' (torch's flash varlen, CUDA, half
+    precision), 'padded' (windows padded to the longest, runs anywhere) or 'auto' (on CUDA in
+    half precision Triton where its check passes, else varlen; on the CPU windows grouped by
+    length, each group padded to its own longest; compiled: varlen).
     ``cuda_graphs`` replays the SR net as one CUDA graph per token/window bucket.
     ``compile`` (with cuda_graphs and varlen attention) captures torch.compile's fused kernels
     instead of eager ones: one compile for every token count (dynamic shapes), then the
@@ -43,7 +48,7 @@ class TorchBackend:
 
     device: str = "cpu"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    attention: Literal["auto", "padded", "varlen"] = "auto"
+    attention: Literal["auto", "padded", "triton", "varlen"] = "auto"
     cuda_graphs: bool = False
     compile: bool = False
 
@@ -61,20 +66,26 @@ class TorchRunner:
         self.sr_net = sr.to(self.device, self.dtype).eval()
         self.mask_net = None if mask is None else mask.to(self.device).eval()
         self.has_mask = mask is not None
-        want_varlen = spec.attention in ("auto", "varlen")
         half = self.dtype != torch.float32
         if spec.attention == "varlen" and not (varlen_available(self.device) and half):
             raise ValueError(
                 f"attention='varlen' needs CUDA varlen attention and fp16/bf16; "
                 f"got device={spec.device}, dtype={spec.dtype}"
             )
-        self.use_varlen = want_varlen and half and varlen_available(self.device)
+        head_dim = sr.config.dim // sr.config.heads
+        if spec.attention == "triton":
+            why = triton_attention_unavailable(self.device, self.dtype, head_dim=head_dim)
+            if why is not None:
+                raise ValueError(f"attention='triton': {why}")
+        self.attention = _attention_form(spec, self.device, self.dtype, head_dim=head_dim)
+        # packed partitions (order + cu_seqlens), no padded [nW, L] form
+        self.packed = self.attention in ("varlen", "triton")
         # data-dependent groups: eager CPU only (a CUDA graph needs static shapes)
-        self.use_grouped = spec.attention == "auto" and self.device.type == "cpu"
+        self.use_grouped = self.attention == "grouped"
         self.graphs: GraphCache | None = None
         self._compiled: Callable[..., Tensor] | None = None
         if spec.compile:
-            if not (spec.cuda_graphs and self.use_varlen):
+            if not (spec.cuda_graphs and self.attention == "varlen"):
                 raise ValueError(
                     f"compile=True needs cuda_graphs=True and varlen attention (CUDA, fp16/bf16); "
                     f"got device={spec.device}, dtype={spec.dtype}, cuda_graphs={spec.cuda_graphs}"
@@ -88,7 +99,7 @@ class TorchRunner:
                 self._graph_fn,
                 flow_fn=self._graph_flow_fn,
                 window_volume=window_volume,
-                with_part=not self.use_varlen,
+                with_part=not self.packed,
             )
         # CUDA wants few distinct shapes: a captured graph needs static ones, and eager cuDNN
         # convs (the head's) build a new plan for every new batch size, so a kept count that
@@ -231,8 +242,12 @@ class TorchRunner:
     def _attends(
         self, partitions: tuple[Partition, Partition], *, rows: int
     ) -> tuple[Callable[[Tensor, Tensor, Tensor], Tensor], ...]:
-        """Attention per partition in the runner's form (varlen, grouped or padded)."""
-        if self.use_varlen:
+        """Attention per partition in the runner's form (triton, varlen, grouped or padded)."""
+        if self.attention == "triton":
+            return tuple(
+                (lambda q, k, v, p=p: tiled_window_attention(q, k, v, p)) for p in partitions
+            )
+        if self.packed:
             covered = tuple(p.cover(rows) for p in partitions)
             return tuple(
                 (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in covered
@@ -272,6 +287,24 @@ class TorchRunner:
             )
         attends = self._attends(partitions, rows=base.shape[0])
         return self.sr_net.forward_attend(base, state, coords, t, attends)
+
+
+def _attention_form(
+    spec: TorchBackend, device: torch.device, dtype: torch.dtype, *, head_dim: int
+) -> Literal["triton", "varlen", "grouped", "padded"]:
+    """The attention a runner uses for ``spec.attention`` (see :class:`TorchBackend`)."""
+    if spec.attention in ("padded", "varlen", "triton"):
+        return spec.attention
+    half = dtype != torch.float32
+    if (
+        not spec.compile
+        and triton_attention_unavailable(device, dtype, head_dim=head_dim) is None
+        and triton_attention_works(device, dtype, head_dim=head_dim)
+    ):
+        return "triton"
+    if half and varlen_available(device):
+        return "varlen"
+    return "grouped" if device.type == "cpu" else "padded"
 
 
 def _packed_forward(

@@ -8,6 +8,9 @@ applied) and returns [K, H, D]. A token attends only to kept tokens of its own w
   window.
 - :func:`varlen_window_attention`: tokens sorted window by window and handed to torch's
   variable-length flash attention (CUDA, fp16/bf16): no padding work at all.
+- :func:`tiled_window_attention`: one Triton kernel that reads the kept tokens where they
+  are and tiles each window by its own length (CUDA, half precision; see
+  ``attention_triton.py``): no gathers, and a sparse window costs what its tokens cost.
 - :func:`grouped_window_attention`: the padded form run per group of windows of similar
   length, each padded only to its group's longest (the CPU's eager path: skipping leaves
   windows of very different fill, and one [nW, L_max] layout pays for the fullest).
@@ -16,17 +19,22 @@ applied) and returns [K, H, D]. A token attends only to kept tokens of its own w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..optional import optional_module
 from ..tokens import Partition
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+log = logging.getLogger(__name__)
 
 # Not cuDNN: it builds a new graph on the CPU for every new shape (~7 ms a call, measured on an
 # H100), and window counts change with every keep set.
@@ -42,6 +50,9 @@ __all__ = [
     "masked_dense_attention",
     "packed_window_attention",
     "padded_window_attention",
+    "tiled_window_attention",
+    "triton_attention_unavailable",
+    "triton_attention_works",
     "varlen_available",
     "varlen_window_attention",
 ]
@@ -187,6 +198,63 @@ def packed_window_attention(
     out = torch.zeros_like(q)
     out[order] = out_sorted
     return out
+
+
+def tiled_window_attention(q: Tensor, k: Tensor, v: Tensor, partition: Partition) -> Tensor:
+    """Packed attention as one Triton kernel (``attention_triton.py``): the numbers of
+    :func:`varlen_window_attention` to rounding, without its gathers or its full tiles for
+    sparse windows."""
+    module = optional_module("vs_skipsr.models.attention_triton")
+    if module is None:
+        raise RuntimeError("tiled_window_attention needs the triton package")
+    return module.tiled_window_attention(q, k, v, partition)
+
+
+def triton_attention_unavailable(
+    device: torch.device, dtype: torch.dtype, *, head_dim: int
+) -> str | None:
+    """Why :func:`tiled_window_attention` cannot run here, or None where it can."""
+    if device.type != "cuda":
+        return f"it runs on CUDA devices, not {device.type!r}"
+    if dtype == torch.float32:
+        return "it runs in fp16 or bf16, not fp32"
+    module = optional_module("vs_skipsr.models.attention_triton")
+    if module is None:
+        return "the triton package is not installed"
+    if not module.supported(head_dim):
+        return f"head size {head_dim} is not a power of two of at least 16"
+    return None
+
+
+@cache
+def triton_attention_works(device: torch.device, dtype: torch.dtype, *, head_dim: int) -> bool:
+    """Whether the Triton kernel compiles and agrees with torch's flash varlen attention on
+    a small problem here (once a process): the automatic choice takes it only then, so a
+    Triton that cannot build for this card (or a bug it meets) costs a log line, not a run."""
+    try:
+        from ..tokens import padded_tokens
+
+        gen = torch.Generator().manual_seed(0)
+        grid, window = (4, 6, 10), (2, 4, 4)
+        keep = torch.rand(grid, generator=gen) < 0.4
+        index = torch.nonzero(keep.reshape(-1)).squeeze(1).to(device)
+        _, _, parts = padded_tokens(
+            index, bucket=index.numel() + 3, grid=grid, window=window, shift=(1, 2, 2)
+        )
+        q, k, v = (
+            torch.randn(index.numel() + 3, 2, head_dim, generator=gen).to(device, dtype)
+            for _ in range(3)
+        )
+        for p in parts:
+            got = tiled_window_attention(q, k, v, p)
+            want = padded_window_attention(q.float(), k.float(), v.float(), p.part)
+            err = float((got.float() - want).abs().max())
+            if not err < 0.05:  # rounding of bf16 values within [-5, 5] is ~0.02 at most
+                raise RuntimeError(f"differs from the reference by {err}")
+    except Exception as e:  # any failure means: use torch's kernel
+        log.warning("Triton window attention unavailable here (%r); using torch's", e)
+        return False
+    return True
 
 
 def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:

@@ -1,0 +1,237 @@
+"""The Triton window attention against the exact attention over the same partitions.
+
+On the CPU the kernel runs under Triton's interpreter in a subprocess (``TRITON_INTERPRET``
+is read when the kernel is defined): partitions of real keep sets (clustered, like textured
+regions) with bucket padding, windows longer than a query tile and a key block, q, k, v as
+the strided views the net hands over. On CUDA it is compared with torch's flash varlen
+attention (what it replaces) in bf16, replayed in a CUDA graph for two keep sets, and the
+runner's automatic choice is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vs_skipsr.backends import TorchBackend
+from vs_skipsr.benchmark import clustered_keep
+from vs_skipsr.models import random_sr
+from vs_skipsr.models.attention import (
+    padded_window_attention,
+    tiled_window_attention,
+    triton_attention_unavailable,
+    varlen_available,
+    varlen_window_attention,
+)
+from vs_skipsr.optional import optional_module
+from vs_skipsr.tokens import padded_tokens
+
+ROOT = Path(__file__).resolve().parent.parent
+kernels = optional_module("vs_skipsr.models.attention_triton")
+needs_triton = pytest.mark.skipif(kernels is None, reason="needs triton")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# grid (t, y, x), window, shift, kept fractions; the second has windows of 160 tokens: more
+# than a 32-query tile and a 64-key block
+CASES = [
+    ((5, 6, 9), (5, 4, 4), (2, 2, 2), (0.05, 0.3, 1.0)),
+    ((5, 9, 12), (5, 8, 4), (2, 4, 2), (0.2, 1.0)),
+]
+
+
+def _problem(grid, window, shift, frac, *, heads: int, dim: int, pad: int, device="cpu"):
+    """q, k, v as views of one [K, 3, H, D] tensor (as the net's qkv), and the partitions."""
+    index = torch.nonzero(clustered_keep(grid, frac).reshape(-1)).squeeze(1).to(device)
+    _, _, parts = padded_tokens(
+        index, bucket=index.numel() + pad, grid=grid, window=window, shift=shift, static_len=True
+    )
+    g = torch.Generator().manual_seed(int(frac * 100))
+    qkv = torch.randn(index.numel() + pad, 3, heads, dim, generator=g).to(device)
+    return index.numel(), qkv, parts
+
+
+_INTERPRETED = """
+import sys, torch, numpy as np
+from tests.test_attention_triton import CASES, _problem
+from vs_skipsr.models.attention_triton import tiled_window_attention
+out = {}
+for c, (grid, window, shift, fracs) in enumerate(CASES):
+    for frac in fracs:
+        for dtype in (torch.float32, torch.float16):
+            for bm, bn in ((16, 16), (32, 64)):
+                _, qkv, parts = _problem(grid, window, shift, frac, heads=2, dim=16, pad=5)
+                qkv = qkv.to(dtype)
+                for i, p in enumerate(parts):
+                    o = tiled_window_attention(*qkv.unbind(1), p, block_m=bm, block_n=bn)
+                    out[f"{c}_{frac}_{str(dtype)[6:]}_{bm}_{bn}_{i}"] = o.float().numpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+@needs_triton
+def test_interpreted_kernel_is_the_exact_attention(tmp_path: Path) -> None:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED, str(tmp_path / "out.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    checked = 0
+    for c, (grid, window, shift, fracs) in enumerate(CASES):
+        for frac in fracs:
+            kept, qkv, parts = _problem(grid, window, shift, frac, heads=2, dim=16, pad=5)
+            for dtype, tol in (("float32", 1e-5), ("float16", 4e-3)):
+                x = qkv.to(getattr(torch, dtype)).float()
+                for i, p in enumerate(parts):
+                    want = padded_window_attention(*x.unbind(1), p.part).numpy()
+                    for bm, bn in ((16, 16), (32, 64)):
+                        o = got[f"{c}_{frac}_{dtype}_{bm}_{bn}_{i}"]
+                        np.testing.assert_allclose(o[:kept], want[:kept], atol=tol, rtol=0)
+                        assert not o[kept:].any(), "bucket padding rows must come out zero"
+                        checked += 1
+    assert checked == 2 * 5 * 2 * 2
+
+
+@needs_triton
+def test_tile_starts_count_each_windows_query_tiles() -> None:
+    cu = torch.tensor([0, 0, 5, 37, 37, 100], dtype=torch.int32)  # lengths 0 5 32 0 63
+    starts = kernels.tile_starts(cu, block_m=32)
+    assert starts.tolist() == [0, 0, 1, 2, 2, 4]
+    assert starts.dtype == torch.int32
+
+
+@needs_triton
+def test_kernel_refuses_what_it_cannot_tile() -> None:
+    _, qkv, parts = _problem((5, 6, 9), (5, 4, 4), (2, 2, 2), 0.3, heads=2, dim=24, pad=0)
+    with pytest.raises(ValueError, match="head size 24"):
+        kernels.tiled_window_attention(*qkv.unbind(1), parts[0])
+    _, qkv, parts = _problem((5, 6, 9), (5, 4, 4), (2, 2, 2), 0.3, heads=2, dim=16, pad=0)
+    q = qkv[:, 0].transpose(1, 2).contiguous().transpose(1, 2)  # [K, H, D] with D strided
+    with pytest.raises(ValueError, match="q's last dimension"):
+        kernels.tiled_window_attention(q, qkv[:, 1], qkv[:, 2], parts[0])
+
+
+def test_triton_attention_says_why_not_here() -> None:
+    assert "not 'cpu'" in triton_attention_unavailable(
+        torch.device("cpu"), torch.bfloat16, head_dim=32
+    )
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        assert "fp32" in triton_attention_unavailable(cuda, torch.float32, head_dim=32)
+        if kernels is not None:
+            assert "48" in triton_attention_unavailable(cuda, torch.bfloat16, head_dim=48)
+    with pytest.raises(ValueError, match="attention='triton': it runs on CUDA"):
+        TorchBackend(device="cpu", attention="triton").load(sr=random_sr("tiny"), mask=None)
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not varlen_available(torch.device("cuda")),
+    reason="needs varlen",
+)
+def test_cuda_kernel_is_flash_varlen_to_rounding() -> None:
+    dev = torch.device("cuda")
+    for grid, window, shift, fracs in [((20, 51, 120), (5, 8, 8), (2, 4, 4), (0.06, 0.17, 1.0))]:
+        for frac in fracs:
+            kept, qkv, parts = _problem(
+                grid, window, shift, frac, heads=6, dim=32, pad=9, device=dev
+            )
+            qkv = qkv.to(torch.bfloat16)
+            for p in parts:
+                got = tiled_window_attention(*qkv.unbind(1), p)
+                want = varlen_window_attention(*qkv.unbind(1), p)
+                exact = padded_window_attention(*qkv.float().unbind(1), p.part)
+                # as close to the exact attention as torch's kernel is, within bf16 rounding
+                err = (got[:kept].float() - exact[:kept]).abs().max().item()
+                ref = (want[:kept].float() - exact[:kept]).abs().max().item()
+                assert err <= max(2 * ref, 1e-2), (frac, err, ref)
+                assert not got[kept:].any()
+
+
+@needs_cuda
+@needs_triton
+def test_cuda_kernel_replays_in_a_graph_for_any_keep_set() -> None:
+    """One graph per bucket serves every keep set of that size: the grid is sized by the
+    bucket, and the tile table is computed inside the graph from the partition's tensors."""
+    dev = torch.device("cuda")
+    grid, window, shift = (10, 17, 30), (5, 8, 8), (2, 4, 4)
+    problems = []
+    for seed in (1, 2):
+        index = torch.nonzero(clustered_keep(grid, 0.2, seed=seed).reshape(-1)).squeeze(1)
+        problems.append(index[:900].to(dev))  # the same count: one bucket
+    _, _, parts = padded_tokens(
+        problems[0], bucket=1000, grid=grid, window=window, shift=shift, static_len=True
+    )
+    static = [(p.order.clone(), p.cu_seqlens.clone()) for p in parts]
+    qkv = torch.randn(1000, 3, 6, 32, device=dev, dtype=torch.bfloat16)
+    from vs_skipsr.tokens import Partition
+
+    def run():
+        return [
+            tiled_window_attention(*qkv.unbind(1), Partition(order=o, cu_seqlens=c, max_len=320))
+            for o, c in static
+        ]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = run()
+    for index in problems:
+        _, _, fresh = padded_tokens(
+            index, bucket=1000, grid=grid, window=window, shift=shift, static_len=True
+        )
+        for (o, c), p in zip(static, fresh, strict=True):
+            o.copy_(p.order)
+            c.copy_(p.cu_seqlens)
+        graph.replay()
+        for out, p in zip(outs, fresh, strict=True):
+            want = tiled_window_attention(*qkv.unbind(1), p)
+            assert torch.equal(out, want)
+
+
+@needs_cuda
+@needs_triton
+def test_cuda_runner_picks_triton_and_matches_varlen() -> None:
+    net = random_sr("default", seed=3)
+    runners = {
+        a: TorchBackend(device="cuda", dtype="bf16", attention=a).load(sr=net, mask=None)
+        for a in ("auto", "varlen")
+    }
+    assert runners["auto"].attention == "triton"
+    assert runners["varlen"].attention == "varlen"
+    grid = (5, 17, 30)
+    index = torch.nonzero(clustered_keep(grid, 0.3).reshape(-1)).squeeze(1).cuda()
+    cfg = net.config
+    _, coords, parts = padded_tokens(
+        index,
+        bucket=index.numel() + 4,
+        grid=grid,
+        window=cfg.window,
+        shift=cfg.shift,
+        static_len=True,
+    )
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(coords.shape[0], cfg.base_dim, generator=g).cuda()
+    state = (torch.randn(coords.shape[0], cfg.token_dim, generator=g) * cfg.noise_std).cuda()
+    t = torch.ones(1, device="cuda")
+    outs = {a: r.sr(base, state, coords, t, parts).float() for a, r in runners.items()}
+    k = index.numel()
+    diff = (outs["auto"][:k] - outs["varlen"][:k]).abs().max().item()
+    assert diff < 0.05 * outs["varlen"][:k].abs().max().item(), diff
