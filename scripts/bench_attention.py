@@ -3,13 +3,15 @@
 window order and back that it needs) against the Triton kernel, at a few kept fractions.
 
 One block's attention of the shipped model (6 heads of 32, bf16) over both partitions of a
-20-frame 1920x816 window (bikes.mp4 x4: 20 x 51 x 120 tokens), with clustered keep sets
+20-frame 1920x816 window (bikes.mp4 x4: 20 x 51 x 120 tokens; other shapes by the options,
+e.g. the SeedVR2-3B preset's 20 heads of 128 on 21-frame 720p windows), with clustered keep sets
 padded to the pipeline's buckets, each form captured in a CUDA graph and replayed as the
 filter replays it. Prints ms a call, each form's time over its dense time (1.0 = linear in
 kept tokens) and the largest difference between the forms; ``--blocks`` adds Triton tile
 sizes (block_m x block_n x warps) to the table.
 
-    python scripts/bench_attention.py --out out/attention   # writes attention.json
+    python scripts/bench_attention.py --out out/attention   # writes attention_6x32.json
+    python scripts/bench_attention.py --heads 20 --dim 128 --window 4,8,8 --grid 21,45,80
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def replay_ms(fn: Callable[[], object], *, reps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", default="20,51,120", help="token grid t,y,x")
+    ap.add_argument("--window", default="5,8,8", help="attention window t,y,x (shift: half)")
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--dim", type=int, default=32, help="head size")
     ap.add_argument("--fractions", default="0.06,0.1,0.17,0.3,0.5,1.0")
     ap.add_argument("--blocks", default="16x64x2,32x64x2,32x32x2,64x64x4", help="extra tiles")
     ap.add_argument("--reps", type=int, default=20)
@@ -68,9 +73,11 @@ def main() -> None:
         sys.exit("bench_attention.py: needs the triton package")
     dev = torch.device("cuda")
     grid = tuple(int(v) for v in args.grid.split(","))
-    window, shift, heads, dim = (5, 8, 8), (2, 4, 4), 6, 32
+    window = tuple(int(v) for v in args.window.split(","))
+    shift = tuple(w // 2 for w in window)
+    heads, dim = args.heads, args.dim
     total = grid[0] * grid[1] * grid[2]
-    blocks = [(kernels.BLOCK_M, kernels.BLOCK_N, kernels.NUM_WARPS)] + [
+    blocks = [kernels.blocks_for(dim)] + [
         tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",") if b
     ]
     forms: dict[str, Callable] = {
@@ -128,7 +135,8 @@ def main() -> None:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(dev)
-    (args.out / "attention.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+    name = f"attention_{heads}x{dim}.json"
+    (args.out / name).write_text(json.dumps({"device": device, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

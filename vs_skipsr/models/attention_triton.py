@@ -11,8 +11,9 @@ skip run's 1.41 ms of GPU work a frame. One block's attention alone (both partit
 against 1.198 dense, 1.29x linear, and 2.44x linear at 6%.
 
 Here one kernel reads q, k and v where they are, through ``order``, and writes each output
-row back to its token's row: no gathers. Its tiles are ``block_m`` queries (32) by
-``block_n`` keys (32), packed window after window: a window costs ceil(len / block_m) query
+row back to its token's row: no gathers. Its tiles are ``block_m`` queries by ``block_n``
+keys (32 x 32 for the shipped model's heads of 32, :func:`blocks_for`), packed window after
+window: a window costs ceil(len / block_m) query
 tiles and nothing when it is empty. The grid has room for the most tiles any keep set of
 ``K`` tokens over ``nW`` windows can need (K / block_m + nW), so its shape depends on the
 bucket alone and a CUDA graph replays it for any keep set; a tile past the keep set's own
@@ -37,13 +38,20 @@ from torch import Tensor
 
 from ..tokens import Partition
 
-__all__ = ["BLOCK_M", "BLOCK_N", "supported", "tile_starts", "tiled_window_attention"]
+__all__ = ["blocks_for", "supported", "tile_starts", "tiled_window_attention"]
 
-# the fastest of five tile shapes at every kept fraction 0.06..1.0 on an H200 (20-frame
-# 1920x816 windows, heads of 32; scripts/bench_attention.py, nineteenth session)
-BLOCK_M = 32
-BLOCK_N = 32
-NUM_WARPS = 2
+# Tiles (block_m, block_n, warps) by head size, the fastest of four to six shapes on an H200
+# (scripts/bench_attention.py, nineteenth session): heads of 32 (the shipped model, 20-frame
+# 1920x816 windows) 32x32x2 at every kept fraction 0.06..1.0; heads of 64 (the large preset)
+# and 128 (the SeedVR2-3B shape, 21-frame 720p windows) 64x32x4 from 10% kept up, at 6-10%
+# within 4% of 32x32x2. Faster than torch's form at every fraction and size measured.
+SMALL_HEAD_BLOCKS = (32, 32, 2)
+LARGE_HEAD_BLOCKS = (64, 32, 4)
+
+
+def blocks_for(head_dim: int) -> tuple[int, int, int]:
+    """(block_m, block_n, num_warps) for heads of ``head_dim``."""
+    return SMALL_HEAD_BLOCKS if head_dim <= 32 else LARGE_HEAD_BLOCKS
 
 
 @triton.jit
@@ -126,7 +134,7 @@ def supported(head_dim: int) -> bool:
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
-def tile_starts(cu_seqlens: Tensor, *, block_m: int = BLOCK_M) -> Tensor:
+def tile_starts(cu_seqlens: Tensor, *, block_m: int) -> Tensor:
     """[nW + 1] int32: the first query tile of each window, then the keep set's tile count."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     tiles = torch.div(lengths + (block_m - 1), block_m, rounding_mode="floor")
@@ -141,17 +149,20 @@ def tiled_window_attention(
     v: Tensor,
     partition: Partition,
     *,
-    block_m: int = BLOCK_M,
-    block_n: int = BLOCK_N,
-    num_warps: int = NUM_WARPS,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
 ) -> Tensor:
     """Attention inside ``partition``'s windows for q, k, v [K, H, D] (any strides with the
     last dimension contiguous). Rows of K that ``order`` does not list (bucket padding) come
     out zero. The tile table is kept on the partition: every block and flow step of a
-    window uses the same two partitions."""
+    window uses the same two partitions. Tiles not given are :func:`blocks_for`'s."""
     n_k, heads, dim = q.shape
     if not supported(dim):
         raise ValueError(f"tiled_window_attention: head size {dim} is not a power of two >= 16")
+    default_m, default_n, default_warps = blocks_for(dim)
+    block_m, block_n = block_m or default_m, block_n or default_n
+    num_warps = num_warps or default_warps
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.stride(-1) != 1:
             raise ValueError(f"tiled_window_attention: {name}'s last dimension is not contiguous")
