@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="SR net time against the kept fraction (torch backend)")
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None)
-    b.add_argument("--attention", choices=("auto", "padded", "varlen"), default="auto")
+    b.add_argument("--attention", choices=("auto", "padded", "triton", "varlen"), default="auto")
     b.add_argument("--cuda-graphs", action="store_true")
     b.add_argument("--size", type=_size, default=(640, 360), help="output WxH of the window")
     b.add_argument("--frames", type=int, default=None, help="frames per window (default: model's)")

@@ -18,6 +18,7 @@ the tests check them there.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import lru_cache
 
 import numpy as np
@@ -202,16 +203,19 @@ def rgb_to_yuv_triton(
     inv_v = float(np.float32(1) / np.float32(2 * (1 - kr)))
     taps = _taps_tensor(taps_w or (0.0,) * 9, taps_h or (0.0,) * 9, dev)
     exact = {"enable_fp_fusion": False}  # each product and sum rounded, as torch's kernels
-    _luma_kernel[(triton.cdiv(h * w, _BLOCK), t_count)](
-        rgb, y, h, w, s_t, s_c, s_h, kr32, kg32, kb32, *map(_f32, luma), float(peak),
-        BLOCK=_BLOCK, **exact,
-    )  # fmt: skip
-    _chroma_rows_kernel[(triton.cdiv(h * cw, _BLOCK), t_count)](
-        rgb, uv, h, w, cw, s_t, s_c, s_h, kr32, kg32, kb32, inv_u, inv_v, taps,
-        SUB=taps_w is not None, BLOCK=_BLOCK, **exact,
-    )  # fmt: skip
-    _chroma_cols_kernel[(triton.cdiv(ch * cw, _BLOCK), t_count)](
-        uv, u, v, h, ch, cw, taps[9:], *map(_f32, chroma), float(peak),
-        SUB=taps_h is not None, BLOCK=_BLOCK, **exact,
-    )  # fmt: skip
+    # Triton launches on the current device, not the tensors': a clip on device_index 1 must
+    # not reach device 0's context (the interpreter's CPU tensors need no guard)
+    with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext():
+        _luma_kernel[(triton.cdiv(h * w, _BLOCK), t_count)](
+            rgb, y, h, w, s_t, s_c, s_h, kr32, kg32, kb32, *map(_f32, luma), float(peak),
+            BLOCK=_BLOCK, **exact,
+        )  # fmt: skip
+        _chroma_rows_kernel[(triton.cdiv(h * cw, _BLOCK), t_count)](
+            rgb, uv, h, w, cw, s_t, s_c, s_h, kr32, kg32, kb32, inv_u, inv_v, taps,
+            SUB=taps_w is not None, BLOCK=_BLOCK, **exact,
+        )  # fmt: skip
+        _chroma_cols_kernel[(triton.cdiv(ch * cw, _BLOCK), t_count)](
+            uv, u, v, h, ch, cw, taps[9:], *map(_f32, chroma), float(peak),
+            SUB=taps_h is not None, BLOCK=_BLOCK, **exact,
+        )  # fmt: skip
     return y, u, v

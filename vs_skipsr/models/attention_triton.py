@@ -13,8 +13,8 @@ against 1.198 dense, 1.29x linear, and 2.44x linear at 6%.
 Here one kernel reads q, k and v where they are, through ``order``, and writes each output
 row back to its token's row: no gathers. Its tiles are ``block_m`` queries by ``block_n``
 keys (32 x 32 for the shipped model's heads of 32, :func:`blocks_for`), packed window after
-window: a window costs ceil(len / block_m) query
-tiles and nothing when it is empty. The grid has room for the most tiles any keep set of
+window: a window costs ceil(len / block_m) query tiles and nothing when it is empty. The
+grid has room for the most tiles any keep set of
 ``K`` tokens over ``nW`` windows can need (K / block_m + nW), so its shape depends on the
 bucket alone and a CUDA graph replays it for any keep set; a tile past the keep set's own
 count returns at once. Each tile finds its window by a binary search over the windows'
@@ -30,6 +30,7 @@ above: 0.057 ms at 17% kept against 0.442 dense (0.75x linear), 0.027 ms at 6%.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import triton
@@ -42,9 +43,10 @@ __all__ = ["blocks_for", "supported", "tile_starts", "tiled_window_attention"]
 
 # Tiles (block_m, block_n, warps) by head size, the fastest of four to six shapes on an H200
 # (scripts/bench_attention.py, nineteenth session): heads of 32 (the shipped model, 20-frame
-# 1920x816 windows) 32x32x2 at every kept fraction 0.06..1.0; heads of 64 (the large preset)
-# and 128 (the SeedVR2-3B shape, 21-frame 720p windows) 64x32x4 from 10% kept up, at 6-10%
-# within 4% of 32x32x2. Faster than torch's form at every fraction and size measured.
+# 1920x816 windows) 32x32x2 at every kept fraction 0.06..1.0; heads of 64 (the large preset's)
+# 64x32x4 at every fraction; heads of 128 (the SeedVR2-3B shape, 21-frame 720p windows)
+# 64x32x4 from 30% kept up, within 2% of 32x32x2 at 10%. Faster than torch's form at every
+# fraction and size measured.
 SMALL_HEAD_BLOCKS = (32, 32, 2)
 LARGE_HEAD_BLOCKS = (64, 32, 4)
 
@@ -179,29 +181,32 @@ def tiled_window_attention(
     )
     if order.shape[0] == 0 or n_windows == 0:
         return out
-    grid = (triton.cdiv(order.shape[0], block_m) + n_windows, heads)
-    _window_attention_kernel[grid](
-        q,
-        k,
-        v,
-        out,
-        order,
-        cu,
-        starts,
-        n_windows,
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        v.stride(0),
-        v.stride(1),
-        out.stride(0),
-        out.stride(1),
-        math.log2(math.e) / math.sqrt(dim),
-        D=dim,
-        BM=block_m,
-        BN=block_n,
-        SEARCH=max(1, n_windows.bit_length()),
-        num_warps=num_warps,
-    )
+    # Triton launches on the current device, not the tensors' (the interpreter's CPU
+    # tensors need no guard)
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else nullcontext():
+        grid = (triton.cdiv(order.shape[0], block_m) + n_windows, heads)
+        _window_attention_kernel[grid](
+            q,
+            k,
+            v,
+            out,
+            order,
+            cu,
+            starts,
+            n_windows,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            out.stride(0),
+            out.stride(1),
+            math.log2(math.e) / math.sqrt(dim),
+            D=dim,
+            BM=block_m,
+            BN=block_n,
+            SEARCH=max(1, n_windows.bit_length()),
+            num_warps=num_warps,
+        )
     return out
