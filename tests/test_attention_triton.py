@@ -152,6 +152,16 @@ def test_triton_attention_says_why_not_here() -> None:
         TorchBackend(device="cpu", attention="triton").load(sr=random_sr("tiny"), mask=None)
 
 
+def test_cpu_runner_keeps_its_attention_forms() -> None:
+    """The automatic choice on the CPU is still the grouped form, in any precision."""
+    net = random_sr("tiny")
+    for dtype in ("fp32", "bf16"):
+        runner = TorchBackend(device="cpu", dtype=dtype).load(sr=net, mask=None)
+        assert runner.attention == "grouped" and not runner.packed
+    runner = TorchBackend(device="cpu", attention="padded").load(sr=net, mask=None)
+    assert runner.attention == "padded" and not runner.use_grouped
+
+
 @needs_cuda
 @needs_triton
 @pytest.mark.skipif(
