@@ -228,9 +228,10 @@ def triton_attention_unavailable(
 
 @cache
 def triton_attention_works(device: torch.device, dtype: torch.dtype, *, head_dim: int) -> bool:
-    """Whether the Triton kernel compiles and agrees with torch's flash varlen attention on
-    a small problem here (once a process): the automatic choice takes it only then, so a
-    Triton that cannot build for this card (or a bug it meets) costs a log line, not a run."""
+    """Whether the Triton kernel compiles and agrees with the exact attention (the padded
+    form in float32) on a small problem here, once a process: the automatic choice takes it
+    only then, so a Triton that cannot build for this card (or a bug it meets) costs a log
+    line, not a run."""
     try:
         from ..tokens import padded_tokens
 

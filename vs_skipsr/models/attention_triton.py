@@ -14,10 +14,9 @@ Here one kernel reads q, k and v where they are, through ``order``, and writes e
 row back to its token's row: no gathers. Its tiles are ``block_m`` queries by ``block_n``
 keys (32 x 32 for the shipped model's heads of 32, :func:`blocks_for`), packed window after
 window: a window costs ceil(len / block_m) query tiles and nothing when it is empty. The
-grid has room for the most tiles any keep set of
-``K`` tokens over ``nW`` windows can need (K / block_m + nW), so its shape depends on the
-bucket alone and a CUDA graph replays it for any keep set; a tile past the keep set's own
-count returns at once. Each tile finds its window by a binary search over the windows'
+grid has room for the most tiles any keep set of ``K`` tokens over ``nW`` windows can need
+(K / block_m + nW), so its shape depends on the bucket alone and a CUDA graph replays it for
+any keep set; a tile past the keep set's own count returns at once. Each tile finds its window by a binary search over the windows'
 first tiles (``tile_starts``, computed once a partition).
 
 Softmax as flash attention computes it (running maximum and sum in float32, scale
