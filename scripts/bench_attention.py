@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vs_skipsr.benchmark import clustered_keep  # noqa: E402
+from vs_skipsr.benchmark import captured, clustered_keep  # noqa: E402
 from vs_skipsr.models.attention import varlen_window_attention  # noqa: E402
 from vs_skipsr.optional import optional_module  # noqa: E402
 from vs_skipsr.tokens import Partition, kept_bucket, padded_tokens  # noqa: E402
@@ -35,14 +35,7 @@ from vs_skipsr.tokens import Partition, kept_bucket, padded_tokens  # noqa: E402
 
 def replay_ms(fn: Callable[[], object], *, reps: int) -> float:
     """Median ms of one replay of ``fn`` captured in a CUDA graph, ``reps`` replays timed."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph, _ = captured(fn)
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

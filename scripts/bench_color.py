@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vs_skipsr import color  # noqa: E402
+from vs_skipsr.benchmark import captured  # noqa: E402
 
 
 def load_other(folder: Path) -> ModuleType:
@@ -51,14 +52,7 @@ def gpu_ms(fn: Callable[[], object], reps: int = 20) -> tuple[float, float]:
     end.record()
     torch.cuda.synchronize()
     eager = start.elapsed_time(end) / reps
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph, _ = captured(fn)
     graph.replay()
     torch.cuda.synchronize()
     start.record()

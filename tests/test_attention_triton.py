@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from vs_skipsr.backends import TorchBackend
-from vs_skipsr.benchmark import clustered_keep
+from vs_skipsr.benchmark import captured, clustered_keep
 from vs_skipsr.models import random_sr
 from vs_skipsr.models.attention import (
     padded_window_attention,
@@ -215,14 +215,7 @@ def test_cuda_kernel_replays_in_a_graph_for_any_keep_set() -> None:
             for o, c in static
         ]
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = run()
+    graph, outs = captured(run)
     for index in problems:
         _, _, fresh = padded_tokens(
             index, bucket=1000, grid=grid, window=window, shift=shift, static_len=True

@@ -24,6 +24,7 @@ __all__ = [
     "FRACTIONS",
     "ScalingRow",
     "back_to_back_seconds",
+    "captured",
     "clustered_keep",
     "format_table",
     "median_seconds",
@@ -61,6 +62,22 @@ def clustered_keep(grid: tuple[int, int, int], frac: float, *, seed: int = 0) ->
     keep = torch.zeros(n, dtype=torch.bool)
     keep[torch.topk(field.reshape(-1), max(1, round(frac * n))).indices] = True
     return keep.reshape(grid)
+
+
+def captured[T](fn: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
+    """``fn`` captured in a CUDA graph, after one run on a side stream (what a capture needs
+    first: lazy initialisation, Triton's compiles, cuBLAS's workspaces, none of which may
+    happen inside it). Returns the graph and the capture's outputs, which every replay
+    rewrites in place."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, reps: int) -> float:
