@@ -30,7 +30,7 @@ from vs_skipsr.models.attention import (
     varlen_window_attention,
 )
 from vs_skipsr.optional import optional_module
-from vs_skipsr.tokens import padded_tokens
+from vs_skipsr.tokens import Partition, padded_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 kernels = optional_module("vs_skipsr.models.attention_triton")
@@ -207,7 +207,6 @@ def test_cuda_kernel_replays_in_a_graph_for_any_keep_set() -> None:
     )
     static = [(p.order.clone(), p.cu_seqlens.clone()) for p in parts]
     qkv = torch.randn(1000, 3, 6, 32, device=dev, dtype=torch.bfloat16)
-    from vs_skipsr.tokens import Partition
 
     def run():
         return [
