@@ -257,3 +257,23 @@ def test_cuda_runner_picks_triton_and_matches_varlen() -> None:
     k = index.numel()
     diff = (outs["auto"][:k] - outs["varlen"][:k]).abs().max().item()
     assert diff < 0.05 * outs["varlen"][:k].abs().max().item(), diff
+
+
+def test_info_names_the_attention_form() -> None:
+    """``python -m vs_skipsr info`` says which attention the chosen backend runs: here the
+    runner skipsr() would build, so on a GPU the Triton kernel's own check decides it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vs_skipsr", "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("window attention there"))
+    if "TensorRTBackend" in done.stdout:  # a GPU that TensorRT(-RTX) runs on
+        assert "the exported net's" in line, line
+    elif torch.cuda.is_available():
+        assert "triton (" in line or "varlen (Triton: " in line, line
+    else:
+        assert line.endswith("grouped (the CPU's form: windows grouped by length)"), line

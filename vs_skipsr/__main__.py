@@ -181,9 +181,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     }
     lines.append("backends runnable here:")
     lines += [f"  {k}: {v}" for k, v in backends.items()]
-    lines.append(f"auto picks: {autoselect(device_index=args.device)}")
+    chosen = autoselect(device_index=args.device)
+    lines.append(f"auto picks: {chosen}")
+    lines.append(f"window attention there, shipped model: {_attention_report(chosen)}")
     print("\n".join(lines))
     return 0
+
+
+def _attention_report(chosen: object) -> str:
+    """Which window attention the chosen backend runs the shipped SR net with. For torch the
+    runner is built as skipsr() builds it, so on a GPU this is the Triton kernel's own check
+    (compile and compare, a second or two), not a guess."""
+    from .backends.torch_backend import TorchBackend
+    from .models.weights import DEFAULT_SR_WEIGHTS, load_sr
+
+    if not isinstance(chosen, TorchBackend):
+        return "the exported net's (windows padded to the longest, a key mask)"
+    runner = chosen.load(sr=load_sr(DEFAULT_SR_WEIGHTS), mask=None)
+    form = runner.attention
+    if form == "triton":
+        return "triton (the Triton kernel passed its check here)"
+    if chosen.device.startswith("cuda"):
+        from .models.attention import triton_attention_unavailable
+
+        cfg = runner.sr_config
+        why = triton_attention_unavailable(
+            runner.device, runner.dtype, head_dim=cfg.dim // cfg.heads
+        )
+        return f"{form} (Triton: {why or 'failed its check here, see the log'})"
+    return f"{form} (the CPU's form: windows grouped by length)" if form == "grouped" else form
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
