@@ -107,8 +107,8 @@ def training_keep(
     the shipped weights were trained so, and this draws the same random numbers as then);
     "both" picks the gradient or the Laplacian energy (the shipped learned mask) at equal odds
     per window, so the net also meets the learned mask's keep sets, whose real runs lose
-    quality in partly skipped attention windows (reports/MEASUREMENTS.md, mask gap). The one fine-tune with
-    "both" (twelfth session) did not close that gap."""
+    quality in partly skipped attention windows (reports/MEASUREMENTS.md, mask gap). The one
+    fine-tune with "both" (twelfth session) did not close that gap."""
     if rankings not in ("gradient", "both"):
         raise ValueError(f"rankings={rankings!r}: expected 'gradient' or 'both'")
     b, t, _, h, w = lr.shape

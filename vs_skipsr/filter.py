@@ -1330,8 +1330,8 @@ def skipsr(
             machine's first run and ~10 s later (torch's on-disk cache). On an H100 the
             default model's SR net alone runs 2.1x faster dense (1080p windows of 5 frames);
             end to end it has not been measured since the sixth session's fix of the
-            benchmark (the earlier results are withdrawn, see reports/MEASUREMENTS.md). Default False:
-            experimental.
+            benchmark (the earlier results are withdrawn, see reports/MEASUREMENTS.md).
+            Default False: experimental.
         device_color: convert the output to the clip's YUV on the network's device and copy
             back only its planes, instead of RGB floats for VapourSynth's resize (which costs
             ~7 ms per 1080p frame on the host). None (default): on CUDA where it applies;
