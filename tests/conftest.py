@@ -29,6 +29,27 @@ BITS = 6  # frame index 0..63 as a row of black/white blocks in the top-left cor
 BLOCK = 8  # LR pixels a side of one block: 32 output pixels at x4, past any token seam
 
 
+# --- Triton's interpreter --------------------------------------------------------------------
+
+
+def run_interpreted(code: str, *args: str, timeout: float) -> None:
+    """``python -c code args`` with TRITON_INTERPRET=1, which Triton reads when a kernel is
+    defined (so not settable in this process): Triton kernels then run on CPU tensors. The
+    repository comes first on the child's path, the caller's PYTHONPATH after it (on the GPU
+    machine the carried wheels live there); a failure shows the child's stderr."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 # --- weights ---------------------------------------------------------------------------------
 
 

@@ -10,7 +10,6 @@ runner's automatic choice is checked.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_interpreted
 
 from vs_skipsr.backends import TorchBackend
 from vs_skipsr.benchmark import captured, clustered_keep
@@ -71,7 +71,8 @@ def _problem(grid, window, shift, frac, *, heads: int, dim: int, pad: int, devic
 
 _INTERPRETED = """
 import sys, torch, numpy as np
-from tests.test_attention_triton import CASES, _problem
+sys.path.insert(0, "tests")  # this module and its conftest (the child runs in the repo root)
+from test_attention_triton import CASES, _problem
 from vs_skipsr.models.attention_triton import tiled_window_attention
 out = {}
 for c, (grid, window, shift, fracs) in enumerate(CASES):
@@ -90,17 +91,7 @@ np.savez(sys.argv[1], **out)
 @needs_triton
 @needs_interpreter_loops
 def test_interpreted_kernel_is_the_exact_attention(tmp_path: Path) -> None:
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    done = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED, str(tmp_path / "out.npz")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_interpreted(_INTERPRETED, str(tmp_path / "out.npz"), timeout=600)
     got = np.load(tmp_path / "out.npz")
     checked = 0
     for c, (grid, window, shift, fracs) in enumerate(CASES):

@@ -10,20 +10,17 @@ codes may differ by one, rarely.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_interpreted
 
 from vs_skipsr import color
 from vs_skipsr.color import rgb_to_yuv, yuv_layout
 
-ROOT = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 needs_triton = pytest.mark.skipif(color._triton_kernels() is None, reason="needs triton")
 
@@ -63,15 +60,8 @@ def test_triton_kernels_interpreted_give_the_torch_ops_codes(
 ) -> None:
     rgb = _window(frames_rgb)
     np.save(tmp_path / "rgb.npy", rgb.numpy())
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     args = [str(tmp_path / "rgb.npy"), repr(LAYOUTS), repr(SIZE), str(tmp_path)]
-    subprocess.run(
-        [sys.executable, "-c", _INTERPRETED, *args],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    run_interpreted(_INTERPRETED, *args, timeout=300)
     differ = total = 0
     for ss_w, ss_h, loc, full, bits in LAYOUTS:
         lay = yuv_layout(bits=bits, ss_w=ss_w, ss_h=ss_h, matrix=1, full_range=full, chromaloc=loc)
