@@ -1,6 +1,6 @@
 """Optional dependencies, imported on first use. Each speeds up one step where it is installed,
 and that step has a plain torch fallback: OpenCV's resize for the CPU's upsample, Triton's
-kernels for the device colour conversion."""
+kernels for the device colour conversion and the GPU's window attention."""
 
 from __future__ import annotations
 

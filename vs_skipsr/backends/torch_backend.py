@@ -247,7 +247,7 @@ class TorchRunner:
             return tuple(
                 (lambda q, k, v, p=p: tiled_window_attention(q, k, v, p)) for p in partitions
             )
-        if self.packed:
+        if self.attention == "varlen":
             covered = tuple(p.cover(rows) for p in partitions)
             return tuple(
                 (lambda q, k, v, p=p: varlen_window_attention(q, k, v, p)) for p in covered
