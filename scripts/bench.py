@@ -47,7 +47,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from vs_skipsr.backends import TorchBackend  # noqa: E402
-from vs_skipsr.benchmark import FRACTIONS, format_table, median_seconds, scaling_table  # noqa: E402
+from vs_skipsr.benchmark import (  # noqa: E402
+    FRACTIONS,
+    format_table,
+    median_seconds,
+    mode_backend,
+    scaling_table,
+)
 from vs_skipsr.color import rgb_to_yuv, yuv_layout  # noqa: E402
 from vs_skipsr.models import SRTransformer, random_sr  # noqa: E402
 from vs_skipsr.models.weights import load_mask, load_sr  # noqa: E402
@@ -103,21 +109,10 @@ def sr_table(
     peak: float | None,
     fractions=FRACTIONS,
 ) -> list[dict]:
-    # "graphs+varlen": the mode with its attention named (triton, varlen); else the mode's own
-    mode, _, attention = mode.partition("+")
-    attention = attention or {"padded": "padded", "varlen": "varlen", "triton": "triton"}.get(
-        mode, "auto"
-    )
-    graphs = mode in ("graphs", "compiled")
-    runner = TorchBackend(
-        device=str(dev),
-        dtype=dtype,
-        attention=attention,
-        cuda_graphs=graphs,
-        compile=mode == "compiled",
-    ).load(sr=net, mask=None)
+    spec = mode_backend(mode, device=str(dev), dtype=dtype)
+    runner = spec.load(sr=net, mask=None)
     rows = scaling_table(
-        runner, size=size, frames=frames, fractions=fractions, reps=reps, bucketed=graphs
+        runner, size=size, frames=frames, fractions=fractions, reps=reps, bucketed=spec.cuda_graphs
     )
     say(
         f"\nSR net alone: {frames} x {size[0]}x{size[1]} output ({rows[-1].tokens} tokens), {dtype}, "

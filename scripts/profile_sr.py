@@ -11,11 +11,14 @@ small net's skipped calls from scaling down.
 
     python scripts/profile_sr.py --frames 5 --size 1920x1080 --fractions 0.06,0.2,1.0 \
         --modes varlen,graphs,compiled --out out/profile
+    python scripts/profile_sr.py --frames 20 --size 1920x816 --fractions 0.17,1.0 \
+        --modes graphs --dtype fp16 --steps 8 --top 40   # the filter's windows on bikes
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -28,8 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vs_skipsr.backends import TorchBackend  # noqa: E402
-from vs_skipsr.benchmark import median_seconds, sr_inputs  # noqa: E402
+from vs_skipsr.benchmark import median_seconds, mode_backend, sr_inputs  # noqa: E402
 from vs_skipsr.models import random_sr  # noqa: E402
 from vs_skipsr.models.weights import load_sr  # noqa: E402
 from vs_skipsr.tokens import token_grid  # noqa: E402
@@ -37,6 +39,7 @@ from vs_skipsr.tokens import token_grid  # noqa: E402
 # kernel name patterns -> a readable group, first match wins
 GROUPS = (
     ("attention (flash varlen)", r"flash|fmha|attn"),
+    ("attention (Triton)", r"window_attention"),
     ("conv (cuDNN)", r"conv|cudnn|implicit_gemm|xmma|winograd|fprop|dgrad|nchw|nhwc"),
     ("matmul (cuBLAS)", r"gemm|cutlass|sm90_xmma|nvjet|cublas"),
     ("layer norm", r"layer_norm|LayerNorm"),
@@ -54,7 +57,7 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def kernel_stats(prof, calls: int) -> dict:
+def kernel_stats(prof, calls: int, top: int = 10) -> dict:
     """Per call: span, kernel-time sum, count, and time by group and by kernel."""
     kernels = [
         e
@@ -73,13 +76,16 @@ def kernel_stats(prof, calls: int) -> dict:
         by_group[group_of(e.name)] += us / calls
         by_name[e.name][0] += us / calls
         by_name[e.name][1] += 1 / calls
-    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:10]
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])
     return {
         "kernels": len(kernels) / calls,
         "kernel_us": total / calls,
         "span_us": span / calls,  # includes the gaps between calls: an upper bound
         "groups": dict(sorted(by_group.items(), key=lambda kv: -kv[1])),
-        "top": [(name[:90], us, n) for name, (us, n) in top],
+        "top": [(name[:90], us, n) for name, (us, n) in ranked[:top]],
+        # every kernel (name, us and count per call): what a kept fraction's row divided by
+        # the dense row's says which costs do not scale with the kept tokens
+        "all": [(name[:160], us, n) for name, (us, n) in ranked],
     }
 
 
@@ -91,7 +97,19 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--size", default="1920x1080")
     ap.add_argument("--fractions", default="0.06,0.2,1.0")
-    ap.add_argument("--modes", default="varlen,graphs,compiled")
+    ap.add_argument(
+        "--modes",
+        default="varlen,graphs,compiled",
+        help="padded, varlen, triton (eager, that attention), graphs, compiled; graphs+varlen "
+        "and the like name a graphed mode's attention (plain graphs: the runner's choice)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="profile whole N-step flows (what the filter runs a window) instead of single calls",
+    )
+    ap.add_argument("--top", type=int, default=10, help="kernels listed per row")
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--calls", type=int, default=5, help="profiled calls per row")
     ap.add_argument("--out", type=Path, default=ROOT / "out/profile")
@@ -102,29 +120,39 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x"))
     net = load_sr().to(dev) if args.preset == "default" else random_sr(args.preset, device=dev)
     grid = token_grid(args.frames, height, width, patch=net.config.patch)
-    print(f"{torch.cuda.get_device_name(dev)}; {args.preset} net, {args.dtype}, grid {grid}")
+    what = f"{args.steps}-step flows" if args.steps else "single calls"
+    print(
+        f"{torch.cuda.get_device_name(dev)}; {args.preset} net, {args.dtype}, grid {grid}, {what}"
+    )
     results = {}
     for mode in args.modes.split(","):
-        graphs = mode in ("graphs", "compiled")
-        runner = TorchBackend(
-            device="cuda",
-            dtype=args.dtype,
-            attention="varlen",
-            cuda_graphs=graphs,
-            compile=mode == "compiled",
-        ).load(sr=net, mask=None)
-        if graphs:
+        spec = mode_backend(mode, device="cuda", dtype=args.dtype)
+        graphs = spec.cuda_graphs
+        runner = spec.load(sr=net, mask=None)
+        if graphs and not args.steps:  # (a flow's graph is captured by its first call)
             runner.prepare(grid=grid)
         g = torch.Generator().manual_seed(1)
         for frac in (float(f) for f in args.fractions.split(",")):
             k, call = sr_inputs(runner, grid=grid, fraction=frac, bucketed=graphs, generator=g)
-            wall = median_seconds(lambda c=call, r=runner: r.sr(*c), dev, 10) * 1e3
+            if args.steps:
+                base, state, coords, _, parts = call
+                run = functools.partial(runner.flow, base, state, coords, parts, steps=args.steps)
+            else:
+                run = functools.partial(runner.sr, *call)
+            wall = median_seconds(run, dev, 10) * 1e3
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(args.calls):
-                    runner.sr(*call)
+                    run()
                 torch.cuda.synchronize(dev)
-            st = kernel_stats(prof, args.calls)
-            results[f"{mode}_{frac}"] = {"mode": mode, "kept": frac, "K": k, "wall_ms": wall, **st}
+            st = kernel_stats(prof, args.calls, args.top)
+            results[f"{mode}_{frac}"] = {
+                "mode": mode,
+                "kept": frac,
+                "K": k,
+                "steps": args.steps,
+                "wall_ms": wall,
+                **st,
+            }
             print(
                 f"\n{mode}, kept {frac:.2f} (K {k}, bucket {call[0].shape[0]}): wall {wall:.3f} ms"
                 + (

@@ -244,3 +244,26 @@ def test_bench_cpu_threads_times_each_case_in_its_own_process(clip_file: Path) -
     assert all(float(v) > 0 for r in rows for v in r[14:].split())
     bad = subprocess.run([*cmd, "--frames", "3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--frames 3: accepted 5 or more" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "attention", "graphs", "compiled"),
+    [
+        ("varlen", "varlen", False, False),
+        ("triton", "triton", False, False),
+        ("graphs", "auto", True, False),
+        ("graphs+varlen", "varlen", True, False),
+        ("compiled", "auto", True, True),
+    ],
+)
+def test_benchmark_modes_name_the_backend_they_time(
+    mode: str, attention: str, graphs: bool, compiled: bool
+) -> None:
+    """bench.py and profile_sr.py read --sr-modes / --modes through one function: a mode
+    they both accept times the same runner in both."""
+    from vs_skipsr.benchmark import mode_backend
+
+    spec = mode_backend(mode, device="cuda", dtype="fp16")
+    assert (spec.attention, spec.cuda_graphs, spec.compile) == (attention, graphs, compiled)
+    with pytest.raises(ValueError, match=r"mode 'graph\+varlen'"):
+        mode_backend("graph+varlen", device="cuda", dtype="fp16")

@@ -987,6 +987,35 @@ def test_cuda_torch_compile_stays_within_one_code_of_graphs(make_clip: MakeClip,
             assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1, f"frame {n}"
 
 
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+
+
+@needs_two_gpus
+def test_second_gpu_gives_the_first_gpus_bytes_and_leaves_the_first_alone(
+    make_clip: MakeClip, sr
+) -> None:
+    """device_index=1 runs everything on the second card: Triton launches on the current
+    device, not the tensors', so a kernel launched without a device guard would reach card 0
+    (and fail or fall back to torch's attention, which gives other bytes). Same model of
+    card, same bytes; nothing allocated on card 0 meanwhile."""
+    from vs_skipsr.models.attention import triton_attention_works
+
+    clip = make_clip(vs.YUV420P10)
+    kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5, "num_streams": 2}
+    on_first = [_bytes(f) for f in sr(clip, **kw).frames()]
+    torch.cuda.synchronize(0)
+    torch.cuda.reset_peak_memory_stats(0)
+    before = torch.cuda.memory_allocated(0)
+    on_second = [_bytes(f) for f in sr(clip, device_index=1, **kw).frames()]
+    torch.cuda.synchronize(1)
+    assert torch.cuda.max_memory_allocated(0) == before
+    assert torch.cuda.max_memory_allocated(1) > 0
+    assert len(on_second) == N_FRAMES
+    assert on_second == on_first
+    if torch.cuda.get_device_capability(1) >= (8, 0):  # (the test nets' heads are 16 wide)
+        assert triton_attention_works(torch.device("cuda", 1), torch.float16, head_dim=16)
+
+
 # --- bad inputs ------------------------------------------------------------------------------
 
 

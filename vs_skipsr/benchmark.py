@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .backends.base import Runner
 from .backends.cuda_graphs import SRCall
+from .backends.torch_backend import TorchBackend
 from .models.sr import SRConfig
 from .tokens import Partition, kept_bucket, padded_tokens, token_grid
 
@@ -28,6 +29,7 @@ __all__ = [
     "clustered_keep",
     "format_table",
     "median_seconds",
+    "mode_backend",
     "scaling_table",
     "sr_flops",
     "sr_inputs",
@@ -139,6 +141,26 @@ def _head_flops(cfg: SRConfig) -> float:
         cin = w
     flops += 2 * g * g * (9 * (w + cin) * w + 9 * w * w + w * pix)
     return flops
+
+
+def mode_backend(mode: str, *, device: str, dtype: str) -> TorchBackend:
+    """The torch backend a benchmark mode names, so every script reads modes alike: eager
+    'padded', 'varlen' or 'triton' (that attention), 'graphs' (CUDA graphs with the runner's
+    own choice of attention), 'compiled' (torch.compile, then graphs); 'graphs+varlen' and
+    the like name the attention of a graphed mode."""
+    base, _, attention = mode.partition("+")
+    if base not in ("padded", "varlen", "triton", "graphs", "compiled"):
+        raise ValueError(
+            f"mode {mode!r}: expected padded, varlen, triton, graphs or compiled[+attention]"
+        )
+    graphs = base in ("graphs", "compiled")
+    return TorchBackend(
+        device=device,
+        dtype=dtype,  # type: ignore[arg-type]
+        attention=attention or ("auto" if graphs else base),  # type: ignore[arg-type]
+        cuda_graphs=graphs,
+        compile=base == "compiled",
+    )
 
 
 def sr_inputs(
