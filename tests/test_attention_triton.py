@@ -29,6 +29,7 @@ from vs_skipsr.models.attention import (
     varlen_available,
     varlen_window_attention,
 )
+from vs_skipsr.models.sr import apply_rope, rope_tables
 from vs_skipsr.optional import optional_module
 from vs_skipsr.tokens import Partition, padded_tokens
 
@@ -72,7 +73,7 @@ def _problem(grid, window, shift, frac, *, heads: int, dim: int, pad: int, devic
 _INTERPRETED = """
 import sys, torch, numpy as np
 sys.path.insert(0, "tests")  # this module and its conftest (the child runs in the repo root)
-from test_attention_triton import CASES, _problem
+from test_attention_triton import CASES, _problem, _rope
 from vs_skipsr.models.attention_triton import tiled_window_attention
 out = {}
 for c, (grid, window, shift, fracs) in enumerate(CASES):
@@ -84,8 +85,19 @@ for c, (grid, window, shift, fracs) in enumerate(CASES):
                 for i, p in enumerate(parts):
                     o = tiled_window_attention(*qkv.unbind(1), p, block_m=bm, block_n=bn)
                     out[f"{c}_{frac}_{str(dtype)[6:]}_{bm}_{bn}_{i}"] = o.float().numpy()
+                    if (bm, bn) == (32, 64):  # q and k rotated by the kernel as it loads them
+                        rope = _rope(qkv.shape[0], 16)
+                        o = tiled_window_attention(*qkv.unbind(1), p, rope=rope, block_m=bm)
+                        out[f"{c}_{frac}_{str(dtype)[6:]}_rope_{i}"] = o.float().numpy()
 np.savez(sys.argv[1], **out)
 """
+
+
+def _rope(rows: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables of random (t, y, x) coordinates, one per row: the kernel must read each
+    row's own."""
+    coords = torch.randint(0, 40, (rows, 3), generator=torch.Generator().manual_seed(rows))
+    return rope_tables(coords, dim, 64.0)
 
 
 @needs_triton
@@ -106,7 +118,17 @@ def test_interpreted_kernel_is_the_exact_attention(tmp_path: Path) -> None:
                         np.testing.assert_allclose(o[:kept], want[:kept], atol=tol, rtol=0)
                         assert not o[kept:].any(), "bucket padding rows must come out zero"
                         checked += 1
-    assert checked == 2 * 5 * 2 * 3
+                    # rotated in the kernel: the exact attention of apply_rope's q and k (it
+                    # rounds the rotation to the input's precision, as the kernel does)
+                    rope = _rope(qkv.shape[0], 16)
+                    q, k, v = qkv.to(getattr(torch, dtype)).unbind(1)
+                    q, k = (apply_rope(y, *rope).float() for y in (q, k))
+                    want = padded_window_attention(q, k, v.float(), p.part).numpy()
+                    o = got[f"{c}_{frac}_{dtype}_rope_{i}"]
+                    np.testing.assert_allclose(o[:kept], want[:kept], atol=tol, rtol=0)
+                    assert not o[kept:].any()
+                    checked += 1
+    assert checked == 2 * 5 * 2 * 4
 
 
 @needs_triton
@@ -128,6 +150,14 @@ def test_kernel_refuses_what_it_cannot_tile() -> None:
     q = qkv[:, 0].transpose(1, 2).contiguous().transpose(1, 2)  # [K, H, D] with D strided
     with pytest.raises(ValueError, match="q's last dimension"):
         kernels.tiled_window_attention(q, qkv[:, 1], qkv[:, 2], parts[0])
+    n = qkv.shape[0]
+    for rope, needle in (
+        (_rope(n + 1, 16), rf"\({n + 1}, 1, 8\) and .* for {n} rows of heads of 16"),
+        (_rope(n, 32), rf"\({n}, 1, 16\) .* expected \[{n}, 1, 8\]"),
+        (tuple(t.half() for t in _rope(n, 16)), "rotary tables of torch.float16"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            kernels.tiled_window_attention(*qkv.unbind(1), parts[0], rope=rope)
 
 
 def test_triton_attention_says_why_not_here() -> None:
@@ -180,6 +210,26 @@ def test_cuda_kernel_is_flash_varlen_to_rounding() -> None:
                 ref = (want[:kept].float() - exact[:kept]).abs().max().item()
                 assert err <= max(2 * ref, 1e-2), (frac, err, ref)
                 assert not got[kept:].any()
+
+
+@needs_cuda
+@needs_triton
+def test_cuda_kernel_rotates_as_apply_rope_does() -> None:
+    """q and k rotated inside the kernel give the attention of apply_rope's rotated copies
+    (the net's lean form) to within a rounding of the rotation."""
+    dev = torch.device("cuda")
+    kept, qkv, parts = _problem(
+        (20, 51, 120), (5, 8, 8), (2, 4, 4), 0.17, heads=6, dim=32, pad=9, device=dev
+    )
+    qkv = qkv.half()
+    rope = tuple(t.to(dev) for t in _rope(qkv.shape[0], 32))
+    with torch.inference_mode():
+        q, k = (apply_rope(x, *rope) for x in (qkv[:, 0], qkv[:, 1]))
+        for p in parts:
+            got = tiled_window_attention(*qkv.unbind(1), p, rope=rope)
+            want = tiled_window_attention(q, k, qkv[:, 2], p)
+            assert (got[:kept] - want[:kept]).abs().max().item() <= 1e-2
+            assert not got[kept:].any()
 
 
 @needs_cuda

@@ -12,10 +12,11 @@ import torch
 from torch import Tensor
 
 from ..models.attention import (
+    Attend,
+    RotatingAttend,
     grouped_window_attention,
     packed_window_attention,
     padded_window_attention,
-    tiled_window_attention,
     triton_attention_unavailable,
     triton_attention_works,
     varlen_available,
@@ -241,12 +242,10 @@ class TorchRunner:
 
     def _attends(
         self, partitions: tuple[Partition, Partition], *, rows: int
-    ) -> tuple[Callable[[Tensor, Tensor, Tensor], Tensor], ...]:
+    ) -> tuple[Attend | RotatingAttend, ...]:
         """Attention per partition in the runner's form (triton, varlen, grouped or padded)."""
-        if self.attention == "triton":
-            return tuple(
-                (lambda q, k, v, p=p: tiled_window_attention(q, k, v, p)) for p in partitions
-            )
+        if self.attention == "triton":  # (it applies the rotary positions too)
+            return tuple(RotatingAttend(p) for p in partitions)
         if self.attention == "varlen":
             covered = tuple(p.cover(rows) for p in partitions)
             return tuple(

@@ -11,6 +11,8 @@ applied) and returns [K, H, D]. A token attends only to kept tokens of its own w
 - :func:`tiled_window_attention`: one Triton kernel that reads the kept tokens where they
   are and tiles each window by its own length (CUDA, half precision; see
   ``attention_triton.py``): no gathers, and a sparse window costs what its tokens cost.
+  It can also apply the rotary positions itself (:class:`RotatingAttend`, the net's
+  attention wherever the kernel runs): then q and k come unrotated.
 - :func:`grouped_window_attention`: the padded form run per group of windows of similar
   length, each padded only to its group's longest (the CPU's eager path: skipping leaves
   windows of very different fill, and one [nW, L_max] layout pays for the fullest).
@@ -46,6 +48,7 @@ _MASKED_SDPA_BACKENDS = [
 
 __all__ = [
     "Attend",
+    "RotatingAttend",
     "grouped_window_attention",
     "masked_dense_attention",
     "packed_window_attention",
@@ -200,14 +203,33 @@ def packed_window_attention(
     return out
 
 
-def tiled_window_attention(q: Tensor, k: Tensor, v: Tensor, partition: Partition) -> Tensor:
+def tiled_window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    partition: Partition,
+    *,
+    rope: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Packed attention as one Triton kernel (``attention_triton.py``): the numbers of
     :func:`varlen_window_attention` to rounding, without its gathers or its full tiles for
-    sparse windows."""
+    sparse windows; with ``rope`` (cos, sin tables) q and k are rotated as they are read."""
     module = optional_module("vs_skipsr.models.attention_triton")
     if module is None:
         raise RuntimeError("tiled_window_attention needs the triton package")
-    return module.tiled_window_attention(q, k, v, partition)
+    return module.tiled_window_attention(q, k, v, partition, rope=rope)
+
+
+@dataclass(frozen=True)
+class RotatingAttend:
+    """The Triton attention over one partition, taking q and k before their rotary rotation
+    (``rope``: the net's cos, sin tables): the net then skips ``apply_rope`` and its rotated
+    copy of q and k, which cost as much GPU time as the attention itself."""
+
+    partition: Partition
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, rope: tuple[Tensor, Tensor]) -> Tensor:
+        return tiled_window_attention(q, k, v, self.partition, rope=rope)
 
 
 def triton_attention_unavailable(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attend, padded_window_attention
+from .attention import Attend, RotatingAttend, padded_window_attention
 
 __all__ = ["PRESETS", "BaseFeatures", "SRConfig", "SRTransformer", "random_sr", "randomize_"]
 
@@ -196,10 +196,14 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attend: Attend) -> Tensor:
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], attend: Attend | RotatingAttend
+    ) -> Tensor:
         n, c = x.shape  # [K, C]
         h, d = self.heads, c // self.heads
         qkv = self.qkv(x).reshape(n, 3, h, d)
+        if isinstance(attend, RotatingAttend):  # it rotates q and k as it reads them
+            return self.proj(attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], rope=rope).reshape(n, c))
         # q and k rotated together: one set of rotary kernels instead of two
         qk = apply_rope(qkv[:, :2].reshape(n, 2 * h, d), *rope).reshape(n, 2, h, d)
         q, k = qk.unbind(1)  # [K, H, D]
@@ -222,7 +226,7 @@ class Block(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(
-        self, x: Tensor, temb: Tensor, rope: tuple[Tensor, Tensor], attend: Attend
+        self, x: Tensor, temb: Tensor, rope: tuple[Tensor, Tensor], attend: Attend | RotatingAttend
     ) -> Tensor:
         s1, g1, a1, s2, g2, a2 = self.ada(temb).chunk(6, dim=-1)  # [1, C] each
         x = torch.addcmul(x, a1, self.attn(norm_modulate(self.norm1, x, s1, g1), rope, attend))
@@ -447,7 +451,7 @@ class SRTransformer(nn.Module):
         state: Tensor,
         coords: Tensor,
         t: Tensor,
-        attends: Sequence[Attend],
+        attends: Sequence[Attend | RotatingAttend],
     ) -> Tensor:
         """The net with attention supplied per partition (block i uses attends[i % len])."""
         if _lean_kernels():
@@ -479,7 +483,11 @@ class SRTransformer(nn.Module):
 
     @torch.inference_mode()
     def velocity(
-        self, features: BaseFeatures, state: Tensor, t: Tensor, attends: Sequence[Attend]
+        self,
+        features: BaseFeatures,
+        state: Tensor,
+        t: Tensor,
+        attends: Sequence[Attend | RotatingAttend],
     ) -> Tensor:
         """:meth:`forward_attend` from the window's :meth:`base_features` (the same numbers to
         rounding): only the state's share of the embedding and what depends on the state and
@@ -503,7 +511,7 @@ class SRTransformer(nn.Module):
         t: Tensor,
         rope: tuple[Tensor, Tensor],
         pix: Tensor | None,
-        attends: Sequence[Attend],
+        attends: Sequence[Attend | RotatingAttend],
     ) -> Tensor:
         """Embedded tokens [K, C] -> the head's output [K, 3p²] (the residual / noise_std):
         velocity from the residual prediction (x0-parameterisation), so the net never has to
