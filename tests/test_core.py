@@ -455,16 +455,7 @@ def test_flow_computes_the_base_features_once_and_gives_the_per_step_numbers(run
     from vs_skipsr.backends.base import euler_flow
 
     net = runner.sr_net
-    cfg = net.config
-    grid = (3, 4, 6)
-    keep = _random_keep(grid, 0.6, 4).reshape(-1)
-    index = torch.nonzero(keep).squeeze(1)
-    _, coords, parts = padded_tokens(
-        index, bucket=index.numel(), grid=grid, window=cfg.window, shift=cfg.shift
-    )
-    g = torch.Generator().manual_seed(9)
-    base = torch.rand(index.numel(), cfg.base_dim, generator=g)
-    noise = torch.randn(index.numel(), cfg.token_dim, generator=g)
+    base, noise, coords, parts = _flow_inputs(net.config)
     calls = []
     real = net.base_features
 
@@ -482,6 +473,46 @@ def test_flow_computes_the_base_features_once_and_gives_the_per_step_numbers(run
         del net.base_features
     assert torch.equal(flowed, per_step)
     assert not torch.equal(flowed, noise)
+
+
+def _flow_inputs(cfg):
+    """base, noise, coords, partitions of a small keep set for one flow."""
+    grid = (3, 4, 6)
+    keep = _random_keep(grid, 0.6, 4).reshape(-1)
+    index = torch.nonzero(keep).squeeze(1)
+    _, coords, parts = padded_tokens(
+        index, bucket=index.numel(), grid=grid, window=cfg.window, shift=cfg.shift
+    )
+    g = torch.Generator().manual_seed(9)
+    base = torch.rand(index.numel(), cfg.base_dim, generator=g)
+    noise = torch.randn(index.numel(), cfg.token_dim, generator=g)
+    return base, noise, coords, parts
+
+
+def test_flow_makes_the_timestep_modulation_once_per_step_count():
+    """The modulation (timestep embedding through every adaLN) depends on t alone: the
+    runner makes it for a step count's times once and reuses it in every later window."""
+    runner = TorchBackend(device="cpu").load(sr=_random_sr(), mask=None)
+    net = runner.sr_net
+    base, noise, coords, parts = _flow_inputs(net.config)
+    times: list[float] = []
+    real = net.modulation
+
+    def counted(t):
+        times.append(float(t))
+        return real(t)
+
+    net.modulation = counted
+    try:
+        first = runner.flow(base, noise, coords, parts, steps=3)
+        assert times == pytest.approx([1.0, 2 / 3, 1 / 3])
+        again = runner.flow(base, noise, coords, parts, steps=3)
+        assert len(times) == 3
+        runner.flow(base, noise, coords, parts, steps=2)
+        assert times[3:] == [1.0, 0.5]
+    finally:
+        del net.modulation
+    assert torch.equal(first, again)
 
 
 def test_same_seed_same_output_other_seed_other_noise(runner):

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..models.sr import SRConfig
 from ..tokens import Partition
 
-__all__ = ["EulerFlow", "Runner", "euler_flow"]
+__all__ = ["EulerFlow", "Runner", "euler_flow", "euler_update", "step_time"]
 
 
 class Runner(Protocol):
@@ -89,10 +89,21 @@ def euler_flow(
     """Rectified flow on the residual, sampled with ``steps`` Euler steps of the velocity
     ``sr``: one step is the default, more steps reuse the same tokens and partitions."""
     for i in range(steps):
-        t = torch.full((1,), 1.0 - i / steps, device=state.device)
+        t = torch.full((1,), step_time(i, steps=steps), device=state.device)
         v = sr(base, state, coords, t, partitions)  # [K, 3p²]
-        state = state - v / steps
+        state = euler_update(state, v, steps=steps)
     return state
+
+
+def step_time(i: int, *, steps: int) -> float:
+    """The flow's time at step ``i`` of ``steps``: 1 at the first, down to 1/steps."""
+    return 1.0 - i / steps
+
+
+def euler_update(state: Tensor, v: Tensor, *, steps: int) -> Tensor:
+    """One Euler step down the flow, state - v / steps, as one kernel (a pass over the [K,
+    3p²] float32 state costs as much as a block's norm)."""
+    return torch.add(state, v, alpha=-1.0 / steps)
 
 
 class EulerFlow:

@@ -23,9 +23,9 @@ from ..models.attention import (
     varlen_window_attention,
 )
 from ..models.mask import MaskNet
-from ..models.sr import SRTransformer
+from ..models.sr import Modulation, SRTransformer
 from ..tokens import Partition, kept_buckets, padded_tokens
-from .base import euler_flow
+from .base import euler_flow, euler_update, step_time
 from .cuda_graphs import GraphCache, SRCall
 
 __all__ = ["TorchBackend", "TorchRunner"]
@@ -109,6 +109,7 @@ class TorchRunner:
         # to geometric buckets there; the CPU takes any count as it is.
         self.wants_buckets = self.device.type == "cuda"
         self._prepared: set[tuple[tuple[int, int, int], bool, int | None]] = set()
+        self._schedules: dict[int, tuple[tuple[Tensor, Modulation], ...]] = {}
 
     @torch.inference_mode()
     def prepare(
@@ -120,6 +121,8 @@ class TorchRunner:
         if self.graphs is None or (grid, dense, steps) in self._prepared:
             return
         self._prepared.add((grid, dense, steps))
+        if steps:
+            self._schedule(steps)  # before the captures, which read it
         cfg, dev = self.sr_config, self.device
         total = grid[0] * grid[1] * grid[2]
         buckets = [total] if dense else kept_buckets(total)[::-1]
@@ -186,6 +189,7 @@ class TorchRunner:
         net's skipped step costs the GPU. Either way the base's share of the net is computed
         once for all steps (SRTransformer.base_features)."""
         base = base.to(self.dtype)  # once, not once a step
+        self._schedule(steps)  # outside any capture
         if self.graphs is not None:
             return self.graphs.flow(base, state, coords, partitions, steps=steps)
         return self._flow(base, state, coords, partitions, steps=steps)
@@ -205,14 +209,30 @@ class TorchRunner:
             return euler_flow(self._eager, base, state, coords, partitions, steps=steps)
         attends = self._attends(partitions, rows=base.shape[0])
         features = self.sr_net.base_features(base, coords)
-        return euler_flow(
-            lambda _b, s, _c, t, _p: self.sr_net.velocity(features, s, t, attends),
-            base,
-            state,
-            coords,
-            partitions,
-            steps=steps,
-        )
+        for t, modulation in self._schedule(steps):  # euler_flow's steps, numbers and all
+            v = self.sr_net.velocity(features, state, t, attends, modulation=modulation)
+            state = euler_update(state, v, steps=steps)
+        return state
+
+    def _schedule(self, steps: int) -> tuple[tuple[Tensor, Modulation], ...]:
+        """Each step's time [1] and the net's modulation there (SRTransformer.modulation),
+        made once a step count: graphs read them as constants. ``flow`` and ``prepare`` ask
+        before any capture; made inside one, the tensors would be the graph's, written only
+        when it replays, so then they are made for that graph alone and not kept."""
+        made = self._schedules.get(steps)
+        if made is None:
+            with torch.inference_mode():
+                times = (
+                    torch.full((1,), step_time(i, steps=steps), device=self.device)
+                    for i in range(steps)
+                )
+                made = tuple((t, self.sr_net.modulation(t)) for t in times)
+            cuda = self.device.type == "cuda"
+            if not (cuda and torch.cuda.is_current_stream_capturing()):
+                if cuda:  # written on this stream, read by windows on any
+                    torch.cuda.current_stream(self.device).synchronize()
+                self._schedules[steps] = made
+        return made
 
     def _partitions(self, flat: tuple[Tensor, ...]) -> tuple[Partition, Partition]:
         """A graph's flat partition inputs (order, cu_seqlens[, part] each) as Partitions."""
