@@ -1,14 +1,18 @@
 """Optional dependencies, imported on first use. Each speeds up one step where it is installed,
 and that step has a plain torch fallback: OpenCV's resize for the CPU's upsample, Triton's
-kernels for the device colour conversion and the GPU's window attention."""
+kernels for the device colour conversion, the GPU's window attention and its residual norms."""
 
 from __future__ import annotations
 
 import importlib
+import logging
+from collections.abc import Callable
 from functools import cache
 from types import ModuleType
 
-__all__ = ["optional_module"]
+__all__ = ["optional_module", "works_here"]
+
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -18,3 +22,15 @@ def optional_module(name: str) -> ModuleType | None:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+def works_here(check: Callable[[], None], *, what: str) -> bool:
+    """Whether ``check`` (build an optional kernel, compare it with torch's numbers on a
+    small problem) runs without raising: a kernel that cannot build for this card, or a bug
+    it meets, then costs a log line, not a run. Run it before any CUDA graph capture."""
+    try:
+        check()
+    except Exception as e:  # any failure means: use torch's kernels
+        log.warning("%s unavailable here (%r); using torch's", what, e)
+        return False
+    return True

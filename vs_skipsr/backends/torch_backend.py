@@ -23,7 +23,7 @@ from ..models.attention import (
     varlen_window_attention,
 )
 from ..models.mask import MaskNet
-from ..models.sr import Modulation, SRTransformer
+from ..models.sr import Modulation, SRTransformer, fused_norm_works
 from ..tokens import Partition, kept_buckets, padded_tokens
 from .base import euler_flow, euler_update, step_time
 from .cuda_graphs import GraphCache, SRCall
@@ -79,6 +79,9 @@ class TorchRunner:
             if why is not None:
                 raise ValueError(f"attention='triton': {why}")
         self.attention = _attention_form(spec, self.device, self.dtype, head_dim=head_dim)
+        # the residual updates and norms as one Triton kernel (sr.residual_norm): decided
+        # here, before any capture, as the attention is
+        self.fused_norm = not spec.compile and fused_norm_works(self.device, self.dtype)
         # packed partitions (order + cu_seqlens), no padded [nW, L] form
         self.packed = self.attention in ("varlen", "triton")
         # data-dependent groups: eager CPU only (a CUDA graph needs static shapes)
@@ -210,7 +213,9 @@ class TorchRunner:
         attends = self._attends(partitions, rows=base.shape[0])
         features = self.sr_net.base_features(base, coords)
         for t, modulation in self._schedule(steps):  # euler_flow's steps, numbers and all
-            v = self.sr_net.velocity(features, state, t, attends, modulation=modulation)
+            v = self.sr_net.velocity(
+                features, state, t, attends, modulation=modulation, fused_norm=self.fused_norm
+            )
             state = euler_update(state, v, steps=steps)
         return state
 
@@ -305,7 +310,9 @@ class TorchRunner:
                 max_len=p0.max_len,
             )
         attends = self._attends(partitions, rows=base.shape[0])
-        return self.sr_net.forward_attend(base, state, coords, t, attends)
+        return self.sr_net.forward_attend(
+            base, state, coords, t, attends, fused_norm=self.fused_norm
+        )
 
 
 def _attention_form(

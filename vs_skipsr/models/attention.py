@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..optional import optional_module
+from ..optional import optional_module, works_here
 from ..tokens import Partition
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -254,7 +254,8 @@ def triton_attention_works(device: torch.device, dtype: torch.dtype, *, head_dim
     form in float32) on a small problem here, once a process: the automatic choice takes it
     only then, so a Triton that cannot build for this card (or a bug it meets) costs a log
     line, not a run."""
-    try:
+
+    def check() -> None:
         from ..tokens import padded_tokens
 
         gen = torch.Generator().manual_seed(0)
@@ -274,10 +275,8 @@ def triton_attention_works(device: torch.device, dtype: torch.dtype, *, head_dim
             err = float((got.float() - want).abs().max())
             if not err < 0.05:  # rounding of bf16 values within [-5, 5] is ~0.02 at most
                 raise RuntimeError(f"differs from the reference by {err}")
-    except Exception as e:  # any failure means: use torch's kernel
-        log.warning("Triton window attention unavailable here (%r); using torch's", e)
-        return False
-    return True
+
+    return works_here(check, what="Triton window attention")
 
 
 def masked_dense_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:

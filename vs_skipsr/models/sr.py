@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..optional import optional_module, works_here
 from .attention import Attend, RotatingAttend, padded_window_attention
 
 __all__ = [
@@ -432,12 +434,48 @@ class Modulation:
 
 
 def residual_norm(
-    x: Tensor, y: Tensor, gate: Tensor, affine: tuple[Tensor, Tensor], eps: float
+    x: Tensor,
+    y: Tensor,
+    gate: Tensor,
+    affine: tuple[Tensor, Tensor],
+    eps: float,
+    *,
+    fused: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """x + gate * y, and its layer norm with the affine (shift, 1 + scale): the residual
-    update of a block and the norm after it, which always follow each other."""
+    update of a block and the norm after it, which always follow each other. ``fused``: as
+    one Triton kernel (``residual_norm_triton.py``; CUDA, where :func:`fused_norm_works`):
+    torch's two took a quarter of the shipped model's GPU time, the norm ~6x slower than
+    its bytes allow; the same update to the bit, the norm to rounding."""
+    if fused:
+        module = optional_module("vs_skipsr.models.residual_norm_triton")
+        return module.residual_norm(x, y, gate, affine[1], affine[0], eps=eps)  # type: ignore[union-attr]
     x = torch.addcmul(x, gate, y)
     return x, F.layer_norm(x, (x.shape[1],), affine[1], affine[0], eps)
+
+
+@cache
+def fused_norm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`residual_norm`'s Triton kernel runs here (CUDA, half precision, Triton
+    installed) and gives torch's numbers on a small problem, once a process; a runner asks
+    at load, before any capture."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return False
+    if optional_module("vs_skipsr.models.residual_norm_triton") is None:
+        return False
+
+    def check() -> None:
+        gen = torch.Generator().manual_seed(0)
+        x, y = (torch.randn(37, 192, generator=gen).to(device, dtype) for _ in range(2))
+        gate, shift, scale = (torch.randn(192, generator=gen).to(device, dtype) for _ in range(3))
+        got = residual_norm(x, y, gate, (shift, scale), 1e-6, fused=True)
+        want = residual_norm(x, y, gate, (shift, scale), 1e-6)
+        for g, w in zip(got, want, strict=True):
+            err = float((g.float() - w.float()).abs().max())
+            if not err < 0.05:  # bf16 rounding of values within [-10, 10]
+                raise RuntimeError(f"differs from torch's by {err}")
+
+    return works_here(check, what="Triton residual norm")
 
 
 def _time_divisor(t: Tensor) -> Tensor:
@@ -515,10 +553,14 @@ class SRTransformer(nn.Module):
         coords: Tensor,
         t: Tensor,
         attends: Sequence[Attend | RotatingAttend],
+        *,
+        fused_norm: bool = False,
     ) -> Tensor:
-        """The net with attention supplied per partition (block i uses attends[i % len])."""
+        """The net with attention supplied per partition (block i uses attends[i % len]);
+        ``fused_norm`` (inference only): see :func:`residual_norm`."""
         if _lean_kernels():
-            return self.velocity(self.base_features(base, coords), state, t, attends)
+            features = self.base_features(base, coords)
+            return self.velocity(features, state, t, attends, fused_norm=fused_norm)
         cfg = self.config
         dt = self.embed.weight.dtype
         x = torch.cat(((base - 0.5), state / cfg.noise_std), dim=1)  # [K, 2*3p²]
@@ -563,11 +605,12 @@ class SRTransformer(nn.Module):
         attends: Sequence[Attend | RotatingAttend],
         *,
         modulation: Modulation | None = None,
+        fused_norm: bool = False,
     ) -> Tensor:
         """:meth:`forward_attend` from the window's :meth:`base_features` (the same numbers to
         rounding): only the state's share of the embedding and what depends on the state and
-        time is run; ``modulation``: :meth:`modulation` of the same ``t``, made beforehand.
-        Inference only."""
+        time is run; ``modulation``: :meth:`modulation` of the same ``t``, made beforehand;
+        ``fused_norm``: see :func:`residual_norm`. Inference only."""
         cfg = self.config
         w = self.embed.weight
         x = torch.addmm(  # embedded base + (state / noise_std) @ the state columns, one kernel
@@ -577,7 +620,9 @@ class SRTransformer(nn.Module):
             alpha=1.0 / cfg.noise_std,
         )
         mod = modulation if modulation is not None else self.modulation(t)
-        out = self._decode_modulated(x, mod, features.rope, features.pixels, attends)
+        out = self._decode_modulated(
+            x, mod, features.rope, features.pixels, attends, fused_norm=fused_norm
+        )
         # (state - out * noise_std) / t in two kernels instead of four fp32 passes; the same
         # numbers where noise_std is a power of two (0.25 in every preset: the product is exact)
         return torch.add(state.float(), out, alpha=-cfg.noise_std).div_(_time_divisor(t))
@@ -589,6 +634,8 @@ class SRTransformer(nn.Module):
         rope: tuple[Tensor, Tensor],
         pix: Tensor | None,
         attends: Sequence[Attend | RotatingAttend],
+        *,
+        fused_norm: bool,
     ) -> Tensor:
         """:meth:`_decode` with the modulation given and each residual update joined to the
         norm after it (:func:`residual_norm`): the same kernels on the same numbers, in the
@@ -602,8 +649,8 @@ class SRTransformer(nn.Module):
             else:
                 after, eps = mod.head, self.final.norm.eps
             attended = blk.attn(h, rope, attends[i % len(attends)])
-            x, h = residual_norm(x, attended, m.gate1, m.norm2, blk.norm2.eps)
-            x, h = residual_norm(x, blk.mlp(h), m.gate2, after, eps)
+            x, h = residual_norm(x, attended, m.gate1, m.norm2, blk.norm2.eps, fused=fused_norm)
+            x, h = residual_norm(x, blk.mlp(h), m.gate2, after, eps, fused=fused_norm)
         return self.final.decode(h, pix)
 
     def _decode(
