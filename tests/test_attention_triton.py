@@ -75,6 +75,7 @@ import sys, torch, numpy as np
 sys.path.insert(0, "tests")  # this module and its conftest (the child runs in the repo root)
 from test_attention_triton import CASES, _problem, _rope
 from vs_skipsr.models.attention_triton import tiled_window_attention
+from vs_skipsr.models.rope_triton import rotate_qk
 out = {}
 for c, (grid, window, shift, fracs) in enumerate(CASES):
     for frac in fracs:
@@ -85,9 +86,9 @@ for c, (grid, window, shift, fracs) in enumerate(CASES):
                 for i, p in enumerate(parts):
                     o = tiled_window_attention(*qkv.unbind(1), p, block_m=bm, block_n=bn)
                     out[f"{c}_{frac}_{str(dtype)[6:]}_{bm}_{bn}_{i}"] = o.float().numpy()
-                    if (bm, bn) == (32, 64):  # q and k rotated by the kernel as it loads them
-                        rope = _rope(qkv.shape[0], 16)
-                        o = tiled_window_attention(*qkv.unbind(1), p, rope=rope, block_m=bm)
+                    if (bm, bn) == (32, 64):  # q and k rotated by the rotary kernel first
+                        q, k = rotate_qk(qkv[:, 0], qkv[:, 1], _rope(qkv.shape[0], 16))
+                        o = tiled_window_attention(q, k, qkv[:, 2], p, block_m=bm, block_n=bn)
                         out[f"{c}_{frac}_{str(dtype)[6:]}_rope_{i}"] = o.float().numpy()
 np.savez(sys.argv[1], **out)
 """
@@ -118,8 +119,8 @@ def test_interpreted_kernel_is_the_exact_attention(tmp_path: Path) -> None:
                         np.testing.assert_allclose(o[:kept], want[:kept], atol=tol, rtol=0)
                         assert not o[kept:].any(), "bucket padding rows must come out zero"
                         checked += 1
-                    # rotated in the kernel: the exact attention of apply_rope's q and k (it
-                    # rounds the rotation to the input's precision, as the kernel does)
+                    # rotated by the rotary kernel: the exact attention of apply_rope's q and k
+                    # (it rounds the rotation to the input's precision, as the kernel does)
                     rope = _rope(qkv.shape[0], 16)
                     q, k, v = qkv.to(getattr(torch, dtype)).unbind(1)
                     q, k = (apply_rope(y, *rope).float() for y in (q, k))
@@ -150,6 +151,8 @@ def test_kernel_refuses_what_it_cannot_tile() -> None:
     q = qkv[:, 0].transpose(1, 2).contiguous().transpose(1, 2)  # [K, H, D] with D strided
     with pytest.raises(ValueError, match="q's last dimension"):
         kernels.tiled_window_attention(q, qkv[:, 1], qkv[:, 2], parts[0])
+
+    rotary = optional_module("vs_skipsr.models.rope_triton")
     n = qkv.shape[0]
     for rope, needle in (
         (_rope(n + 1, 16), rf"\({n + 1}, 1, 8\) and .* for {n} rows of heads of 16"),
@@ -157,7 +160,9 @@ def test_kernel_refuses_what_it_cannot_tile() -> None:
         (tuple(t.half() for t in _rope(n, 16)), "rotary tables of torch.float16"),
     ):
         with pytest.raises(ValueError, match=needle):
-            kernels.tiled_window_attention(*qkv.unbind(1), parts[0], rope=rope)
+            rotary.rotate_qk(qkv[:, 0], qkv[:, 1], rope)
+    with pytest.raises(ValueError, match="head size 15 is odd"):
+        rotary.rotate_qk(qkv[:, 0, :, :15], qkv[:, 1, :, :15], _rope(n, 16))
 
 
 def test_triton_attention_says_why_not_here() -> None:
@@ -214,9 +219,9 @@ def test_cuda_kernel_is_flash_varlen_to_rounding() -> None:
 
 @needs_cuda
 @needs_triton
-def test_cuda_kernel_rotates_as_apply_rope_does() -> None:
-    """q and k rotated inside the kernel give the attention of apply_rope's rotated copies
-    (the net's lean form) to within a rounding of the rotation."""
+def test_cuda_rotary_kernel_rotates_as_apply_rope_does() -> None:
+    """q and k rotated by the rotary kernel give the attention of apply_rope's rotated
+    copies (the net's lean form) to within a rounding of the rotation."""
     dev = torch.device("cuda")
     kept, qkv, parts = _problem(
         (20, 51, 120), (5, 8, 8), (2, 4, 4), 0.17, heads=6, dim=32, pad=9, device=dev

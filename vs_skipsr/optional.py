@@ -1,6 +1,7 @@
 """Optional dependencies, imported on first use. Each speeds up one step where it is installed,
 and that step has a plain torch fallback: OpenCV's resize for the CPU's upsample, Triton's
-kernels for the device colour conversion, the GPU's window attention and its residual norms."""
+kernels for the device colour conversion, the GPU's window attention, its rotary rotation
+and its residual norms."""
 
 from __future__ import annotations
 

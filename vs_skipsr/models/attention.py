@@ -11,8 +11,8 @@ applied) and returns [K, H, D]. A token attends only to kept tokens of its own w
 - :func:`tiled_window_attention`: one Triton kernel that reads the kept tokens where they
   are and tiles each window by its own length (CUDA, half precision; see
   ``attention_triton.py``): no gathers, and a sparse window costs what its tokens cost.
-  It can also apply the rotary positions itself (:class:`RotatingAttend`, the net's
-  attention wherever the kernel runs): then q and k come unrotated.
+  With :class:`RotatingAttend` (the net's attention wherever the kernel runs) q and k come
+  unrotated, and a Triton kernel of its own rotates them first.
 - :func:`grouped_window_attention`: the padded form run per group of windows of similar
   length, each padded only to its group's longest (the CPU's eager path: skipping leaves
   windows of very different fill, and one [nW, L_max] layout pays for the fullest).
@@ -213,18 +213,22 @@ def tiled_window_attention(
 ) -> Tensor:
     """Packed attention as one Triton kernel (``attention_triton.py``): the numbers of
     :func:`varlen_window_attention` to rounding, without its gathers or its full tiles for
-    sparse windows; with ``rope`` (cos, sin tables) q and k are rotated as they are read."""
+    sparse windows; with ``rope`` (cos, sin tables) q and k come unrotated and one more
+    kernel rotates them first (``rope_triton.py``)."""
     module = optional_module("vs_skipsr.models.attention_triton")
-    if module is None:
+    rotary = optional_module("vs_skipsr.models.rope_triton")
+    if module is None or rotary is None:
         raise RuntimeError("tiled_window_attention needs the triton package")
-    return module.tiled_window_attention(q, k, v, partition, rope=rope)
+    if rope is not None:
+        q, k = rotary.rotate_qk(q, k, rope)
+    return module.tiled_window_attention(q, k, v, partition)
 
 
 @dataclass(frozen=True)
 class RotatingAttend:
     """The Triton attention over one partition, taking q and k before their rotary rotation
-    (``rope``: the net's cos, sin tables): the net then skips ``apply_rope`` and its rotated
-    copy of q and k, which cost as much GPU time as the attention itself."""
+    (``rope``: the net's cos, sin tables) and rotating them with a Triton kernel of its own:
+    ``apply_rope``'s four torch kernels cost as much GPU time as the attention itself."""
 
     partition: Partition
 
@@ -257,6 +261,7 @@ def triton_attention_works(device: torch.device, dtype: torch.dtype, *, head_dim
 
     def check() -> None:
         from ..tokens import padded_tokens
+        from .sr import apply_rope, rope_tables
 
         gen = torch.Generator().manual_seed(0)
         grid, window = (4, 6, 10), (2, 4, 4)
@@ -269,12 +274,18 @@ def triton_attention_works(device: torch.device, dtype: torch.dtype, *, head_dim
             torch.randn(index.numel() + 3, 2, head_dim, generator=gen).to(device, dtype)
             for _ in range(3)
         )
+        coords = torch.randint(0, 10, (q.shape[0], 3), generator=gen).to(device)
+        rope = rope_tables(coords, head_dim, 64.0)
+        qr, kr = (apply_rope(x.float(), *rope) for x in (q, k))
         for p in parts:
-            got = tiled_window_attention(q, k, v, p)
-            want = padded_window_attention(q.float(), k.float(), v.float(), p.part)
-            err = float((got.float() - want).abs().max())
-            if not err < 0.05:  # rounding of bf16 values within [-5, 5] is ~0.02 at most
-                raise RuntimeError(f"differs from the reference by {err}")
+            for got, want in (
+                (tiled_window_attention(q, k, v, p), (q.float(), k.float())),
+                (tiled_window_attention(q, k, v, p, rope=rope), (qr, kr)),  # (RotatingAttend)
+            ):
+                want = padded_window_attention(*want, v.float(), p.part)
+                err = float((got.float() - want).abs().max())
+                if not err < 0.05:  # rounding of bf16 values within [-5, 5] is ~0.02 at most
+                    raise RuntimeError(f"differs from the reference by {err}")
 
     return works_here(check, what="Triton window attention")
 

@@ -56,30 +56,6 @@ def blocks_for(head_dim: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _load_rows(
-    ptr, rows, s_t, off, d, valid, cos_ptr, sin_ptr, sc_t, D: tl.constexpr, ROTATE: tl.constexpr
-):
-    """Rows of one head of q or k, rotated by the rotary tables where ROTATE: element d of
-    a row becomes x[d] cos[j] - x[d + D/2] sin[j] in the first half and x[d] cos[j] +
-    x[d - D/2] sin[j] in the second (j = d mod D/2), in float32 and rounded once, as
-    ``sr.apply_rope`` computes it. The partner half is a second load of the same lines."""
-    x = tl.load(ptr + rows[:, None] * s_t + off + d[None, :], mask=valid[:, None], other=0.0)
-    if ROTATE:
-        half: tl.constexpr = D // 2
-        partner = (d + half) % D
-        j = d % half
-        xp = tl.load(
-            ptr + rows[:, None] * s_t + off + partner[None, :], mask=valid[:, None], other=0.0
-        )
-        c = tl.load(cos_ptr + rows[:, None] * sc_t + j[None, :], mask=valid[:, None], other=0.0)
-        sn = tl.load(sin_ptr + rows[:, None] * sc_t + j[None, :], mask=valid[:, None], other=0.0)
-        sign = tl.where(d < half, -1.0, 1.0)
-        rotated = x.to(tl.float32) * c + sign[None, :] * xp.to(tl.float32) * sn
-        x = rotated.to(x.dtype)
-    return x
-
-
-@triton.jit
 def _window_attention_kernel(
     q_ptr,
     k_ptr,
@@ -97,15 +73,11 @@ def _window_attention_kernel(
     sv_h,
     so_t,
     so_h,
-    cos_ptr,
-    sin_ptr,
-    sc_t,
     scale_log2,
     D: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     SEARCH: tl.constexpr,
-    ROTATE: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -126,7 +98,9 @@ def _window_attention_kernel(
     in_window = at < end
     rows = tl.load(order_ptr + at, mask=in_window, other=0).to(tl.int64)
     d = tl.arange(0, D)
-    q = _load_rows(q_ptr, rows, sq_t, head * sq_h, d, in_window, cos_ptr, sin_ptr, sc_t, D, ROTATE)
+    q = tl.load(
+        q_ptr + rows[:, None] * sq_t + head * sq_h + d[None, :], mask=in_window[:, None], other=0.0
+    )
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
     acc = tl.zeros((BM, D), tl.float32)
@@ -134,7 +108,9 @@ def _window_attention_kernel(
         at_n = n0 + tl.arange(0, BN)
         valid = at_n < end
         cols = tl.load(order_ptr + at_n, mask=valid, other=0).to(tl.int64)
-        k = _load_rows(k_ptr, cols, sk_t, head * sk_h, d, valid, cos_ptr, sin_ptr, sc_t, D, ROTATE)
+        k = tl.load(
+            k_ptr + cols[:, None] * sk_t + head * sk_h + d[None, :], mask=valid[:, None], other=0.0
+        )
         s = tl.dot(q, tl.trans(k)) * scale_log2  # [BM, BN] float32, in log2 units
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -174,7 +150,6 @@ def tiled_window_attention(
     v: Tensor,
     partition: Partition,
     *,
-    rope: tuple[Tensor, Tensor] | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
@@ -182,12 +157,7 @@ def tiled_window_attention(
     """Attention inside ``partition``'s windows for q, k, v [K, H, D] (any strides with the
     last dimension contiguous). Rows of K that ``order`` does not list (bucket padding) come
     out zero. The tile table is kept on the partition: every block and flow step of a
-    window uses the same two partitions. Tiles not given are :func:`blocks_for`'s.
-
-    With ``rope`` (the net's cos, sin tables, [K, 1, D/2] or [K, D/2] float32) q and k come
-    unrotated and the kernel rotates each row as it loads it: the rotated copy of q and k
-    that ``sr.apply_rope`` writes and this kernel reads back (four kernels, a fifth of the
-    shipped model's GPU time at 8 steps on an H200) is never made."""
+    window uses the same two partitions. Tiles not given are :func:`blocks_for`'s."""
     n_k, heads, dim = q.shape
     if not supported(dim):
         raise ValueError(f"tiled_window_attention: head size {dim} is not a power of two >= 16")
@@ -197,20 +167,6 @@ def tiled_window_attention(
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.stride(-1) != 1:
             raise ValueError(f"tiled_window_attention: {name}'s last dimension is not contiguous")
-    if rope is None:
-        cos = sin = q  # placeholders the kernel does not read
-    else:
-        cos, sin = (t.reshape(t.shape[0], -1) for t in rope)
-        if cos.shape != (n_k, dim // 2) or sin.shape != cos.shape:
-            raise ValueError(
-                f"tiled_window_attention: rotary tables of {tuple(rope[0].shape)} and "
-                f"{tuple(rope[1].shape)} for {n_k} rows of heads of {dim}: expected "
-                f"[{n_k}, 1, {dim // 2}]"
-            )
-        if cos.dtype != torch.float32 or sin.dtype != torch.float32:
-            raise ValueError(f"tiled_window_attention: rotary tables of {cos.dtype}, not float32")
-        if cos.stride(1) != 1 or sin.stride() != cos.stride():
-            raise ValueError("tiled_window_attention: rotary tables with strides of their own")
     order, cu = partition.order, partition.cu_seqlens
     key = f"_tile_starts_{block_m}"
     starts = partition.__dict__.get(key)
@@ -245,15 +201,11 @@ def tiled_window_attention(
             v.stride(1),
             out.stride(0),
             out.stride(1),
-            cos,
-            sin,
-            cos.stride(0),
             math.log2(math.e) / math.sqrt(dim),
             D=dim,
             BM=block_m,
             BN=block_n,
             SEARCH=max(1, n_windows.bit_length()),
-            ROTATE=rope is not None,
             num_warps=num_warps,
         )
     return out
