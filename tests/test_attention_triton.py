@@ -221,20 +221,25 @@ def test_cuda_kernel_is_flash_varlen_to_rounding() -> None:
 @needs_triton
 def test_cuda_rotary_kernel_rotates_as_apply_rope_does() -> None:
     """q and k rotated by the rotary kernel give the attention of apply_rope's rotated
-    copies (the net's lean form) to within a rounding of the rotation."""
+    copies (the net's lean form) to within a rounding of the rotation: the shipped model's
+    heads, and the SeedVR2-3B shape's (one token a program)."""
     dev = torch.device("cuda")
-    kept, qkv, parts = _problem(
-        (20, 51, 120), (5, 8, 8), (2, 4, 4), 0.17, heads=6, dim=32, pad=9, device=dev
-    )
-    qkv = qkv.half()
-    rope = tuple(t.to(dev) for t in _rope(qkv.shape[0], 32))
-    with torch.inference_mode():
-        q, k = (apply_rope(x, *rope) for x in (qkv[:, 0], qkv[:, 1]))
-        for p in parts:
-            got = tiled_window_attention(*qkv.unbind(1), p, rope=rope)
-            want = tiled_window_attention(q, k, qkv[:, 2], p)
-            assert (got[:kept] - want[:kept]).abs().max().item() <= 1e-2
-            assert not got[kept:].any()
+    for grid, window, heads, dim in (
+        ((20, 51, 120), (5, 8, 8), 6, 32),
+        ((21, 45, 80), (4, 8, 8), 20, 128),
+    ):
+        kept, qkv, parts = _problem(
+            grid, window, (2, 4, 4), 0.17, heads=heads, dim=dim, pad=9, device=dev
+        )
+        qkv = qkv.half()
+        rope = tuple(t.to(dev) for t in _rope(qkv.shape[0], dim))
+        with torch.inference_mode():
+            q, k = (apply_rope(x, *rope) for x in (qkv[:, 0], qkv[:, 1]))
+            for p in parts:
+                got = tiled_window_attention(*qkv.unbind(1), p, rope=rope)
+                want = tiled_window_attention(q, k, qkv[:, 2], p)
+                assert (got[:kept] - want[:kept]).abs().max().item() <= 1e-2, (heads, dim)
+                assert not got[kept:].any()
 
 
 @needs_cuda

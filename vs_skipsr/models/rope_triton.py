@@ -20,7 +20,9 @@ from torch import Tensor
 
 __all__ = ["rotate_qk"]
 
-ROWS = 8  # tokens a program: 8 x 2 x 6 x 32 values of the shipped model, ~12 KB moved
+# values of q or k a program holds at once: 8 tokens of the shipped model's 6 heads of 32 (in
+# a block of 256), one token of the SeedVR2-3B shape's 20 heads of 128 (a block of 4096)
+TILE = 2048
 
 
 @triton.jit
@@ -102,11 +104,13 @@ def rotate_qk(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor
     if cos.stride(1) != 1 or sin.stride() != cos.stride():
         raise ValueError("rotate_qk: rotary tables with strides of their own")
     out = torch.empty((n_k, 2, heads, dim), dtype=q.dtype, device=q.device)
+    block_e = triton.next_power_of_2(heads * dim)
+    rows = max(1, TILE // block_e)
     if n_k:
         # Triton launches on the current device, not the tensors' (the interpreter's CPU
         # tensors need no guard)
         with torch.cuda.device(q.device) if q.device.type == "cuda" else nullcontext():
-            _rotate_kernel[(triton.cdiv(n_k, ROWS),)](
+            _rotate_kernel[(triton.cdiv(n_k, rows),)](
                 q,
                 k,
                 out,
@@ -120,8 +124,8 @@ def rotate_qk(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor
                 cos.stride(0),
                 H=heads,
                 D=dim,
-                BLOCK_E=triton.next_power_of_2(heads * dim),
-                ROWS=ROWS,
-                num_warps=4,
+                BLOCK_E=block_e,
+                ROWS=rows,
+                num_warps=4 if block_e * rows <= 2048 else 8,
             )
     return out[:, 0], out[:, 1]
