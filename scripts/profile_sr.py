@@ -40,6 +40,8 @@ from vs_skipsr.tokens import token_grid  # noqa: E402
 GROUPS = (
     ("attention (flash varlen)", r"flash|fmha|attn"),
     ("attention (Triton)", r"window_attention"),
+    ("rotary (Triton)", r"_rotate_kernel"),
+    ("residual + norm (Triton)", r"_residual_norm_kernel"),
     ("conv (cuDNN)", r"conv|cudnn|implicit_gemm|xmma|winograd|fprop|dgrad|nchw|nhwc"),
     ("matmul (cuBLAS)", r"gemm|cutlass|sm90_xmma|nvjet|cublas"),
     ("layer norm", r"layer_norm|LayerNorm"),
