@@ -81,7 +81,9 @@ class TorchRunner:
         self.attention = _attention_form(spec, self.device, self.dtype, head_dim=head_dim)
         # the residual updates and norms as one Triton kernel (sr.residual_norm): decided
         # here, before any capture, as the attention is
-        self.fused_norm = not spec.compile and fused_norm_works(self.device, self.dtype)
+        self.fused_norm = not spec.compile and fused_norm_works(
+            self.device, self.dtype, channels=sr.config.dim
+        )
         # packed partitions (order + cu_seqlens), no padded [nW, L] form
         self.packed = self.attention in ("varlen", "triton")
         # data-dependent groups: eager CPU only (a CUDA graph needs static shapes)

@@ -214,7 +214,7 @@ class WindowAttention(nn.Module):
         n, c = x.shape  # [K, C]
         h, d = self.heads, c // self.heads
         qkv = self.qkv(x).reshape(n, 3, h, d)
-        if isinstance(attend, RotatingAttend):  # it rotates q and k as it reads them
+        if isinstance(attend, RotatingAttend):  # it rotates q and k with a kernel of its own
             return self.proj(attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], rope=rope).reshape(n, c))
         # q and k rotated together: one set of rotary kernels instead of two
         qk = apply_rope(qkv[:, :2].reshape(n, 2 * h, d), *rope).reshape(n, 2, h, d)
@@ -319,9 +319,8 @@ class ConvHead(nn.Module):
             nn.GELU(approximate="tanh"),
             nn.Conv2d(width, pix, 1),
         )
-        self._split: tuple[tuple[object, ...], tuple[Tensor, ...]] | None = (
-            None  # see _split_weights
-        )
+        # the lean form's reordered and split weights, with what they were made from
+        self._split: tuple[tuple[object, ...], tuple[Tensor, ...]] | None = None
 
     def zero_output_(self) -> None:
         nn.init.zeros_(self.ada[-1].weight)
@@ -448,8 +447,8 @@ class BaseFeatures:
     """The part of the net's work that depends only on a window's base and coords, which all
     of its flow steps share: the embedding of the base half of the input (its share of the
     embedding matmul, bias included: each step adds the state half's), the conv head's stem
-    output through the base pixels' half of its first conv, the rotary tables. At several steps this is computed once instead of once a step:
-    the base half is 80% of the embedding's FLOPs (3(p+2h)² of its 3(p+2h)² + 3p² inputs),
+    output through the base pixels' half of its first conv, the rotary tables. At several
+    steps this is computed once instead of once a step: the base half is 80% of the embedding's FLOPs (3(p+2h)² of its 3(p+2h)² + 3p² inputs),
     the stem's convs ~26% of the net's; and the window keeps a [K, dim] embedding instead of
     the [K, 3(p+2h)² + 3p²] input (16 MB instead of 313 MB for a 1080p x 5 window in bf16)."""
 
@@ -504,10 +503,10 @@ def residual_norm(
 
 
 @cache
-def fused_norm_works(device: torch.device, dtype: torch.dtype) -> bool:
+def fused_norm_works(device: torch.device, dtype: torch.dtype, *, channels: int) -> bool:
     """Whether :func:`residual_norm`'s Triton kernel runs here (CUDA, half precision, Triton
-    installed) and gives torch's numbers on a small problem, once a process; a runner asks
-    at load, before any capture."""
+    installed) and gives torch's numbers on a small problem of rows of ``channels``, once a
+    process; a runner asks at load, before any capture."""
     if device.type != "cuda" or dtype == torch.float32:
         return False
     if optional_module("vs_skipsr.models.residual_norm_triton") is None:
@@ -515,8 +514,10 @@ def fused_norm_works(device: torch.device, dtype: torch.dtype) -> bool:
 
     def check() -> None:
         gen = torch.Generator().manual_seed(0)
-        x, y = (torch.randn(37, 192, generator=gen).to(device, dtype) for _ in range(2))
-        gate, shift, scale = (torch.randn(192, generator=gen).to(device, dtype) for _ in range(3))
+        x, y = (torch.randn(37, channels, generator=gen).to(device, dtype) for _ in range(2))
+        gate, shift, scale = (
+            torch.randn(channels, generator=gen).to(device, dtype) for _ in range(3)
+        )
         got = residual_norm(x, y, gate, (shift, scale), 1e-6, fused=True)
         want = residual_norm(x, y, gate, (shift, scale), 1e-6)
         for g, w in zip(got, want, strict=True):
@@ -688,9 +689,9 @@ class SRTransformer(nn.Module):
         *,
         fused_norm: bool,
     ) -> Tensor:
-        """:meth:`_decode` with the modulation given and each residual update joined to the
-        norm after it (:func:`residual_norm`): the same kernels on the same numbers, in the
-        order one fused kernel can take them."""
+        """:meth:`_decode` with the modulation given, each residual update joined to the norm
+        after it (:func:`residual_norm`, one fused kernel where ``fused_norm``) and the conv
+        head's split form (:meth:`ConvHead.decode_split`): its numbers to rounding."""
         blocks = self.blocks
         shift, scale = mod.blocks[0].norm1
         h = F.layer_norm(x, (x.shape[1],), scale, shift, blocks[0].norm1.eps)
