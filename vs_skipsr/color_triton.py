@@ -18,7 +18,6 @@ the tests check them there.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from functools import lru_cache
 
 import numpy as np
@@ -26,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .triton_launch import on_device_of
 
 __all__ = ["rgb_to_yuv_triton"]
 
@@ -203,9 +204,7 @@ def rgb_to_yuv_triton(
     inv_v = float(np.float32(1) / np.float32(2 * (1 - kr)))
     taps = _taps_tensor(taps_w or (0.0,) * 9, taps_h or (0.0,) * 9, dev)
     exact = {"enable_fp_fusion": False}  # each product and sum rounded, as torch's kernels
-    # Triton launches on the current device, not the tensors': a clip on device_index 1 must
-    # not reach device 0's context (the interpreter's CPU tensors need no guard)
-    with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext():
+    with on_device_of(rgb):
         _luma_kernel[(triton.cdiv(h * w, _BLOCK), t_count)](
             rgb, y, h, w, s_t, s_c, s_h, kr32, kg32, kb32, *map(_f32, luma), float(peak),
             BLOCK=_BLOCK, **exact,

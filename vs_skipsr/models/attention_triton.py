@@ -29,7 +29,6 @@ above: 0.057 ms at 17% kept against 0.442 dense (0.75x linear), 0.027 ms at 6%.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import triton
@@ -37,6 +36,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..tokens import Partition
+from ..triton_launch import on_device_of
 
 __all__ = ["blocks_for", "supported", "tile_starts", "tiled_window_attention"]
 
@@ -180,9 +180,7 @@ def tiled_window_attention(
     )
     if order.shape[0] == 0 or n_windows == 0:
         return out
-    # Triton launches on the current device, not the tensors' (the interpreter's CPU
-    # tensors need no guard)
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else nullcontext():
+    with on_device_of(q):
         grid = (triton.cdiv(order.shape[0], block_m) + n_windows, heads)
         _window_attention_kernel[grid](
             q,

@@ -23,12 +23,12 @@ neither (on an H200 the update was torch's to the bit in float16 and bfloat16).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..triton_launch import on_device_of
 
 __all__ = ["blocks_for", "residual_norm"]
 
@@ -141,9 +141,7 @@ def residual_norm(
     if n_rows == 0 or c == 0:
         return x_new, normed
     block_c, rows, num_warps = blocks_for(c)
-    # Triton launches on the current device, not the tensors' (the interpreter's CPU
-    # tensors need no guard)
-    with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
+    with on_device_of(x):
         _residual_norm_kernel[(triton.cdiv(n_rows, rows),)](
             x,
             y,

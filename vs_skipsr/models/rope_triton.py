@@ -11,12 +11,12 @@ and written once, rounded as ``apply_rope`` rounds it: ~1.7 KB a token.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..triton_launch import on_device_of
 
 __all__ = ["rotate_qk"]
 
@@ -107,9 +107,7 @@ def rotate_qk(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor
     block_e = triton.next_power_of_2(heads * dim)
     rows = max(1, TILE // block_e)
     if n_k:
-        # Triton launches on the current device, not the tensors' (the interpreter's CPU
-        # tensors need no guard)
-        with torch.cuda.device(q.device) if q.device.type == "cuda" else nullcontext():
+        with on_device_of(q):
             _rotate_kernel[(triton.cdiv(n_k, rows),)](
                 q,
                 k,
