@@ -310,9 +310,10 @@ def test_cuda_runner_picks_triton_and_matches_varlen() -> None:
     assert diff < 0.05 * outs["varlen"][:k].abs().max().item(), diff
 
 
-def test_info_names_the_attention_form() -> None:
-    """``python -m vs_skipsr info`` says which attention the chosen backend runs: here the
-    runner skipsr() would build, so on a GPU the Triton kernel's own check decides it."""
+def test_info_names_the_attention_and_norm_kernels() -> None:
+    """``python -m vs_skipsr info`` says which attention and residual norms the chosen
+    backend runs: here the runner skipsr() would build, so on a GPU the Triton kernels' own
+    checks decide them."""
     done = subprocess.run(
         [sys.executable, "-m", "vs_skipsr", "info"],
         capture_output=True,
@@ -322,9 +323,13 @@ def test_info_names_the_attention_form() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("window attention there"))
+    norms = next(x for x in done.stdout.splitlines() if x.startswith("residual norms there"))
     if "TensorRTBackend" in done.stdout:  # a GPU that TensorRT(-RTX) runs on
         assert "the exported net's" in line, line
+        assert "the exported net's" in norms, norms
     elif torch.cuda.is_available():
         assert "triton (" in line or "varlen (Triton: " in line, line
+        assert norms.endswith(("triton (one kernel a residual update and norm)", "torch's")), norms
     else:
         assert line.endswith("grouped (the CPU's form: windows grouped by length)"), line
+        assert norms == "residual norms there: torch's", norms

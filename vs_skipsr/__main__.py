@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from .export import (
 )
 from .models.mask import MASK_PRESETS, MaskNet
 from .models.sr import PRESETS, SRTransformer, random_sr, randomize_
+
+if TYPE_CHECKING:
+    from .backends.torch_backend import TorchBackend, TorchRunner
 
 __all__ = ["main"]
 
@@ -183,21 +187,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines += [f"  {k}: {v}" for k, v in backends.items()]
     chosen = autoselect(device_index=args.device)
     lines.append(f"auto picks: {chosen}")
-    lines.append(f"window attention there, shipped model: {_attention_report(chosen)}")
+    lines += _kernel_report(chosen)
     print("\n".join(lines))
     return 0
 
 
-def _attention_report(chosen: object) -> str:
-    """Which window attention the chosen backend runs the shipped SR net with. For torch the
-    runner is built as skipsr() builds it, so on a GPU this is the Triton kernel's own check
-    (compile and compare, a second or two), not a guess."""
+def _kernel_report(chosen: object) -> list[str]:
+    """Which window attention and residual norms the chosen backend runs the shipped SR net
+    with. For torch the runner is built as skipsr() builds it, so on a GPU this is the Triton
+    kernels' own checks (compile and compare, a second or two), not a guess."""
     from .backends.torch_backend import TorchBackend
     from .models.weights import DEFAULT_SR_WEIGHTS, load_sr
 
     if not isinstance(chosen, TorchBackend):
-        return "the exported net's (windows padded to the longest, a key mask)"
+        exported = "the exported net's"
+        return [
+            f"window attention there, shipped model: {exported} (windows padded, a key mask)",
+            f"residual norms there: {exported} (its runtime fuses what it can)",
+        ]
     runner = chosen.load(sr=load_sr(DEFAULT_SR_WEIGHTS), mask=None)
+    norms = "triton (one kernel a residual update and norm)" if runner.fused_norm else "torch's"
+    return [
+        f"window attention there, shipped model: {_attention_form(runner, chosen)}",
+        f"residual norms there: {norms}",
+    ]
+
+
+def _attention_form(runner: TorchRunner, chosen: TorchBackend) -> str:
     form = runner.attention
     if form == "triton":
         return "triton (the Triton kernel passed its check here)"
