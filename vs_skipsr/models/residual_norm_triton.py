@@ -2,10 +2,10 @@
 
 The SR transformer is small (width 192, fp16 on the GPU) and bound by memory traffic. In
 each block a gated residual update, ``x = torch.addcmul(x, gate, y)``, is followed at once
-by the layer norm of its result (:func:`~vs_skipsr.models.sr.norm_modulate`, whose
-modulation is the norm's own affine). On an H200 torch's ``vectorized_layer_norm_kernel``
-took 29 us a call on [21248, 192] fp16 (16 MB moved: ~6x slower than the bandwidth) and the
-``addcmul`` 13-25 us: together a quarter of the net's GPU time. Here one kernel reads x and
+by the layer norm of its result, whose modulation is the norm's own affine
+(:class:`~vs_skipsr.models.sr.BlockModulation`). On an H200 torch's
+``vectorized_layer_norm_kernel`` took 29 us a call on [21248, 192] fp16 (16 MB moved: ~6x
+slower than the bandwidth) and the ``addcmul`` 13-25 us: together a quarter of the net's GPU time. Here one kernel reads x and
 y once and writes the updated x and its normalised-and-modulated form once.
 
 The arithmetic is torch's: the update a float32 fused multiply-add (torch 2.14's ``addcmul``

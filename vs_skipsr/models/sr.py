@@ -191,14 +191,10 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 def norm_modulate(norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """``modulate(norm(x), shift, scale)``. With one timestep for all tokens ([1, C]
-    modulation, i.e. inference) the modulation is the layer norm's own affine: one kernel,
-    and the normalised tokens never make a round trip through memory (it differs from the
-    two-kernel form only by that rounding)."""
-    if not _lean_kernels() or shift.shape[0] != 1:
-        return modulate(norm(x), shift, scale)
-    c = x.shape[-1]
-    return F.layer_norm(x, (c,), (1 + scale).reshape(c), shift.reshape(c), norm.eps)
+    """``modulate(norm(x), shift, scale)``: the plain form, which training, the export and
+    torch.compile run. Inference takes the lean path (:meth:`SRTransformer.velocity`), where
+    the modulation is the layer norm's own affine (:class:`BlockModulation`)."""
+    return modulate(norm(x), shift, scale)
 
 
 class WindowAttention(nn.Module):
@@ -267,7 +263,7 @@ class FinalLayer(nn.Module):
         shift, scale = self.ada(temb).chunk(2, dim=-1)
         return self.linear(norm_modulate(self.norm, x, shift, scale))
 
-    def decode(self, normed: Tensor, pix: Tensor | None = None) -> Tensor:
+    def decode(self, normed: Tensor) -> Tensor:
         """:meth:`forward` from tokens its norm and modulation have already been applied to."""
         return self.linear(normed)
 
@@ -460,7 +456,10 @@ class BaseFeatures:
 @dataclass(frozen=True)
 class BlockModulation:
     """One block's adaLN modulation: (shift, 1 + scale) of each norm, [C] each, as the
-    layer norm's own affine takes them; the gates [1, C]."""
+    layer norm's own affine takes them (with one timestep for all tokens, as in inference,
+    norm and modulation are then one kernel and the normalised tokens never make a round
+    trip through memory; it differs from :func:`norm_modulate` only by that rounding); the
+    gates [1, C]."""
 
     norm1: tuple[Tensor, Tensor]
     gate1: Tensor
