@@ -126,6 +126,28 @@ def instrument(spans: Spans) -> None:
     spans.wrap(filt._WindowCache, "get", "  cache.get (compute or wait)")
 
 
+# what --ablate can take out of the filter (monkeypatched here, never in the library): the
+# frame rate without one step bounds what making that step cheaper can buy
+ABLATIONS = {
+    "copy": "the callback's plane copies (frames leave with whatever bytes they were made with)",
+    "props": "the callback's own frame props",
+    "fill": "the LR frames' copy into the staging buffer (the network reads stale LR)",
+}
+
+
+def ablate(names: list[str]) -> None:
+    """Replace each named step of the filter with a no-op (see :data:`ABLATIONS`)."""
+    for name in names:
+        if name == "copy":
+            filt._copy_plane = lambda dst, src: None
+        elif name == "props":
+            filt._SkipSRNode._set_props = lambda self, out, layout, **kw: None
+        elif name == "fill":
+            filt._fill = lambda dst, frames: None
+        else:
+            raise SystemExit(f"--ablate {name!r}: accepted {', '.join(ABLATIONS)}")
+
+
 def gpu_busy(trace: dict[str, Any]) -> dict[str, float]:
     """Union of the GPU's kernel, copy and memset intervals over the trace's GPU span, and
     the host time in CUDA runtime calls (launches, syncs), from a chrome trace."""
@@ -235,6 +257,14 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a demo.vpy argument (repeatable): threshold=1e9, steps=8, num_streams=3, ...",
     )
+    ap.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="take a step out, for what-if rates (repeatable; the output is then wrong): "
+        + "; ".join(f"{k}: {v}" for k, v in ABLATIONS.items()),
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "out/profile_filter")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +291,7 @@ def main() -> None:
     if need > total:
         raise SystemExit(f"--warmup + --timed + --profiled = {need} > frames x loop = {total}")
 
+    ablate(args.ablate)
     spans = Spans()
     instrument(spans)
     runpy.run_path(str(ROOT / "scripts/demo.vpy"), init_globals=dict(script_args))
@@ -311,6 +342,8 @@ def main() -> None:
     summary = {
         "script_args": script_args,
         "requests": args.requests,
+        "ablated": args.ablate,
+        "vs_threads": vs.core.num_threads,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "warmup_s": warm_s,
         "timed_fps": fps,
@@ -336,7 +369,9 @@ def main() -> None:
 
 def report(s: dict[str, Any]) -> str:
     lines = [
-        f"profile: {s['device']}, demo.vpy {s['script_args']}, {s['requests']} requests",
+        f"profile: {s['device']}, demo.vpy {s['script_args']}, {s['requests']} requests, "
+        f"{s['vs_threads']} VapourSynth threads"
+        + (f", without: {', '.join(s['ablated'])}" if s.get("ablated") else ""),
         f"timed pass: {s['timed_fps']:.1f} fps = {s['timed_ms_per_frame']:.3f} ms per frame "
         f"(under torch.profiler: {s['profiled_fps']:.1f} fps)",
         "host, wall time inside each call summed over threads (ms per output frame; a sum "
