@@ -13,6 +13,13 @@ the keep set.
 largest first: a capture in the middle of a run stalled every other window for 0.2-0.5 s
 inside vspipe (H100), and graphs captured in growing order each took new pool memory where
 the largest-first order lets the smaller ones reuse what the larger ones freed.
+
+Both classes capture and replay on their tensors' device, whatever device the calling thread
+has current: a capture sits on a stream of the current device, and torch runs each op on
+the current stream of its tensors' device, so from a thread whose current device was 0 the
+net of a ``device_index=1`` clip ran eagerly beside an empty graph (torch's "The CUDA Graph
+is empty" warning), and every replay handed back the capture run's output (H200 x2, the
+twenty-first session).
 """
 
 from __future__ import annotations
@@ -130,6 +137,7 @@ class GraphCache:
         self,
         fn: Callable[..., Tensor],
         *,
+        device: torch.device,
         flow_fn: Callable[..., Tensor],
         window_volume: int,
         with_part: bool,
@@ -137,6 +145,7 @@ class GraphCache:
         window_multiple: int = 32,
     ) -> None:
         self.fn = fn
+        self.device = device
         self.flow_fn = flow_fn
         self.window_volume = window_volume
         self.with_part = with_part
@@ -190,14 +199,15 @@ class GraphCache:
         """Capture under the lock, after the last replay (it reads the shared buffers). The
         key's last entry is the flow's step count, 0 for a single call."""
         if self._stream is None:
-            self._stream = torch.cuda.Stream()
+            self._stream = torch.cuda.Stream(self.device)
         stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream())
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         if self._last is not None:
             stream.wait_event(self._last)
         steps = key[-1]
         fn = functools.partial(self.flow_fn, steps=steps) if steps else self.fn
-        graph = _Graph(fn, inputs, pool=self.pool, stream=stream, staging=self._staging)
+        with torch.cuda.device(self.device):
+            graph = _Graph(fn, inputs, pool=self.pool, stream=stream, staging=self._staging)
         self._last = torch.cuda.Event()
         self._last.record(stream)
         self.captures += 1
@@ -265,13 +275,14 @@ class GraphCache:
         key, inputs = self._inputs(call, steps=steps)
         with self._lock:
             graph = self.graphs.get(key)
-            stream = torch.cuda.current_stream()
+            stream = torch.cuda.current_stream(self.device)
             if graph is None:
                 graph = self._capture(key, inputs)
             self.graphs.move_to_end(key)
             if self._last is not None:
                 stream.wait_event(self._last)
-            out = graph(inputs)
+            with torch.cuda.device(self.device):  # a replay launches on the current device
+                out = graph(inputs)
             self._last = torch.cuda.Event()
             self._last.record(stream)
             return out
@@ -303,25 +314,27 @@ class StaticGraph:
 
     @torch.inference_mode()
     def __call__(self, *inputs: Tensor, **options: object) -> tuple[Tensor, ...]:
-        stream = torch.cuda.current_stream()
-        if stream == torch.cuda.default_stream():
+        device = inputs[0].device
+        stream = torch.cuda.current_stream(device)
+        if stream == torch.cuda.default_stream(device):
             return self.fn(*inputs, **options)
         key = (
             stream.cuda_stream,
             tuple((x.shape, x.dtype, x.device) for x in inputs),
             tuple(sorted(options.items())),
         )
-        entry = self._graphs.get(key)
-        if entry is None:
-            with self._lock:
-                entry = self._graphs.get(key) or self._capture(key, inputs, options)
-        if entry is _EAGER:
-            return self.fn(*inputs, **options)
-        graph, static, outputs = entry
-        for dst, src in zip(static, inputs, strict=True):
-            dst.copy_(src, non_blocking=True)
-        graph.replay()
-        return outputs
+        with torch.cuda.device(device):  # captures and replays go to the current device
+            entry = self._graphs.get(key)
+            if entry is None:
+                with self._lock:
+                    entry = self._graphs.get(key) or self._capture(key, inputs, options)
+            if entry is _EAGER:
+                return self.fn(*inputs, **options)
+            graph, static, outputs = entry
+            for dst, src in zip(static, inputs, strict=True):
+                dst.copy_(src, non_blocking=True)
+            graph.replay()
+            return outputs
 
     def _capture(
         self, key: tuple, inputs: tuple[Tensor, ...], options: dict[str, object]

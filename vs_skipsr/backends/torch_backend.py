@@ -103,6 +103,7 @@ class TorchRunner:
             window_volume = sr.config.window[0] * sr.config.window[1] * sr.config.window[2]
             self.graphs = GraphCache(
                 self._graph_fn,
+                device=self.device,
                 flow_fn=self._graph_flow_fn,
                 window_volume=window_volume,
                 with_part=not self.packed,
