@@ -113,14 +113,6 @@ _READ_AHEAD_DEVICES = frozenset({"cuda"})
 # both measured before the read-ahead asked for its windows' source frames up front)
 _READ_AHEAD_WINDOWS = 2
 _READ_AHEAD_IDLE_S = 2.0  # the read-ahead thread ends after this long with nothing to do
-# Frames written from cached windows at once (the rest of VapourSynth's threads that ask wait,
-# without the GIL). Their copies need little CPU, but each thread in the callback takes
-# Python's GIL again and again, and the read-ahead threads, whose ~100 torch calls a window
-# each take it too, then wait behind all of them: with VapourSynth's 32 threads on an H200 x2
-# host a window's launches took 5.7 ms a window in the floor profile, 26 ms when the frames
-# were written faster (their copies taken out), and 8 threads in all gave +19% frames a
-# second (profile_filter.py, twenty-first session).
-_FRAME_WRITERS = 4
 # Windows in the network at once by default on a GPU (num_streams=None): two, what every GPU
 # end-to-end figure since the third session was measured with (one was never measured
 # there); one elsewhere, where the network already fills the cores.
@@ -587,7 +579,6 @@ class _SkipSRNode:
         self._ahead_next = 0  # windows below this one were read ahead or asked for already
         self._prepared = False
         self._prepare_lock = threading.Lock()
-        self._writers = threading.BoundedSemaphore(_FRAME_WRITERS)
         # frame n's cached windows, from _select to _produce_cached
         self._stash: dict[int, _Stashed] = {}
         self._stash_lock = threading.Lock()
@@ -684,10 +675,7 @@ class _SkipSRNode:
             if any(r is None for r in ready.values()):
                 raise vs.Error(f"skipsr: frame {n}: its windows left the cache before it was made")
             entry = _Stashed(contributions, ready)  # type: ignore[arg-type]
-        with self._writers:
-            return self._produce(
-                n, f, contributions=entry.contributions, ready=entry.ready, offsets=[]
-            )
+        return self._produce(n, f, contributions=entry.contributions, ready=entry.ready, offsets=[])
 
     def _produce(
         self,
