@@ -175,6 +175,41 @@ def test_bench_color_refuses_a_folder_without_color_py(tmp_path: Path) -> None:
     assert f"--against {tmp_path}: no {tmp_path / 'vs_skipsr/color.py'}" in run.stderr
 
 
+def test_profile_filter_ablations_make_each_step_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ablate's what-if rates mean something only if the step really does nothing: a plane
+    copy leaves the frame's bytes, the LR fill the staging buffer, the props the frame's
+    props as they were."""
+    import numpy as np
+    import torch
+    import vapoursynth as vs
+
+    import vs_skipsr.filter as filt
+
+    for name in ("_copy_plane", "_fill"):
+        monkeypatch.setattr(filt, name, getattr(filt, name))
+    monkeypatch.setattr(filt._SkipSRNode, "_set_props", filt._SkipSRNode._set_props)
+    spec = importlib.util.spec_from_file_location(
+        "profile_filter", ROOT / "scripts/profile_filter.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.ablate(["copy", "props", "fill"])
+
+    dst = np.zeros((4, 6), dtype=np.uint8)
+    filt._copy_plane(dst, np.full((4, 6), 7, dtype=np.uint8))
+    assert not dst.any()
+    staging = torch.zeros(1, 3, 4, 6)
+    frame = vs.core.std.BlankClip(format=vs.RGBS, width=6, height=4, color=[1, 1, 1]).get_frame(0)
+    filt._fill(staging, [frame])
+    assert not staging.any()
+    out = frame.copy()
+    filt._SkipSRNode._set_props(None, out, None, kept=0.5, window=3, ms=1.0)
+    assert "SkipSRKeptRatio" not in out.props
+    with pytest.raises(SystemExit, match="--ablate 'paint': accepted copy, props, fill"):
+        module.ablate(["paint"])
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -998,8 +998,8 @@ def test_second_gpu_gives_the_first_gpus_bytes_and_leaves_the_first_alone(
     captures go to the current device, not the tensors', so a kernel launched without a
     device guard would reach card 0 (and fail or fall back to torch's attention, which gives
     other bytes), and a capture from a thread whose current device is 0 recorded an empty
-    graph, whose replays handed back the capture run's output (1-code differences with the
-    test net, whose residual is small; torch warns "The CUDA Graph is empty"). Same model of
+    graph, whose replays handed back stale output (1-code differences with the test net,
+    whose residual is small; torch warns "The CUDA Graph is empty"). Same model of
     card, same bytes; nothing allocated on card 0 meanwhile."""
     from vs_skipsr.models.attention import triton_attention_works
 

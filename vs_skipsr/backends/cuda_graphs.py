@@ -18,8 +18,8 @@ Both classes capture and replay on their tensors' device, whatever device the ca
 has current: a capture sits on a stream of the current device, and torch runs each op on
 the current stream of its tensors' device, so from a thread whose current device was 0 the
 net of a ``device_index=1`` clip ran eagerly beside an empty graph (torch's "The CUDA Graph
-is empty" warning), and every replay handed back the capture run's output (H200 x2, the
-twenty-first session).
+is empty" warning), and every replay handed back what the captures had left in the shared
+output buffer (H200 x2, the twenty-first session).
 """
 
 from __future__ import annotations
