@@ -10,6 +10,7 @@ and the resize back to the clip's format.
     python scripts/bench_plumbing.py --pipeline real          # real upscale_window, stub runner
     python scripts/bench_plumbing.py --device cuda            # on a GPU: pinned copies included
     python scripts/bench_plumbing.py --half-host              # float16 windows + RGBH on the CPU
+    python scripts/bench_plumbing.py --device-color           # YUV planes made in torch, as on CUDA
 
 ``--pipeline stub`` (default) returns a fixed window (nearest upsample of the LR input, made
 once per shape) from a stand-in upscale_window on the runner's device, so on a GPU the copy
@@ -196,6 +197,12 @@ def main() -> None:
         help="keep windows as float16 and write RGBH frames on the CPU too "
         "(the path CUDA takes for <=10-bit and half formats)",
     )
+    ap.add_argument(
+        "--device-color",
+        action="store_true",
+        help="convert windows to the clip's YUV planes in torch on the CPU too and write them "
+        "as they are (the path CUDA takes for YUV clips without overlap)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--num-streams", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="VapourSynth threads (0: leave)")
@@ -212,7 +219,7 @@ def main() -> None:
     print(
         f"plumbing: {w}x{h} {args.format} x{args.scale} -> {w * args.scale}x{h * args.scale}, "
         f"window {args.window} overlap {args.overlap}, {args.frames} frames, pipeline "
-        f"{args.pipeline}{' fresh' if args.fresh else ''}{' half-host' if args.half_host else ''}, device {args.device}, vs threads {vs.core.num_threads}, torch "
+        f"{args.pipeline}{' fresh' if args.fresh else ''}{' half-host' if args.half_host else ''}{' device-color' if args.device_color else ''}, device {args.device}, vs threads {vs.core.num_threads}, torch "
         f"threads {torch.get_num_threads()}, patch {sr_cfg.patch}",
         flush=True,
     )
@@ -223,6 +230,8 @@ def main() -> None:
             mod.upscale_window = stub_upscale_window(args.fresh)  # the name filter.py calls
         if args.half_host and hasattr(mod, "_HALF_HOST_DEVICES"):
             mod._HALF_HOST_DEVICES = frozenset({"cpu", "cuda"})
+        if args.device_color and hasattr(mod, "_DEVICE_COLOR_DEVICES"):
+            mod._DEVICE_COLOR_DEVICES = frozenset({"cpu", "cuda"})
         mods[path or "vs_skipsr.filter"] = mod
     fps: dict[tuple[str, int], list[float]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}

@@ -1179,6 +1179,23 @@ def test_device_color_matches_the_resize_within_one_code(
         }
 
 
+def test_device_color_labels_a_frame_with_its_windows_conversion(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window is converted with one layout (here its first frame's, limited range); a frame
+    of it whose own props say full range keeps limited-range planes (its black is luma 16,
+    not 0), so it must say limited range too, or a player would stretch its levels."""
+    monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
+    base = vs.core.std.SetFrameProps(make_clip(vs.YUV420P8)[:3], _Matrix=1, _ChromaLocation=0)
+    limited = vs.core.std.SetFrameProps(base, _Range=0)
+    mixed = limited[:2] + vs.core.std.SetFrameProps(base[2], _Range=1)
+    out = sr(mixed, window=3, skip_ratio=0.5, device_color=True)
+    for n in range(3):
+        frame = out.get_frame(n)
+        assert frame.props["_Range"] == vs.RANGE_LIMITED, f"frame {n}"
+        assert np.asarray(frame[0]).min() == 16, f"frame {n}"  # the clip's black blocks
+
+
 def test_device_color_of_frames_short_of_whole_tokens(
     make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -192,6 +192,7 @@ class _WindowResult:
     ms: float  # wall time of the whole window (all of its pieces)
     # instead of frames where the device converts to the clip's YUV: Y [L, H, W], U, V
     planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    layout: YuvLayout | None = None  # what the planes were converted with, so their frames' label
 
 
 class _Entry:
@@ -584,10 +585,13 @@ class _SkipSRNode:
         self._stash_lock = threading.Lock()
         # one node for every frame whose windows are all cached (with read ahead, nearly all
         # of them), instead of a ModifyFrame made per frame; uncached, so each request reaches
-        # the callback and takes its frame's entry out of the stash
-        self._from_cache = self.core.std.ModifyFrame(
-            self.blank, [self.blank, self.clip], self._produce_cached
-        )
+        # the callback and takes its frame's entry out of the stash. Fed the blank frame
+        # alone: the source frame's props matter only to a window still to be computed (its
+        # frames are labelled with the layout it was converted with), and asking VapourSynth
+        # for the source frame and reading its colour props cost 0.03-0.11 ms of CPU a frame
+        # in a callback microbenchmark on the 2-core development machine (twenty-first
+        # session; not measurable end to end there, where a window's work dominates)
+        self._from_cache = self.core.std.ModifyFrame(self.blank, [self.blank], self._produce_cached)
         self.core.std.SetVideoCache(self._from_cache, mode=0)  # sets the mode, returns nothing
 
     # the graph ------------------------------------------------------------------------------
@@ -660,9 +664,10 @@ class _SkipSRNode:
 
     # the callback ---------------------------------------------------------------------------
 
-    def _produce_cached(self, n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
+    def _produce_cached(self, n: int, f: vs.VideoFrame | list[vs.VideoFrame]) -> vs.VideoFrame:
         """Frame n from windows that were all cached when _select ran; the stash holds them,
-        so an eviction since then does not matter."""
+        so an eviction since then does not matter. ``f``: the blank frame (ModifyFrame hands
+        a node of one clip its frame, not a list)."""
         with self._stash_lock:
             entry = self._stash.get(n)
             if entry is not None:
@@ -675,7 +680,10 @@ class _SkipSRNode:
             if any(r is None for r in ready.values()):
                 raise vs.Error(f"skipsr: frame {n}: its windows left the cache before it was made")
             entry = _Stashed(contributions, ready)  # type: ignore[arg-type]
-        return self._produce(n, f, contributions=entry.contributions, ready=entry.ready, offsets=[])
+        blank = f if isinstance(f, vs.VideoFrame) else f[0]
+        return self._produce(
+            n, [blank], contributions=entry.contributions, ready=entry.ready, offsets=[]
+        )
 
     def _produce(
         self,
@@ -686,9 +694,16 @@ class _SkipSRNode:
         ready: dict[int, _WindowResult],
         offsets: list[int],
     ) -> vs.VideoFrame:
-        blank, source, lr_frames = f[0], f[1], f[2:]
+        """Frame n from its windows, computing those ``ready`` lacks from ``f``: the blank frame,
+        then (when a window is missing) the source frame n and the LR frames at ``offsets``
+        from n. Device colour labels the frame with the layout its window was converted with,
+        which is the first frame's (read ahead) or the requesting frame's, not necessarily
+        this frame's own."""
+        blank, lr_frames = f[0], f[2:]
         by_index = {n + d: frame for d, frame in zip(offsets, lr_frames, strict=True)}
-        layout = self._layout(n, source.props) if self.settings.device_color else None
+        layout = None
+        if self.settings.device_color and any(c.window not in ready for c in contributions):
+            layout = self._layout(n, f[1].props)
         results = []
         for c in contributions:
             result = ready.get(c.window)
@@ -718,7 +733,7 @@ class _SkipSRNode:
             c.weight * r.kept_ratio[c.position] for c, r in zip(contributions, results, strict=True)
         )
         self._set_props(
-            out, layout, kept=float(kept), window=contributions[primary].window, ms=main.ms
+            out, main.layout, kept=float(kept), window=contributions[primary].window, ms=main.ms
         )
         for c in contributions:
             self.cache.delivered(c.window, c.position)
@@ -964,6 +979,7 @@ class _SkipSRNode:
         result = _WindowResult(
             frames=None if layout is not None else frames.numpy(),
             planes=tuple(p.numpy() for p in planes) if layout is not None else None,  # type: ignore[arg-type]
+            layout=layout,
             keep=np.concatenate(keep_parts),
             kept_ratio=ratios,
             ms=ms,
