@@ -1354,7 +1354,9 @@ def skipsr(
             True: wherever it applies, else an error saying why. It applies to YUV clips of
             8-15 bit integers, 4:4:4, 4:2:2 or 4:2:0, with overlap=0 and show_mask=False;
             the frames' matrix must be one with constant luma weights (BT.709, BT.601,
-            BT.2020 NCL, FCC, 240M). Output matches the resize within one code.
+            BT.2020 NCL, FCC, 240M). Output matches the resize within one code. A window
+            is converted with one frame's matrix, range and chroma location (its first
+            frame's, or the frame whose request computes it), and its frames say so.
         show_mask: draw the keep mask over the output: skipped tokens dimmed and tinted
             blue, kept tokens outlined in green.
         sr_weights, mask_weights: safetensors files; default the shipped ones. sr_weights
