@@ -21,7 +21,6 @@ applied) and returns [K, H, D]. A token attends only to kept tokens of its own w
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -35,8 +34,6 @@ from ..optional import optional_module, works_here
 from ..tokens import Partition
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-log = logging.getLogger(__name__)
 
 # Not cuDNN: it builds a new graph on the CPU for every new shape (~7 ms a call, measured on an
 # H100), and window counts change with every keep set.
