@@ -23,7 +23,7 @@ from ..models.attention import (
     varlen_window_attention,
 )
 from ..models.mask import MaskNet
-from ..models.sr import Modulation, SRTransformer, fused_norm_works
+from ..models.sr import ConvHead, Modulation, SRTransformer, fused_head_works, fused_norm_works
 from ..tokens import Partition, kept_buckets, padded_tokens
 from .base import euler_flow, euler_update, step_time
 from .cuda_graphs import GraphCache, SRCall
@@ -83,6 +83,12 @@ class TorchRunner:
         # here, before any capture, as the attention is
         self.fused_norm = not spec.compile and fused_norm_works(
             self.device, self.dtype, channels=sr.config.dim
+        )
+        # the conv head's bias + GELU passes (ConvHead.pixel_term), decided the same way
+        self.fused_head = (
+            not spec.compile
+            and isinstance(sr.final, ConvHead)
+            and fused_head_works(self.device, self.dtype, channels=sr.config.head_width)
         )
         # packed partitions (order + cu_seqlens), no padded [nW, L] form
         self.packed = self.attention in ("varlen", "triton")
@@ -214,10 +220,16 @@ class TorchRunner:
         if self._compiled is not None:
             return euler_flow(self._eager, base, state, coords, partitions, steps=steps)
         attends = self._attends(partitions, rows=base.shape[0])
-        features = self.sr_net.base_features(base, coords)
+        features = self.sr_net.base_features(base, coords, fused_head=self.fused_head)
         for t, modulation in self._schedule(steps):  # euler_flow's steps, numbers and all
             v = self.sr_net.velocity(
-                features, state, t, attends, modulation=modulation, fused_norm=self.fused_norm
+                features,
+                state,
+                t,
+                attends,
+                modulation=modulation,
+                fused_norm=self.fused_norm,
+                fused_head=self.fused_head,
             )
             state = euler_update(state, v, steps=steps)
         return state
@@ -314,7 +326,13 @@ class TorchRunner:
             )
         attends = self._attends(partitions, rows=base.shape[0])
         return self.sr_net.forward_attend(
-            base, state, coords, t, attends, fused_norm=self.fused_norm
+            base,
+            state,
+            coords,
+            t,
+            attends,
+            fused_norm=self.fused_norm,
+            fused_head=self.fused_head,
         )
 
 

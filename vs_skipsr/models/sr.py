@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -367,27 +368,68 @@ class ConvHead(nn.Module):
         out = self.convs(torch.cat((feat, pix), dim=1))  # [K, c*cell², g, g]
         return F.pixel_shuffle(out, self.cell).reshape(k, c * p * p)
 
-    def pixel_term(self, pix: Tensor) -> Tensor:
-        """The first conv's share of :meth:`decode` that reads the base pixels (``pix``,
-        :meth:`pixels`), bias included: it does not change over a window's steps, so the
-        lean form computes it once a window (:meth:`decode_split`). Inference only."""
-        *_, w_pix, bias = self._split_weights()
-        return F.conv2d(pix, w_pix, bias, padding=1)
+    def cells(self, base: Tensor, *, fused: bool = False) -> Tensor:
+        """The lean form's view of the tokens' base (``base``: patches with their halo in the
+        net's dtype, [K, c·(p + 2 halo)²]): base - 0.5 as space-to-depth cells, [K, Gb·Gb·c·cell²]
+        contiguous, in one pass where centring and then the layout copy of :meth:`pixels`
+        took two over the window's largest tensor. Its rows, viewed [K, c·cell², Gb, Gb], are
+        the channels-last input of the stem; the embedding reads them with its base columns
+        in the same order (:meth:`SRTransformer.base_features`). ``fused``: one Triton pass
+        (torch's strided subtraction into this layout reads at a fraction of the bandwidth on
+        a GPU). Inference only."""
+        k, c, cell, bp = base.shape[0], self.channels, self.cell, self.base_patch
+        if fused:
+            return _head_kernels().cells(base, channels=c, patch=bp, cell=cell)
+        gb = bp // cell
+        src = base.reshape(k, c, gb, cell, gb, cell).permute(0, 2, 4, 1, 3, 5)
+        out = torch.empty((k, gb, gb, c, cell, cell), dtype=base.dtype, device=base.device)
+        return torch.sub(src, 0.5, out=out).view(k, c * bp * bp)
 
-    def decode_split(self, normed: Tensor, term: Tensor) -> Tensor:
+    def pixel_term(self, cells: Tensor, *, fused: bool = False) -> Tensor:
+        """The first conv's share of :meth:`decode` that reads the base pixels, from
+        :meth:`cells` through the stem: it does not change over a window's steps, so the
+        lean form computes it once a window (:meth:`decode_split`). ``fused`` (CUDA, where
+        :func:`fused_head_works`): each conv's bias and GELU as one Triton pass
+        (``head_triton.py``, as are the cells and the velocity with ``fused``), and the first
+        conv's bias left to :meth:`decode_split`'s
+        pass. Inference only."""
+        k, gb = cells.shape[0], self.base_patch // self.cell
+        pix = cells.view(k, gb, gb, -1).permute(0, 3, 1, 2)  # channels-last
+        *_, w_pix, bias = self._split_weights()
+        if self.stem is not None:
+            for conv in self.stem[::2]:
+                pix = _conv_gelu(pix, conv, fused=fused)
+        return F.conv2d(pix, w_pix, None if fused else bias, padding=1)
+
+    def decode_split(self, normed: Tensor, term: Tensor, *, fused: bool = False) -> Tensor:
         """:meth:`decode` with the first conv split in two (the feature's half here, the base
         pixels' half from :meth:`pixel_term`): a step then neither concatenates the two inputs
         nor runs the half of that conv, and ``to_grid``'s rows come in cell-major order, so its
         output is already the channels-last layout the convs take (no copy). Together the
         concatenation, the layout copy and that half conv were ~14% of the shipped model's
-        dense 8-step GPU time (H200 profile). The same sums, rounded in other places."""
-        w_grid, b_grid, w_feat, _, _ = self._split_weights()
+        dense 8-step GPU time (H200 profile). The last (1x1) conv runs as a linear on the
+        channels-last rows (its bias in the matmul) and its rows [K·g·g, c·cell²] come back
+        as they are: the reader does the pixel shuffle (:meth:`in_patch_order`), so no copy is
+        made of them. ``fused``: see :meth:`pixel_term`. The same sums, rounded in other
+        places."""
+        w_grid, b_grid, w_feat, _, bias = self._split_weights()
         k = normed.shape[0]
-        g, c, p = self.grid, self.channels, self.patch
-        feat = F.linear(normed, w_grid, b_grid).reshape(k, g, g, self.width).permute(0, 3, 1, 2)
-        first = F.conv2d(feat, w_feat, None, padding=1).add_(term)
-        out = self.convs[1:](first)  # [K, c*cell², g, g]
-        return F.pixel_shuffle(out, self.cell).reshape(k, c * p * p)
+        g, w = self.grid, self.width
+        feat = F.linear(normed, w_grid, b_grid).reshape(k, g, g, w).permute(0, 3, 1, 2)
+        first = F.conv2d(feat, w_feat, None, padding=1)
+        term = _strided_like(term, first)
+        x = _bias_gelu_(first, bias, add=term) if fused else self.convs[1](first.add_(term))
+        x = _conv_gelu(x, self.convs[2], fused=fused)
+        last = self.convs[4]
+        return F.linear(
+            x.permute(0, 2, 3, 1).reshape(k * g * g, w), last.weight.view(-1, w), last.bias
+        )
+
+    def in_patch_order(self, rows: Tensor) -> Tensor:
+        """:meth:`decode_split`'s rows as each token's residual in patch order, [K, c, g,
+        cell, g, cell] (a view: [K, c·p²] once reshaped)."""
+        g, c, cell = self.grid, self.channels, self.cell
+        return rows.view(-1, g, g, c, cell, cell).permute(0, 3, 1, 4, 2, 5)
 
     def _split_weights(self) -> tuple[Tensor, ...]:
         """(to_grid's weight and bias in cell-major row order, the first conv's feature and
@@ -395,7 +437,7 @@ class ConvHead(nn.Module):
         replaced or changed in place (a move to another device or dtype, a training step)."""
         conv = self.convs[0]
         params = (self.to_grid.weight, self.to_grid.bias, conv.weight, conv.bias)
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in params)
+        key = _params_key(params)
         if self._split is None or self._split[0] != key:
             gg, w = self.grid * self.grid, self.width
             with torch.no_grad():
@@ -412,6 +454,41 @@ class ConvHead(nn.Module):
                     ),
                 )
         return self._split[1]
+
+
+def _params_key(params: Sequence[Tensor]) -> tuple[tuple[int, int, torch.dtype], ...]:
+    """What a weight derived from ``params`` is made again for: a parameter replaced, changed
+    in place, moved or cast."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in params)
+
+
+def _strided_like(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` with ``like``'s strides (a copy only where they differ): an add of two
+    tensors laid out differently takes torch's slow strided kernel (or is refused by the
+    fused pass)."""
+    if t.stride() == like.stride():
+        return t
+    return torch.empty_like(like).copy_(t)
+
+
+def _head_kernels() -> ModuleType:
+    """``head_triton`` (imported on first use: Triton is optional)."""
+    module = optional_module("vs_skipsr.models.head_triton")
+    if module is None:
+        raise RuntimeError("the fused conv-head passes need Triton, which is not installed")
+    return module
+
+
+def _bias_gelu_(x: Tensor, bias: Tensor, *, add: Tensor | None = None) -> Tensor:
+    return _head_kernels().bias_gelu_(x, bias, add=add)
+
+
+def _conv_gelu(x: Tensor, conv: nn.Conv2d, *, fused: bool) -> Tensor:
+    """GELU(conv(x)) of one of the head's 3x3 convs; ``fused``: its bias and GELU as one
+    Triton pass over the conv's output, in place."""
+    if fused:
+        return _bias_gelu_(F.conv2d(x, conv.weight, None, padding=conv.padding), conv.bias)
+    return F.gelu(conv(x), approximate="tanh")
 
 
 def _channels_last() -> bool:
@@ -527,6 +604,50 @@ def fused_norm_works(device: torch.device, dtype: torch.dtype, *, channels: int)
     return works_here(check, what="Triton residual norm")
 
 
+@cache
+def fused_head_works(device: torch.device, dtype: torch.dtype, *, channels: int) -> bool:
+    """Whether the conv head's Triton passes (``head_triton.py``: bias + GELU, cells and the
+    velocity; see :meth:`ConvHead.pixel_term`) run here (CUDA, half precision, Triton
+    installed) and give torch's numbers on small problems of ``channels`` channels, once a
+    process; a runner asks at load, before any capture."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return False
+    if optional_module("vs_skipsr.models.head_triton") is None:
+        return False
+
+    def check() -> None:
+        gen = torch.Generator().manual_seed(0)
+        x, add = (
+            (4 * torch.randn(3, channels, 4, 4, generator=gen))
+            .to(device, dtype)
+            .contiguous(memory_format=torch.channels_last)
+            for _ in range(2)
+        )
+        bias = torch.randn(channels, generator=gen).to(device, dtype)
+        want = F.gelu((x + add) + bias[:, None, None], approximate="tanh")
+        got = _bias_gelu_(x.clone(), bias, add=add)
+        if not torch.allclose(got.float(), want.float(), rtol=2.0**-6, atol=1e-2):
+            err = float((got.float() - want.float()).abs().max())
+            raise RuntimeError(f"bias + GELU differs from torch's by {err}")
+        head = ConvHead(dim=8, patch=8, channels=3, width=channels, cell=4, halo=4)
+        base = torch.rand(5, 3 * 16 * 16, generator=gen).to(device, dtype)
+        if not torch.equal(head.cells(base, fused=True), head.cells(base)):
+            raise RuntimeError("cells differ from torch's")
+        state = torch.randn(5, 3 * 8 * 8, generator=gen).to(device)
+        rows = torch.randn(5 * 2 * 2, 3 * 4 * 4, generator=gen).to(device, dtype)
+        t = torch.full((1,), 0.75, device=device)
+        got = _head_kernels().head_velocity(
+            state, rows, t, noise_std=0.25, channels=3, patch=8, cell=4
+        )
+        want = torch.add(state, head.in_patch_order(rows).reshape(5, -1), alpha=-0.25) / 0.75
+        if not torch.allclose(got, want, rtol=1e-6, atol=1e-6):
+            raise RuntimeError(
+                f"velocity differs from torch's by {float((got - want).abs().max())}"
+            )
+
+    return works_here(check, what="Triton conv-head passes")
+
+
 def _time_divisor(t: Tensor) -> Tensor:
     """t as the velocity's divisor [B, 1], clamped away from 0."""
     return t.float().reshape(-1, 1).clamp_min(1e-3)
@@ -565,6 +686,8 @@ class SRTransformer(nn.Module):
             )
         else:
             raise ValueError(f"SRConfig head={config.head!r}: expected 'linear' or 'conv'")
+        # the embedding's base columns in the conv head's cell order (_cell_columns)
+        self._cells: tuple[tuple[object, ...], Tensor] | None = None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -604,12 +727,16 @@ class SRTransformer(nn.Module):
         attends: Sequence[Attend | RotatingAttend],
         *,
         fused_norm: bool = False,
+        fused_head: bool = False,
     ) -> Tensor:
         """The net with attention supplied per partition (block i uses attends[i % len]);
-        ``fused_norm`` (inference only): see :func:`residual_norm`."""
+        ``fused_norm``, ``fused_head`` (inference only): see :func:`residual_norm`,
+        :meth:`ConvHead.pixel_term`."""
         if _lean_kernels():
-            features = self.base_features(base, coords)
-            return self.velocity(features, state, t, attends, fused_norm=fused_norm)
+            features = self.base_features(base, coords, fused_head=fused_head)
+            return self.velocity(
+                features, state, t, attends, fused_norm=fused_norm, fused_head=fused_head
+            )
         cfg = self.config
         dt = self.embed.weight.dtype
         x = torch.cat(((base - 0.5), state / cfg.noise_std), dim=1)  # [K, 2*3p²]
@@ -621,21 +748,46 @@ class SRTransformer(nn.Module):
         return (state.float() - r_hat) / _time_divisor(t)  # [K, 3p²]
 
     @torch.inference_mode()
-    def base_features(self, base: Tensor, coords: Tensor) -> BaseFeatures:
+    def base_features(
+        self, base: Tensor, coords: Tensor, *, fused_head: bool = False
+    ) -> BaseFeatures:
         """What every flow step of a window computes the same from its base and coords (see
-        :class:`BaseFeatures`); :meth:`velocity` takes it, once per step. Inference only."""
+        :class:`BaseFeatures`); :meth:`velocity` takes it, once per step. With a conv head
+        the embedding reads the head's space-to-depth cells (:meth:`ConvHead.cells`) with its
+        base columns reordered to match, so base - 0.5 is made once, in the head's layout.
+        ``fused_head``: see :meth:`ConvHead.pixel_term`. Inference only."""
         cfg = self.config
         w = self.embed.weight  # [C, base_dim + token_dim]
-        centered = base.to(w.dtype) - 0.5  # [K, base_dim]; cast first, as the plain form does
-        embedded = torch.addmm(self.embed.bias, centered, w[:, : cfg.base_dim].t())  # [K, C]
+        base = base.to(w.dtype)  # cast first, as the plain form does
         pix = None
         if isinstance(self.final, ConvHead):
-            pix = self.final.pixel_term(self.final.pixels(centered))
+            cells = self.final.cells(
+                base, fused=fused_head
+            )  # [K, base_dim]: base - 0.5, cell by cell
+            embedded = torch.addmm(self.embed.bias, cells, self._cell_columns().t())
+            pix = self.final.pixel_term(cells, fused=fused_head)
+        else:
+            embedded = torch.addmm(self.embed.bias, base - 0.5, w[:, : cfg.base_dim].t())
         return BaseFeatures(
             embedded_base=embedded,
             pixels=pix,
             rope=rope_tables(coords, self.head_dim, cfg.rope_base),
         )
+
+    def _cell_columns(self) -> Tensor:
+        """The embedding's base columns [C, base_dim] in :meth:`ConvHead.cells`' order
+        (cell row, cell column, channel, row and column in the cell), made again whenever
+        the embedding's weight changes (see :meth:`ConvHead._split_weights`)."""
+        w = self.embed.weight
+        key = _params_key((w,))
+        if self._cells is None or self._cells[0] != key:
+            head, cfg = self.final, self.config
+            gb, cell = head.base_patch // head.cell, head.cell
+            with torch.no_grad():
+                cols = w[:, : cfg.base_dim].reshape(-1, cfg.channels, gb, cell, gb, cell)
+                cols = cols.permute(0, 2, 4, 1, 3, 5).reshape(w.shape[0], cfg.base_dim)
+            self._cells = (key, cols.contiguous())
+        return self._cells[1]
 
     @torch.inference_mode()
     def modulation(self, t: Tensor) -> Modulation:
@@ -657,11 +809,13 @@ class SRTransformer(nn.Module):
         *,
         modulation: Modulation | None = None,
         fused_norm: bool = False,
+        fused_head: bool = False,
     ) -> Tensor:
         """:meth:`forward_attend` from the window's :meth:`base_features` (the same numbers to
         rounding): only the state's share of the embedding and what depends on the state and
         time is run; ``modulation``: :meth:`modulation` of the same ``t``, made beforehand;
-        ``fused_norm``: see :func:`residual_norm`. Inference only."""
+        ``fused_norm``, ``fused_head``: see :func:`residual_norm`, :meth:`ConvHead.pixel_term`.
+        Inference only."""
         cfg = self.config
         w = self.embed.weight
         x = torch.addmm(  # embedded base + (state / noise_std) @ the state columns, one kernel
@@ -672,11 +826,38 @@ class SRTransformer(nn.Module):
         )
         mod = modulation if modulation is not None else self.modulation(t)
         out = self._decode_modulated(
-            x, mod, features.rope, features.pixels, attends, fused_norm=fused_norm
+            x,
+            mod,
+            features.rope,
+            features.pixels,
+            attends,
+            fused_norm=fused_norm,
+            fused_head=fused_head,
         )
-        # (state - out * noise_std) / t in two kernels instead of four fp32 passes; the same
-        # numbers where noise_std is a power of two (0.25 in every preset: the product is exact)
-        return torch.add(state.float(), out, alpha=-cfg.noise_std).div_(_time_divisor(t))
+        # (state - out * noise_std) / t in two kernels instead of four fp32 passes (one with
+        # fused_head); the same numbers where noise_std is a power of two (0.25 in every preset:
+        # the product is exact). A conv head's rows are read in patch order where they lie
+        # (ConvHead.in_patch_order): state and the velocity are viewed in that shape
+        if isinstance(self.final, ConvHead):
+            if fused_head and t.numel() == 1:
+                return _head_kernels().head_velocity(
+                    state,
+                    out,
+                    t,
+                    noise_std=cfg.noise_std,
+                    channels=cfg.channels,
+                    patch=cfg.patch,
+                    cell=cfg.head_cell,
+                )
+            out = self.final.in_patch_order(out)
+        velocity = torch.empty(state.shape, dtype=torch.float32, device=state.device)
+        torch.add(
+            state.float().reshape(out.shape),
+            out,
+            alpha=-cfg.noise_std,
+            out=velocity.view(out.shape),
+        )
+        return velocity.div_(_time_divisor(t))
 
     def _decode_modulated(
         self,
@@ -687,6 +868,7 @@ class SRTransformer(nn.Module):
         attends: Sequence[Attend | RotatingAttend],
         *,
         fused_norm: bool,
+        fused_head: bool,
     ) -> Tensor:
         """:meth:`_decode` with the modulation given, each residual update joined to the norm
         after it (:func:`residual_norm`, one fused kernel where ``fused_norm``) and the conv
@@ -703,7 +885,7 @@ class SRTransformer(nn.Module):
             x, h = residual_norm(x, attended, m.gate1, m.norm2, blk.norm2.eps, fused=fused_norm)
             x, h = residual_norm(x, blk.mlp(h), m.gate2, after, eps, fused=fused_norm)
         if isinstance(self.final, ConvHead):
-            return self.final.decode_split(h, pix)  # pix: BaseFeatures' pixel term
+            return self.final.decode_split(h, pix, fused=fused_head)  # pix: the pixel term
         return self.final.decode(h)
 
     def _decode(
