@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -108,15 +109,23 @@ def sr_table(
     reps: int,
     peak: float | None,
     fractions=FRACTIONS,
+    steps: int = 0,
 ) -> list[dict]:
     spec = mode_backend(mode, device=str(dev), dtype=dtype)
     runner = spec.load(sr=net, mask=None)
     rows = scaling_table(
-        runner, size=size, frames=frames, fractions=fractions, reps=reps, bucketed=spec.cuda_graphs
+        runner,
+        size=size,
+        frames=frames,
+        fractions=fractions,
+        reps=reps,
+        bucketed=spec.cuda_graphs,
+        steps=steps,
     )
+    call = f"{steps}-step flow" if steps else "one call"
     say(
         f"\nSR net alone: {frames} x {size[0]}x{size[1]} output ({rows[-1].tokens} tokens), {dtype}, "
-        f"{mode}, {device_name(dev)}"
+        f"{mode}, {call}, {device_name(dev)}"
     )
     say(format_table(rows, peak_tflops=peak))
     return [asdict(r) for r in rows]
@@ -132,10 +141,11 @@ def bench_sr(dev: torch.device, args, peak: float | None) -> None:
     modes = args.sr_modes.split(",") if dev.type == "cuda" else ["padded"]
     for frames in (int(f) for f in args.sr_frames.split(",")):
         for size in ((1280, 720), (1920, 1080)):
-            for entry in modes:
+            for entry, steps in itertools.product(modes, args.sr_steps):
                 mode, _, dtype = entry.partition("-")
                 dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
                 key = f"default_{size[0]}x{size[1]}_t{frames}_{mode}_{dtype}"
+                key += f"_flow{steps}" if steps else ""
                 try:
                     out[key] = sr_table(
                         net,
@@ -146,6 +156,7 @@ def bench_sr(dev: torch.device, args, peak: float | None) -> None:
                         frames=frames,
                         reps=args.reps,
                         peak=peak,
+                        steps=steps,
                     )
                 except Exception as e:
                     say(f"{key}: failed: {type(e).__name__}: {e}")
@@ -958,6 +969,15 @@ def main() -> None:
         help="sr section modes on CUDA: padded, varlen, triton, graphs, compiled (torch.compile "
         "+ graphs), each -fp16 or bf16 (default); graphs+varlen, graphs+triton: graphs with "
         "that attention (plain graphs: the runner's automatic choice)",
+    )
+    ap.add_argument(
+        "--sr-steps",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[0],
+        help="sr section, comma-separated: 0 (default) times one SR call, which computes the "
+        "step's modulation itself (the table of earlier sessions); N a window's N-step flow "
+        "as the filter runs it (base features once, each step's modulation made once for "
+        "the step count)",
     )
     ap.add_argument(
         "--profile",

@@ -302,3 +302,32 @@ def test_benchmark_modes_name_the_backend_they_time(
     assert (spec.attention, spec.cuda_graphs, spec.compile) == (attention, graphs, compiled)
     with pytest.raises(ValueError, match=r"mode 'graph\+varlen'"):
         mode_backend("graph+varlen", device="cuda", dtype="fp16")
+
+
+def test_scaling_table_times_a_call_or_a_windows_whole_flow() -> None:
+    """The SR table's rows time one call (the step's modulation made in it) or, with steps,
+    the runner's N-step flow: the filter's work per window, each step's modulation made once
+    for the step count. Counted here by what each row calls."""
+    from vs_skipsr.backends import TorchBackend
+    from vs_skipsr.benchmark import scaling_table
+    from vs_skipsr.models import random_sr
+
+    runner = TorchBackend(device="cpu").load(sr=random_sr("tiny"), mask=None)
+    calls = {"sr": 0, "flow": []}
+    sr, flow = runner.sr, runner.flow
+
+    def counted_sr(*a):
+        calls["sr"] += 1
+        return sr(*a)
+
+    def counted_flow(*a, steps):
+        calls["flow"].append(steps)
+        return flow(*a, steps=steps)
+
+    runner.sr, runner.flow = counted_sr, counted_flow
+    rows = scaling_table(runner, size=(64, 32), frames=2, fractions=(0.5, 1.0), reps=1)
+    assert [r.fraction for r in rows] == [0.5, 1.0] and calls["sr"] > 0 and not calls["flow"]
+    calls["sr"] = 0
+    rows = scaling_table(runner, size=(64, 32), frames=2, fractions=(0.5, 1.0), reps=1, steps=3)
+    assert calls["sr"] == 0 and calls["flow"] and set(calls["flow"]) == {3}
+    assert rows[-1].relative == 1.0 and rows[0].kept < rows[-1].kept

@@ -199,9 +199,12 @@ def scaling_table(
     fractions: Sequence[float] = FRACTIONS,
     reps: int = 5,
     bucketed: bool = False,
+    steps: int = 0,
 ) -> list[ScalingRow]:
     """One SR call (one flow step) per kept fraction on a window of ``frames`` x ``size``
-    output pixels; the last fraction is the reference for ``relative``."""
+    output pixels; the last fraction is the reference for ``relative``. ``steps`` N > 0:
+    a window's whole N-step flow instead (``runner.flow``, what the filter runs: the base's
+    features once, each step's modulation made once for the step count, not per call)."""
     cfg = runner.sr_config
     dev = runner.device
     w, h = size
@@ -209,13 +212,21 @@ def scaling_table(
     total = grid[0] * grid[1] * grid[2]
     g = torch.Generator().manual_seed(1)
     if bucketed:  # as the filter does: every bucket ready (captured largest first) up front
-        runner.prepare(grid=grid)
+        runner.prepare(grid=grid, steps=steps or None)
+
+    def call(args: SRCall) -> object:
+        if steps:
+            base, state, coords, _, parts = args
+            return runner.flow(base, state, coords, parts, steps=steps)
+        return runner.sr(*args)
+
     rows = []
     for frac in fractions:
         k, args = sr_inputs(runner, grid=grid, fraction=frac, bucketed=bucketed, generator=g)
-        sec = median_seconds(lambda a=args: runner.sr(*a), dev, reps)
-        row = ScalingRow(frac, k, total, sec * 1e3, sr_flops(cfg, args[4], k) / sec / 1e12)
-        row.stream_ms = 1e3 * back_to_back_seconds(lambda a=args: runner.sr(*a), dev, 2 * reps)
+        sec = median_seconds(lambda a=args: call(a), dev, reps)
+        flops = sr_flops(cfg, args[4], k) * max(steps, 1)
+        row = ScalingRow(frac, k, total, sec * 1e3, flops / sec / 1e12)
+        row.stream_ms = 1e3 * back_to_back_seconds(lambda a=args: call(a), dev, 2 * reps)
         rows.append(row)
     ref, stream_ref = rows[-1].ms, rows[-1].stream_ms
     for r in rows:
