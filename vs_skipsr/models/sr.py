@@ -391,8 +391,7 @@ class ConvHead(nn.Module):
         lean form computes it once a window (:meth:`decode_split`). ``fused`` (CUDA, where
         :func:`fused_head_works`): each conv's bias and GELU as one Triton pass
         (``head_triton.py``, as are the cells and the velocity with ``fused``), and the first
-        conv's bias left to :meth:`decode_split`'s
-        pass. Inference only."""
+        conv's bias left to :meth:`decode_split`'s pass. Inference only."""
         k, gb = cells.shape[0], self.base_patch // self.cell
         pix = cells.view(k, gb, gb, -1).permute(0, 3, 1, 2)  # channels-last
         *_, w_pix, bias = self._split_weights()
@@ -526,7 +525,9 @@ class BaseFeatures:
     the [K, 3(p+2h)² + 3p²] input (16 MB instead of 313 MB for a 1080p x 5 window in bf16)."""
 
     embedded_base: Tensor  # [K, dim] in the net's dtype: embed's base columns @ (base - 0.5) + bias
-    pixels: Tensor | None  # [K, width, g, g]: ConvHead.pixel_term, or None for a linear head
+    # [K, width, g, g]: ConvHead.pixel_term (without the first conv's bias where the head's
+    # passes are fused: decode_split adds it), or None for a linear head
+    pixels: Tensor | None
     rope: tuple[Tensor, Tensor]  # cos, sin [K, 1, D/2]
 
 
@@ -761,9 +762,8 @@ class SRTransformer(nn.Module):
         base = base.to(w.dtype)  # cast first, as the plain form does
         pix = None
         if isinstance(self.final, ConvHead):
-            cells = self.final.cells(
-                base, fused=fused_head
-            )  # [K, base_dim]: base - 0.5, cell by cell
+            # [K, base_dim]: base - 0.5, cell by cell
+            cells = self.final.cells(base, fused=fused_head)
             embedded = torch.addmm(self.embed.bias, cells, self._cell_columns().t())
             pix = self.final.pixel_term(cells, fused=fused_head)
         else:
