@@ -579,14 +579,18 @@ def residual_norm(
     return x, F.layer_norm(x, (x.shape[1],), affine[1], affine[0], eps)
 
 
+def _half_on_cuda_with(device: torch.device, dtype: torch.dtype, module: str) -> bool:
+    """Where the net's Triton kernels may run at all: CUDA, half precision, and their
+    ``module`` importable (Triton installed)."""
+    return device.type == "cuda" and dtype != torch.float32 and optional_module(module) is not None
+
+
 @cache
 def fused_norm_works(device: torch.device, dtype: torch.dtype, *, channels: int) -> bool:
     """Whether :func:`residual_norm`'s Triton kernel runs here (CUDA, half precision, Triton
     installed) and gives torch's numbers on a small problem of rows of ``channels``, once a
     process; a runner asks at load, before any capture."""
-    if device.type != "cuda" or dtype == torch.float32:
-        return False
-    if optional_module("vs_skipsr.models.residual_norm_triton") is None:
+    if not _half_on_cuda_with(device, dtype, "vs_skipsr.models.residual_norm_triton"):
         return False
 
     def check() -> None:
@@ -611,9 +615,7 @@ def fused_head_works(device: torch.device, dtype: torch.dtype, *, channels: int)
     velocity; see :meth:`ConvHead.pixel_term`) run here (CUDA, half precision, Triton
     installed) and give torch's numbers on small problems of ``channels`` channels, once a
     process; a runner asks at load, before any capture."""
-    if device.type != "cuda" or dtype == torch.float32:
-        return False
-    if optional_module("vs_skipsr.models.head_triton") is None:
+    if not _half_on_cuda_with(device, dtype, "vs_skipsr.models.head_triton"):
         return False
 
     def check() -> None:
