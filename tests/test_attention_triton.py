@@ -324,7 +324,7 @@ def test_info_names_the_attention_and_norm_kernels() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("window attention there"))
     norms = next(x for x in done.stdout.splitlines() if x.startswith("residual norms there"))
-    head = next(x for x in done.stdout.splitlines() if x.startswith("conv head's bias + GELU"))
+    head = next(x for x in done.stdout.splitlines() if x.startswith("conv head's passes"))
     if "TensorRTBackend" in done.stdout:  # a GPU that TensorRT(-RTX) runs on
         assert "the exported net's" in line, line
         assert "the exported net's" in norms, norms
@@ -332,8 +332,10 @@ def test_info_names_the_attention_and_norm_kernels() -> None:
     elif torch.cuda.is_available():
         assert "triton (" in line or "varlen (Triton: " in line, line
         assert norms.endswith(("triton (one kernel a residual update and norm)", "torch's")), norms
-        assert head.endswith(("triton (one pass a conv's bias and GELU)", "torch's")), head
+        assert head.endswith(
+            ("triton (a conv's bias + GELU, the cells, the velocity)", "torch's")
+        ), head
     else:
         assert line.endswith("grouped (the CPU's form: windows grouped by length)"), line
         assert norms == "residual norms there: torch's", norms
-        assert head == "conv head's bias + GELU there: torch's", head
+        assert head == "conv head's passes there: torch's", head

@@ -194,8 +194,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _kernel_report(chosen: object) -> list[str]:
     """Which window attention, residual norms and conv-head passes the chosen backend runs
-    the shipped SR net with. For torch the runner is built as skipsr() builds it, so on a GPU this is the Triton
-    kernels' own checks (compile and compare, a second or two), not a guess."""
+    the shipped SR net with. For torch the runner is built as skipsr() builds it, so on a GPU
+    this is the Triton kernels' own checks (compile and compare, a second or two), not a
+    guess."""
     from .backends.torch_backend import TorchBackend
     from .models.weights import DEFAULT_SR_WEIGHTS, load_sr
 
@@ -204,15 +205,17 @@ def _kernel_report(chosen: object) -> list[str]:
         return [
             f"window attention there, shipped model: {exported} (windows padded, a key mask)",
             f"residual norms there: {exported} (its runtime fuses what it can)",
-            f"conv head's bias + GELU there: {exported}",
+            f"conv head's passes there: {exported}",
         ]
     runner = chosen.load(sr=load_sr(DEFAULT_SR_WEIGHTS), mask=None)
     norms = "triton (one kernel a residual update and norm)" if runner.fused_norm else "torch's"
-    head = "triton (one pass a conv's bias and GELU)" if runner.fused_head else "torch's"
+    head = (
+        "triton (a conv's bias + GELU, the cells, the velocity)" if runner.fused_head else "torch's"
+    )
     return [
         f"window attention there, shipped model: {_attention_form(runner, chosen)}",
         f"residual norms there: {norms}",
-        f"conv head's bias + GELU there: {head}",
+        f"conv head's passes there: {head}",
     ]
 
 

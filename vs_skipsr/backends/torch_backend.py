@@ -84,7 +84,7 @@ class TorchRunner:
         self.fused_norm = not spec.compile and fused_norm_works(
             self.device, self.dtype, channels=sr.config.dim
         )
-        # the conv head's bias + GELU passes (ConvHead.pixel_term), decided the same way
+        # the conv head's Triton passes (ConvHead.pixel_term), decided the same way
         self.fused_head = (
             not spec.compile
             and isinstance(sr.final, ConvHead)
