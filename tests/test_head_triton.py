@@ -196,9 +196,9 @@ def _net_velocities() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The kernel's outputs for every case and the net's two velocities, run once under the
+    """The kernels' outputs for every case and the net's head outputs, run once under the
     interpreter."""
-    path = tmp_path_factory.mktemp("bias_gelu") / "out.pt"
+    path = tmp_path_factory.mktemp("head") / "out.pt"
     run_interpreted(_INTERPRETED, str(path), timeout=300)
     return torch.load(path)
 
