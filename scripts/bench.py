@@ -972,8 +972,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--sr-steps",
-        type=lambda v: [int(x) for x in v.split(",")],
-        default=[0],
+        default="0",
         help="sr section, comma-separated: 0 (default) times one SR call, which computes the "
         "step's modulation itself (the table of earlier sessions); N a window's N-step flow "
         "as the filter runs it (base features once, each step's modulation made once for "
@@ -996,6 +995,13 @@ def main() -> None:
     for flag, value in (("--repeat", args.repeat), ("--dense-repeat", args.dense_repeat)):
         if value < 1:
             ap.error(f"{flag} {value}: at least 1 run")
+    try:
+        steps = [int(v) for v in args.sr_steps.split(",")]
+    except ValueError:
+        steps = [-1]
+    if min(steps) < 0:
+        ap.error(f"--sr-steps {args.sr_steps!r}: comma-separated step counts, each 0 or more")
+    args.sr_steps = steps
     RESULTS["device"] = device_name(dev)
     RESULTS["torch"] = torch.__version__
     peak = bench_peak(dev) if "peak" in sections and dev.type == "cuda" else None

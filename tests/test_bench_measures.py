@@ -168,6 +168,17 @@ def test_bench_refuses_no_runs_naming_the_flag(flag: str, tmp_path: Path) -> Non
     assert f"{flag} 0: at least 1 run" in run.stderr
 
 
+@pytest.mark.parametrize("value", ["-1", "0,x", ""])
+def test_bench_refuses_bad_sr_steps_naming_the_value(value: str, tmp_path: Path) -> None:
+    """A negative step count ran no step at all on the CPU (a flow of range(-1)) and timed
+    nothing: refused up front, as a count that is not a number is."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu"]
+    cmd += ["--sections", "sr", "--sr-steps", value, "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"--sr-steps {value!r}: comma-separated step counts, each 0 or more" in run.stderr
+
+
 def test_bench_color_refuses_a_folder_without_color_py(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_color.py"), "--against", str(tmp_path)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
