@@ -42,6 +42,7 @@ GROUPS = (
     ("attention (Triton)", r"window_attention"),
     ("rotary (Triton)", r"_rotate_kernel"),
     ("residual + norm (Triton)", r"_residual_norm_kernel"),
+    ("conv head (Triton)", r"_bias_gelu_kernel|_cells_kernel|_velocity_kernel"),
     ("conv (cuDNN)", r"conv|cudnn|implicit_gemm|xmma|winograd|fprop|dgrad|nchw|nhwc"),
     ("matmul (cuBLAS)", r"gemm|cutlass|sm90_xmma|nvjet|cublas"),
     ("layer norm", r"layer_norm|LayerNorm"),

@@ -342,3 +342,23 @@ def test_scaling_table_times_a_call_or_a_windows_whole_flow() -> None:
     rows = scaling_table(runner, size=(64, 32), frames=2, fractions=(0.5, 1.0), reps=1, steps=3)
     assert calls["sr"] == 0 and calls["flow"] and set(calls["flow"]) == {3}
     assert rows[-1].relative == 1.0 and rows[0].kept < rows[-1].kept
+
+
+def test_profile_sr_groups_every_triton_kernel_of_the_net() -> None:
+    """profile_sr.py's groups name each of the net's Triton kernels (the cuBLAS and cuDNN
+    ones by their libraries' names): a kernel left to 'other' hides what its pass costs."""
+    import re
+
+    spec = importlib.util.spec_from_file_location("profile_sr", ROOT / "scripts/profile_sr.py")
+    assert spec and spec.loader
+    profile_sr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_sr)
+    names = [
+        name
+        for path in (ROOT / "vs_skipsr" / "models").glob("*_triton.py")
+        for name in re.findall(r"^def (_\w+_kernel)\(", path.read_text(), flags=re.M)
+    ]
+    assert len(names) >= 6, names
+    groups = {name: profile_sr.group_of(name) for name in names}
+    assert "other" not in groups.values(), groups
+    assert groups["_cells_kernel"] == "conv head (Triton)"
