@@ -379,7 +379,7 @@ class ConvHead(nn.Module):
         a GPU). Inference only."""
         k, c, cell, bp = base.shape[0], self.channels, self.cell, self.base_patch
         if fused:
-            return _head_kernels().cells(base, channels=c, patch=bp, cell=cell)
+            return _triton_module("head_triton").cells(base, channels=c, patch=bp, cell=cell)
         gb = bp // cell
         src = base.reshape(k, c, gb, cell, gb, cell).permute(0, 2, 4, 1, 3, 5)
         out = torch.empty((k, gb, gb, c, cell, cell), dtype=base.dtype, device=base.device)
@@ -470,16 +470,17 @@ def _strided_like(t: Tensor, like: Tensor) -> Tensor:
     return torch.empty_like(like).copy_(t)
 
 
-def _head_kernels() -> ModuleType:
-    """``head_triton`` (imported on first use: Triton is optional)."""
-    module = optional_module("vs_skipsr.models.head_triton")
+def _triton_module(name: str) -> ModuleType:
+    """``vs_skipsr.models.<name>``, one of the net's Triton kernel modules (imported on first
+    use: Triton is optional, and a runner takes them only where its check passed)."""
+    module = optional_module(f"vs_skipsr.models.{name}")
     if module is None:
-        raise RuntimeError("the fused conv-head passes need Triton, which is not installed")
+        raise RuntimeError(f"vs_skipsr.models.{name} needs Triton, which is not installed")
     return module
 
 
 def _bias_gelu_(x: Tensor, bias: Tensor, *, add: Tensor | None = None) -> Tensor:
-    return _head_kernels().bias_gelu_(x, bias, add=add)
+    return _triton_module("head_triton").bias_gelu_(x, bias, add=add)
 
 
 def _conv_gelu(x: Tensor, conv: nn.Conv2d, *, fused: bool) -> Tensor:
@@ -573,8 +574,8 @@ def residual_norm(
     torch's two took a quarter of the shipped model's GPU time, the norm ~6x slower than
     its bytes allow; the same update to the bit, the norm to rounding."""
     if fused:
-        module = optional_module("vs_skipsr.models.residual_norm_triton")
-        return module.residual_norm(x, y, gate, affine[1], affine[0], eps=eps)  # type: ignore[union-attr]
+        module = _triton_module("residual_norm_triton")
+        return module.residual_norm(x, y, gate, affine[1], affine[0], eps=eps)
     x = torch.addcmul(x, gate, y)
     return x, F.layer_norm(x, (x.shape[1],), affine[1], affine[0], eps)
 
@@ -639,7 +640,7 @@ def fused_head_works(device: torch.device, dtype: torch.dtype, *, channels: int)
         state = torch.randn(5, 3 * 8 * 8, generator=gen).to(device)
         rows = torch.randn(5 * 2 * 2, 3 * 4 * 4, generator=gen).to(device, dtype)
         t = torch.full((1,), 0.75, device=device)
-        got = _head_kernels().head_velocity(
+        got = _triton_module("head_triton").head_velocity(
             state, rows, t, noise_std=0.25, channels=3, patch=8, cell=4
         )
         want = torch.add(state, head.in_patch_order(rows).reshape(5, -1), alpha=-0.25) / 0.75
@@ -842,7 +843,7 @@ class SRTransformer(nn.Module):
         # (ConvHead.in_patch_order): state and the velocity are viewed in that shape
         if isinstance(self.final, ConvHead):
             if fused_head and t.numel() == 1:
-                return _head_kernels().head_velocity(
+                return _triton_module("head_triton").head_velocity(
                     state,
                     out,
                     t,
