@@ -71,6 +71,7 @@ class StubRunner(EulerFlow):
     name = "stub"
     has_mask = False
     wants_buckets = False
+    base_dtype = torch.float32
 
     def __init__(self, device: torch.device, sr_config) -> None:
         self.device = device

@@ -265,12 +265,14 @@ def test_byte_count_shows_the_lean_forms_and_their_split():
 
 def test_bench_tokens_times_every_kept_fraction_it_is_given():
     """scripts/bench_tokens.py prints a row a kept fraction: every token at 1.0, none at 0,
-    and a time for each move; a window size that is not whole tokens is refused by name."""
+    and a time for each move, after naming the gather it ran and its dtype (torch's, float32
+    on the CPU); a window size that is not whole tokens is refused by name."""
     script = str(ROOT / "scripts" / "bench_tokens.py")
     cmd = [sys.executable, script, "--device", "cpu", "--size", "2x32x48", "--reps", "2"]
     run = subprocess.run([*cmd, "--kept", "1.0,0.5,0.0"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line.split() for line in run.stdout.splitlines()[2:]]
+    assert run.stdout.splitlines()[1] == "gather: torch, patches in torch.float32"
+    rows = [line.split() for line in run.stdout.splitlines()[3:]]
     assert [r[0] for r in rows] == ["1.00", "0.50", "0.00"]
     assert int(rows[0][1]) == 2 * 2 * 3 and int(rows[2][1]) == 0
     assert all(float(v) >= 0 for r in rows for v in r[2:])

@@ -172,7 +172,8 @@ def sr_inputs(
     generator: torch.Generator,
 ) -> tuple[int, SRCall]:
     """One SR call's arguments for a clustered keep set of ``fraction`` of ``grid``, padded to
-    its bucket when ``bucketed`` (as the pipeline pads it on CUDA); returns (kept, call)."""
+    its bucket when ``bucketed`` (as the pipeline pads it on CUDA), the base patches in the
+    runner's ``base_dtype`` (as the pipeline gathers them); returns (kept, call)."""
     cfg, dev = runner.sr_config, runner.device
     total = grid[0] * grid[1] * grid[2]
     index = torch.nonzero(clustered_keep(grid, fraction).reshape(-1)).squeeze(1).to(dev)
@@ -186,7 +187,7 @@ def sr_inputs(
         shift=cfg.shift,
         static_len=dev.type == "cuda",
     )
-    base = torch.rand(kb, cfg.base_dim, generator=generator).to(dev)
+    base = torch.rand(kb, cfg.base_dim, generator=generator).to(dev, runner.base_dtype)
     state = (torch.randn(kb, cfg.token_dim, generator=generator) * cfg.noise_std).to(dev)
     return k, (base, state, coords, torch.ones(1, device=dev), parts)
 

@@ -1,7 +1,7 @@
 """Optional dependencies, imported on first use. Each speeds up one step where it is installed,
 and that step has a plain torch fallback: OpenCV's resize for the CPU's upsample, Triton's
 kernels for the device colour conversion, the GPU's window attention, its rotary rotation,
-its residual norms and the conv head's passes."""
+its residual norms and the conv head's passes, and the gather of the kept tokens' patches."""
 
 from __future__ import annotations
 

@@ -291,7 +291,9 @@ def upscale_window(
             shift=cfg.shift,
             static_len=device.type == "cuda",
         )
-        base_tok = gather_patches(base, coords, patch=patch, halo=cfg.halo)  # [Kb, 3(p+2h)²]
+        base_tok = gather_patches(  # [Kb, 3(p+2h)²]
+            base, coords, patch=patch, halo=cfg.halo, dtype=runner.base_dtype
+        )
         state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std  # [Kb, 3p²]
 
     with timer.stage("sr"):

@@ -3,18 +3,22 @@
 A token is a p x p patch of the (padded) upsampled frames. Tokens are numbered in (t, y, x)
 raster order over the token grid [T, Hp, Wp]; a keep set is a sorted index vector into that order.
 Everything here is plain torch on whatever device the tensors live on, so the same code serves
-the CPU, CUDA and the ONNX export's preprocessing.
+the CPU, CUDA and the ONNX export's preprocessing; only the gather of kept tokens has a Triton
+kernel of its own on CUDA (:mod:`vs_skipsr.tokens_triton`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .optional import optional_module, works_here
 
 __all__ = [
     "BUCKET_GROWTH",
@@ -31,6 +35,7 @@ __all__ = [
     "token_coords",
     "token_grid",
     "token_view",
+    "triton_gather_works",
     "unpatchify",
     "window_grid",
     "window_partitions",
@@ -77,30 +82,72 @@ def patchify(frames: Tensor, *, patch: int) -> Tensor:
     )
 
 
-def gather_patches(frames: Tensor, coords: Tensor, *, patch: int, halo: int = 0) -> Tensor:
+def gather_patches(
+    frames: Tensor,
+    coords: Tensor,
+    *,
+    patch: int,
+    halo: int = 0,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """The p x p patches of the tokens at ``coords`` [K, 3] ((t, y, x) on the token grid of
-    ``frames`` [T, C, H, W]), each with ``halo`` pixels of its surroundings: [K, C*(p+2h)²].
+    ``frames`` [T, C, H, W]), each with ``halo`` pixels of its surroundings: [K, C*(p+2h)²],
+    in ``dtype`` (the frames' if None): the SR net's own, so the patches are written once in
+    what it reads rather than gathered in float32 and cast.
 
     The frame border is replicated into the halo, as :func:`pad_to_grid` pads: rows and
     columns past the border are clamped to it. What reads the patches fastest differs by
-    device; before, a replicate-padded copy of the whole window was unfolded and indexed,
-    whatever K. One window (seventeenth session; ``scripts/bench_tokens.py`` times it now):
-    H200, 20 x 1088 x 1920, 17% kept, 0.82 ms by one flat index of every pixel
-    (:func:`_gather_flat`) against 1.23 ms before, 0.005 against 0.58 with no token kept;
-    CPU (2 cores), 5 x 368 x 640, 31% kept, 3.8 ms by rows of a copy padded in width only
-    (:func:`_gather_rows`) against 5.0 before, where the flat index's int64 offsets took
-    20 ms to build."""
+    device. On CUDA one Triton kernel (:mod:`vs_skipsr.tokens_triton`, where Triton works)
+    computes each token's clamped rows and columns and writes its patch in ``dtype``. Without
+    it, one flat index of every pixel (:func:`_gather_flat`; H200, 20 x 1088 x 1920, 17% kept,
+    0.82 ms against 1.23 ms for the unfolded padded copy before, seventeenth session); on the
+    CPU (2 cores, 5 x 368 x 640, 31% kept) rows of a copy padded in width only
+    (:func:`_gather_rows`), 3.8 ms against 5.0, where the flat index's int64 offsets took 20
+    ms to build. ``scripts/bench_tokens.py`` times them."""
     k, c = coords.shape[0], frames.shape[1]
     side = patch + 2 * halo
+    dtype = frames.dtype if dtype is None else dtype
     if k == 0:
-        return frames.new_empty(0, c * side * side)
+        return frames.new_empty(0, c * side * side, dtype=dtype)
+    if frames.device.type == "cuda" and triton_gather_works(frames.device):
+        gather = _triton_module().gather_patches
+        return gather(frames, coords, patch=patch, halo=halo, dtype=dtype)
     if halo == 0:
         patches = token_view(frames, patch=patch)[tuple(coords.unbind(1))]
     elif frames.device.type == "cpu":
         patches = _gather_rows(frames, coords, patch=patch, halo=halo)
     else:
         patches = _gather_flat(frames, coords, patch=patch, halo=halo)
-    return patches.reshape(k, c * side * side)
+    return patches.reshape(k, c * side * side).to(dtype)
+
+
+def _triton_module() -> ModuleType:
+    module = optional_module("vs_skipsr.tokens_triton")
+    assert module is not None  # only asked for where triton_gather_works said so
+    return module
+
+
+@cache
+def triton_gather_works(device: torch.device) -> bool:
+    """Whether :mod:`vs_skipsr.tokens_triton`'s gather runs on ``device`` (CUDA, Triton
+    installed) and gives the flat index's bytes, cast as torch casts, for tokens on every
+    border of a small window in float32 and both half precisions; once a process and device
+    (the gather runs eagerly, outside every captured graph)."""
+    if device.type != "cuda" or optional_module("vs_skipsr.tokens_triton") is None:
+        return False
+
+    def check() -> None:
+        gen = torch.Generator().manual_seed(0)
+        frames = torch.rand(2, 3, 48, 64, generator=gen).to(device)  # grid (2, 3, 4)
+        coords = token_coords(torch.tensor([0, 3, 5, 8, 11, 12, 23]), grid=(2, 3, 4))
+        coords = coords.to(device)
+        want = _gather_flat(frames, coords, patch=16, halo=8).reshape(7, -1)
+        for dt in (torch.float32, torch.float16, torch.bfloat16):
+            got = _triton_module().gather_patches(frames, coords, patch=16, halo=8, dtype=dt)
+            if not torch.equal(got, want.to(dt)):
+                raise RuntimeError(f"{dt} patches differ from torch's")
+
+    return works_here(check, what="Triton token gather")
 
 
 @lru_cache(maxsize=64)

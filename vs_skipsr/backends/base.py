@@ -31,6 +31,9 @@ class Runner(Protocol):
     # True where few distinct token counts pay (captured CUDA graphs, per-shape cuDNN plans):
     # the pipeline then pads the kept count up to a bucket; the others take any count as is
     wants_buckets: bool
+    # the dtype ``sr`` and ``flow`` read base patches in: the pipeline gathers them in it, so
+    # they are written once as the net reads them instead of gathered and then cast
+    base_dtype: torch.dtype
 
     def prepare(
         self, *, grid: tuple[int, int, int], dense: bool = False, steps: int | None = None

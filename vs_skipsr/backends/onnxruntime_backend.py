@@ -66,6 +66,7 @@ class OnnxRuntimeRunner(EulerFlow):
         self.sr_config = sr.config
         self.has_mask = mask is not None
         self.wants_buckets = False
+        self.base_dtype = torch.float32  # the exported graph's input
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError(

@@ -335,6 +335,7 @@ class TensorRTRunner(EulerFlow):
         self.sr_config = sr.config
         self.has_mask = "mask" in records
         self.wants_buckets = False
+        self.base_dtype = torch.float32  # the engine's input (_f32)
         self._logger = trt_logger(trt)
         torch.cuda.init()  # TensorRT runs in torch's (primary) CUDA context
         with torch.cuda.device(self.device):

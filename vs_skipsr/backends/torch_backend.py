@@ -120,6 +120,7 @@ class TorchRunner:
         # H100: the head's convs took 2.5x the samples of a dense run). The pipeline pads K
         # to geometric buckets there; the CPU takes any count as it is.
         self.wants_buckets = self.device.type == "cuda"
+        self.base_dtype = self.dtype  # gathered in it: no cast of the patches a window
         self._prepared: set[tuple[tuple[int, int, int], bool, int | None]] = set()
         self._schedules: dict[int, tuple[tuple[Tensor, Modulation], ...]] = {}
 
