@@ -325,17 +325,21 @@ def test_info_names_the_attention_and_norm_kernels() -> None:
     line = next(x for x in done.stdout.splitlines() if x.startswith("window attention there"))
     norms = next(x for x in done.stdout.splitlines() if x.startswith("residual norms there"))
     head = next(x for x in done.stdout.splitlines() if x.startswith("conv head's passes"))
+    gelu = next(x for x in done.stdout.splitlines() if x.startswith("MLP's GELU there"))
     if "TensorRTBackend" in done.stdout:  # a GPU that TensorRT(-RTX) runs on
         assert "the exported net's" in line, line
         assert "the exported net's" in norms, norms
         assert "the exported net's" in head, head
+        assert "the exported net's" in gelu, gelu
     elif torch.cuda.is_available():
         assert "triton (" in line or "varlen (Triton: " in line, line
         assert norms.endswith(("triton (one kernel a residual update and norm)", "torch's")), norms
         assert head.endswith(
             ("triton (a conv's bias + GELU, the cells, the velocity)", "torch's")
         ), head
+        assert gelu.endswith(("cuBLASLt (its first matmul's epilogue)", "torch's")), gelu
     else:
         assert line.endswith("grouped (the CPU's form: windows grouped by length)"), line
         assert norms == "residual norms there: torch's", norms
         assert head == "conv head's passes there: torch's", head
+        assert gelu == "MLP's GELU there: torch's", gelu

@@ -193,10 +193,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _kernel_report(chosen: object) -> list[str]:
-    """Which window attention, residual norms and conv-head passes the chosen backend runs
-    the shipped SR net with. For torch the runner is built as skipsr() builds it, so on a GPU
-    this is the Triton kernels' own checks (compile and compare, a second or two), not a
-    guess."""
+    """Which window attention, residual norms, conv-head passes and MLP GELU the chosen
+    backend runs the shipped SR net with. For torch the runner is built as skipsr() builds
+    it, so on a GPU this is the kernels' own checks (compile and compare, a second or two),
+    not a guess."""
     from .backends.torch_backend import TorchBackend
     from .models.weights import DEFAULT_SR_WEIGHTS, load_sr
 
@@ -206,16 +206,19 @@ def _kernel_report(chosen: object) -> list[str]:
             f"window attention there, shipped model: {exported} (windows padded, a key mask)",
             f"residual norms there: {exported} (its runtime fuses what it can)",
             f"conv head's passes there: {exported}",
+            f"MLP's GELU there: {exported}",
         ]
     runner = chosen.load(sr=load_sr(DEFAULT_SR_WEIGHTS), mask=None)
     norms = "triton (one kernel a residual update and norm)" if runner.fused_norm else "torch's"
     head = (
         "triton (a conv's bias + GELU, the cells, the velocity)" if runner.fused_head else "torch's"
     )
+    gelu = "cuBLASLt (its first matmul's epilogue)" if runner.fused_mlp else "torch's"
     return [
         f"window attention there, shipped model: {_attention_form(runner, chosen)}",
         f"residual norms there: {norms}",
         f"conv head's passes there: {head}",
+        f"MLP's GELU there: {gelu}",
     ]
 
 

@@ -23,7 +23,14 @@ from ..models.attention import (
     varlen_window_attention,
 )
 from ..models.mask import MaskNet
-from ..models.sr import ConvHead, Modulation, SRTransformer, fused_head_works, fused_norm_works
+from ..models.sr import (
+    ConvHead,
+    Modulation,
+    SRTransformer,
+    fused_head_works,
+    fused_mlp_works,
+    fused_norm_works,
+)
 from ..tokens import Partition, kept_buckets, padded_tokens
 from .base import euler_flow, euler_update, step_time
 from .cuda_graphs import GraphCache, SRCall
@@ -89,6 +96,10 @@ class TorchRunner:
             not spec.compile
             and isinstance(sr.final, ConvHead)
             and fused_head_works(self.device, self.dtype, channels=sr.config.head_width)
+        )
+        # the MLP's GELU as its first matmul's epilogue (sr.mlp), decided the same way
+        self.fused_mlp = not spec.compile and fused_mlp_works(
+            self.device, self.dtype, channels=sr.config.dim
         )
         # packed partitions (order + cu_seqlens), no padded [nW, L] form
         self.packed = self.attention in ("varlen", "triton")
@@ -231,6 +242,7 @@ class TorchRunner:
                 modulation=modulation,
                 fused_norm=self.fused_norm,
                 fused_head=self.fused_head,
+                fused_mlp=self.fused_mlp,
             )
             state = euler_update(state, v, steps=steps)
         return state
@@ -334,6 +346,7 @@ class TorchRunner:
             attends,
             fused_norm=self.fused_norm,
             fused_head=self.fused_head,
+            fused_mlp=self.fused_mlp,
         )
 
 

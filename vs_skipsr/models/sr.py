@@ -35,6 +35,7 @@ __all__ = [
     "Modulation",
     "SRConfig",
     "SRTransformer",
+    "mlp",
     "random_sr",
     "randomize_",
     "residual_norm",
@@ -580,6 +581,64 @@ def residual_norm(
     return x, F.layer_norm(x, (x.shape[1],), affine[1], affine[0], eps)
 
 
+def mlp(layers: nn.Sequential, h: Tensor, *, fused: bool = False) -> Tensor:
+    """A block's MLP (linear, tanh GELU, linear) on ``h`` [K, C]. ``fused``: the first
+    linear's bias and GELU as cuBLASLt's epilogue of its matmul (``torch._addmm_activation``;
+    CUDA, where :func:`fused_mlp_works`), so the [K, hidden] activations are written once
+    instead of written, read and written again: torch's separate GELU took 0.20 of a dense
+    720p x 20 call's 6.07 ms (H200, twenty-second session). The epilogue takes the GELU of the
+    float32 accumulator, before the one rounding: torch's numbers to rounding. Not on the CPU,
+    where that function's GELU is the exact one, not the net's tanh form."""
+    if not fused:
+        return layers(h)
+    first, _, second = layers
+    return second(torch._addmm_activation(first.bias, h, first.weight.t(), use_gelu=True))
+
+
+@cache
+def fused_mlp_works(device: torch.device, dtype: torch.dtype, *, channels: int) -> bool:
+    """Whether :func:`mlp`'s fused form runs here (CUDA, half precision) with the net's GELU:
+    in float32 it must be torch's tanh GELU to float32 rounding (the exact GELU, which the
+    epilogue could have been, is ~1e-3 away at the values tried), and in ``dtype`` as near
+    the float32 MLP as torch's own ``dtype`` MLP is (their roundings differ, so not the same
+    bits: one rounding of the GELU's input fewer); once a process, a runner asks at load,
+    before any capture."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return False
+
+    def check() -> None:
+        gen = torch.Generator().manual_seed(0)
+        layers = nn.Sequential(
+            nn.Linear(channels, 2 * channels),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(2 * channels, channels),
+        )
+        h = 2 * torch.randn(37, channels, generator=gen)
+        with torch.no_grad():
+            for p in layers.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) / channels**0.5)
+        with torch.inference_mode():
+            exact = layers.to(device)
+            x = h.to(device)
+            ref = exact(x)
+            got = mlp(exact, x, fused=True)
+            if not torch.allclose(got, ref, rtol=1e-4, atol=1e-5):
+                err = float((got - ref).abs().max())
+                raise RuntimeError(f"float32 differs from torch's tanh-GELU MLP by {err}")
+            half = layers.to(device, dtype)
+            x = x.to(dtype)
+            err_fused, err_torch = (
+                float((y.float() - ref).pow(2).mean().sqrt())
+                for y in (mlp(half, x, fused=True), half(x))
+            )
+        if not err_fused <= 1.25 * err_torch + 1e-6:
+            raise RuntimeError(
+                f"{dtype} is {err_fused:.2e} (RMS) from the float32 MLP, torch's {err_torch:.2e}"
+            )
+
+    return works_here(check, what="cuBLASLt GELU epilogue in the MLP")
+
+
 def _half_on_cuda_with(device: torch.device, dtype: torch.dtype, module: str) -> bool:
     """Where the net's Triton kernels may run at all: CUDA, half precision, and their
     ``module`` importable (Triton installed)."""
@@ -732,14 +791,21 @@ class SRTransformer(nn.Module):
         *,
         fused_norm: bool = False,
         fused_head: bool = False,
+        fused_mlp: bool = False,
     ) -> Tensor:
         """The net with attention supplied per partition (block i uses attends[i % len]);
-        ``fused_norm``, ``fused_head`` (inference only): see :func:`residual_norm`,
-        :meth:`ConvHead.pixel_term`."""
+        ``fused_norm``, ``fused_head``, ``fused_mlp`` (inference only): see
+        :func:`residual_norm`, :meth:`ConvHead.pixel_term`, :func:`mlp`."""
         if _lean_kernels():
             features = self.base_features(base, coords, fused_head=fused_head)
             return self.velocity(
-                features, state, t, attends, fused_norm=fused_norm, fused_head=fused_head
+                features,
+                state,
+                t,
+                attends,
+                fused_norm=fused_norm,
+                fused_head=fused_head,
+                fused_mlp=fused_mlp,
             )
         cfg = self.config
         dt = self.embed.weight.dtype
@@ -813,12 +879,13 @@ class SRTransformer(nn.Module):
         modulation: Modulation | None = None,
         fused_norm: bool = False,
         fused_head: bool = False,
+        fused_mlp: bool = False,
     ) -> Tensor:
         """:meth:`forward_attend` from the window's :meth:`base_features` (the same numbers to
         rounding): only the state's share of the embedding and what depends on the state and
         time is run; ``modulation``: :meth:`modulation` of the same ``t``, made beforehand;
-        ``fused_norm``, ``fused_head``: see :func:`residual_norm`, :meth:`ConvHead.pixel_term`.
-        Inference only."""
+        ``fused_norm``, ``fused_head``, ``fused_mlp``: see :func:`residual_norm`,
+        :meth:`ConvHead.pixel_term`, :func:`mlp`. Inference only."""
         cfg = self.config
         w = self.embed.weight
         x = torch.addmm(  # embedded base + (state / noise_std) @ the state columns, one kernel
@@ -836,6 +903,7 @@ class SRTransformer(nn.Module):
             attends,
             fused_norm=fused_norm,
             fused_head=fused_head,
+            fused_mlp=fused_mlp,
         )
         # (state - out * noise_std) / t in two kernels instead of four fp32 passes (one with
         # fused_head); the same numbers where noise_std is a power of two (0.25 in every preset:
@@ -872,10 +940,12 @@ class SRTransformer(nn.Module):
         *,
         fused_norm: bool,
         fused_head: bool,
+        fused_mlp: bool,
     ) -> Tensor:
         """:meth:`_decode` with the modulation given, each residual update joined to the norm
-        after it (:func:`residual_norm`, one fused kernel where ``fused_norm``) and the conv
-        head's split form (:meth:`ConvHead.decode_split`): its numbers to rounding."""
+        after it (:func:`residual_norm`, one fused kernel where ``fused_norm``), the MLP's
+        GELU in its first matmul where ``fused_mlp`` (:func:`mlp`) and the conv head's split
+        form (:meth:`ConvHead.decode_split`): its numbers to rounding."""
         blocks = self.blocks
         shift, scale = mod.blocks[0].norm1
         h = F.layer_norm(x, (x.shape[1],), scale, shift, blocks[0].norm1.eps)
@@ -886,7 +956,8 @@ class SRTransformer(nn.Module):
                 after, eps = mod.head, self.final.norm.eps
             attended = blk.attn(h, rope, attends[i % len(attends)])
             x, h = residual_norm(x, attended, m.gate1, m.norm2, blk.norm2.eps, fused=fused_norm)
-            x, h = residual_norm(x, blk.mlp(h), m.gate2, after, eps, fused=fused_norm)
+            y = mlp(blk.mlp, h, fused=fused_mlp)
+            x, h = residual_norm(x, y, m.gate2, after, eps, fused=fused_norm)
         if isinstance(self.final, ConvHead):
             return self.final.decode_split(h, pix, fused=fused_head)  # pix: the pixel term
         return self.final.decode(h)
