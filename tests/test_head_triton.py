@@ -147,6 +147,11 @@ for case in VELOCITY_CASES:
     out[_name("velocity", *case)] = head_velocity(
         state, rows, torch.tensor([t]), noise_std=0.25, channels=c, patch=p, cell=cell
     )
+    for n in (1, 3):
+        out[_name("step", n, *case)] = head_velocity(
+            state, rows, torch.tensor([t]), noise_std=0.25, channels=c, patch=p, cell=cell,
+            euler_steps=n,
+        )
 out["net"] = _net_velocities()
 torch.save(out, sys.argv[1])
 """
@@ -284,6 +289,31 @@ def test_interpreted_velocity_is_torchs(interpreted) -> None:
 
 
 @needs_triton
+@pytest.mark.parametrize("steps", [1, 3])
+def test_interpreted_velocity_with_its_euler_step_is_euler_update(interpreted, steps) -> None:
+    """With ``euler_steps``: the state after the step, state - velocity / steps in one
+    rounding (an FMA, as CUDA's add computes a + alpha * b; the interpreter's numpy rounds
+    the product too), not the velocity."""
+    from vs_skipsr.models.sr import euler_update
+
+    for case in VELOCITY_CASES:
+        k = case[3]
+        state, _ = _velocity_inputs(*case)
+        got = interpreted[_name("step", steps, *case)]
+        v = interpreted[_name("velocity", *case)]
+        alpha = torch.tensor(-1.0 / steps).double()  # the float32 the kernel takes
+        fma = state.double() + v.double() * alpha  # before its one rounding
+        larger = torch.maximum(state.abs(), (v * alpha.float()).abs()).double()
+        assert got.dtype == torch.float32 and got.shape == state.shape, case
+        # the interpreter's two roundings (product, sum) are each at most half an ulp of
+        # values no larger than twice ``larger``; an ulp is at most 2^-23 of its value
+        assert bool(((got.double() - fma).abs() <= larger * 2.0**-22).all()), case
+        assert torch.allclose(got, euler_update(state, v, steps=steps), rtol=1e-6, atol=1e-6)
+        if k:
+            assert not torch.allclose(got, v), case
+
+
+@needs_triton
 def test_empty_rows_need_no_launch() -> None:
     x = torch.zeros(0, 64, 4, 4, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     assert kernels.bias_gelu_(x, torch.zeros(64, dtype=torch.float16)) is x
@@ -307,6 +337,8 @@ def test_bad_cells_and_velocity_inputs_are_named() -> None:
         fn(state[:, 1:], rows, t, noise_std=0.25, channels=3, patch=16, cell=4)
     with pytest.raises(ValueError, match=r"t has 2 values, not one"):
         fn(state, rows, torch.ones(2), noise_std=0.25, channels=3, patch=16, cell=4)
+    with pytest.raises(ValueError, match=r"euler_steps=0, not a step count >= 1"):
+        fn(state, rows, t, noise_std=0.25, channels=3, patch=16, cell=4, euler_steps=0)
 
 
 @needs_triton
@@ -383,6 +415,11 @@ def test_cuda_cells_and_velocity_are_torchs(dtype: torch.dtype) -> None:
     got = kernels.head_velocity(state, rows, t, noise_std=0.25, channels=3, patch=16, cell=4)
     residual = _head(3, 16 + 2 * 4, 4).in_patch_order(rows).reshape(21248, 768)  # patch 16
     assert torch.equal(got, torch.add(state, residual, alpha=-0.25).div_(t))
+    for steps in (1, 8):  # with the Euler step: base.euler_update's add to the bit
+        step = kernels.head_velocity(
+            state, rows, t, noise_std=0.25, channels=3, patch=16, cell=4, euler_steps=steps
+        )
+        assert torch.equal(step, torch.add(state, got, alpha=-1.0 / steps))
 
 
 @needs_cuda

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..models.sr import SRConfig
+from ..models.sr import SRConfig, euler_update
 from ..tokens import Partition
 
 __all__ = ["EulerFlow", "Runner", "euler_flow", "euler_update", "step_time"]
@@ -101,12 +101,6 @@ def euler_flow(
 def step_time(i: int, *, steps: int) -> float:
     """The flow's time at step ``i`` of ``steps``: 1 at the first, down to 1/steps."""
     return 1.0 - i / steps
-
-
-def euler_update(state: Tensor, v: Tensor, *, steps: int) -> Tensor:
-    """One Euler step down the flow, state - v / steps, as one kernel (a pass over the [K,
-    3p²] float32 state costs as much as a block's norm)."""
-    return torch.add(state, v, alpha=-1.0 / steps)
 
 
 class EulerFlow:

@@ -32,7 +32,7 @@ from ..models.sr import (
     fused_norm_works,
 )
 from ..tokens import Partition, kept_buckets, padded_tokens
-from .base import euler_flow, euler_update, step_time
+from .base import euler_flow, step_time
 from .cuda_graphs import GraphCache, SRCall
 
 __all__ = ["TorchBackend", "TorchRunner"]
@@ -234,7 +234,7 @@ class TorchRunner:
         attends = self._attends(partitions, rows=base.shape[0])
         features = self.sr_net.base_features(base, coords, fused_head=self.fused_head)
         for t, modulation in self._schedule(steps):  # euler_flow's steps, numbers and all
-            v = self.sr_net.velocity(
+            state = self.sr_net.velocity(  # the velocity and its Euler step (euler_update)
                 features,
                 state,
                 t,
@@ -243,8 +243,8 @@ class TorchRunner:
                 fused_norm=self.fused_norm,
                 fused_head=self.fused_head,
                 fused_mlp=self.fused_mlp,
+                euler_steps=steps,
             )
-            state = euler_update(state, v, steps=steps)
         return state
 
     def _schedule(self, steps: int) -> tuple[tuple[Tensor, Modulation], ...]:

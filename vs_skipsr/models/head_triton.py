@@ -15,7 +15,9 @@ kernels, twenty-first session, ``scripts/profile_sr.py``):
   0.75 ms, its two passes before ~0.4).
 - **velocity** (:func:`head_velocity`): (state - noise_std · residual) / t with the residual
   read in the head's cell order, the pixel shuffle done by the addressing (one pass where
-  torch's strided add and its division took 0.55 ms).
+  torch's strided add and its division took 0.55 ms); in a flow, with the Euler step that
+  follows it (state - velocity / N), which was another pass over the float32 state, 2.07 of
+  a dense 8-step flow's 52.67 ms (1920x816 x 20 window, H200, twenty-third session).
 
 The arithmetic is torch's: bias + GELU is ``F.gelu((x + add) + bias, approximate="tanh")``
 with each sum rounded to x's dtype as torch's adds round it, the GELU in float32 as
@@ -206,9 +208,11 @@ def _velocity_kernel(
     out_ptr,
     D,
     noise_std,
+    alpha,
     C: tl.constexpr,
     P: tl.constexpr,
     CELL: tl.constexpr,
+    STEP: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
@@ -226,6 +230,8 @@ def _velocity_kernel(
     o = tl.load(rows_ptr + tok * D + at, mask=mask, other=0.0).to(tl.float32)
     t = tl.maximum(tl.load(t_ptr).to(tl.float32), 1e-3)
     v = tl.math.div_rn(s - noise_std * o, t)  # IEEE division, as torch's (not Triton's default)
+    if STEP:  # the Euler step s + alpha v, one rounding as torch's add (a + alpha * b, an FMA)
+        v = tl.fma(v, alpha, s)
     tl.store(out_ptr + tok * D + col, v, mask=mask)
 
 
@@ -238,13 +244,16 @@ def head_velocity(
     channels: int,
     patch: int,
     cell: int,
+    euler_steps: int | None = None,
 ) -> Tensor:
     """``(state - noise_std · residual) / max(t, 1e-3)``, float32 [K, channels · patch²], where
     the residual is the head's last layer's output ``rows`` [K · (patch/cell)², channels ·
     cell²] (contiguous: one row a cell of a token, channel-major within it) read in patch
     order, the pixel shuffle done by the addressing. ``t``: one time, [1]. torch's
     ``torch.add(state, residual, alpha=-noise_std).div_(t)`` to the bit where noise_std is a
-    power of two (the product is exact)."""
+    power of two (the product is exact). With ``euler_steps`` N, the state after one Euler
+    step of an N-step flow instead, ``state - velocity / N`` (``base.euler_update``'s add, one
+    rounding), so the velocity is never written nor read again."""
     d = channels * patch * patch
     g = patch // cell
     if patch % cell:
@@ -263,6 +272,8 @@ def head_velocity(
         )
     if t.numel() != 1:
         raise ValueError(f"head_velocity: t has {t.numel()} values, not one")
+    if euler_steps is not None and euler_steps < 1:
+        raise ValueError(f"head_velocity: euler_steps={euler_steps}, not a step count >= 1")
     for name, v in (("rows", rows), ("t", t)):
         if v.device != state.device:
             raise ValueError(f"head_velocity: {name} is on {v.device}, state on {state.device}")
@@ -277,9 +288,11 @@ def head_velocity(
             out,
             d,
             float(noise_std),
+            -1.0 / (euler_steps or 1),
             C=channels,
             P=patch,
             CELL=cell,
+            STEP=euler_steps is not None,
             BLOCK=_CELL_BLOCK,
             num_warps=4,
         )

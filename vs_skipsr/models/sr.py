@@ -35,6 +35,7 @@ __all__ = [
     "Modulation",
     "SRConfig",
     "SRTransformer",
+    "euler_update",
     "mlp",
     "random_sr",
     "randomize_",
@@ -711,6 +712,13 @@ def fused_head_works(device: torch.device, dtype: torch.dtype, *, channels: int)
     return works_here(check, what="Triton conv-head passes")
 
 
+def euler_update(state: Tensor, v: Tensor, *, steps: int) -> Tensor:
+    """One Euler step down the flow, state - v / steps, as one kernel (a pass over the [K,
+    3p²] float32 state costs as much as a block's norm). Here, not with the flow's other
+    parts (``backends.base``), because :meth:`SRTransformer.velocity` can end with it."""
+    return torch.add(state, v, alpha=-1.0 / steps)
+
+
 def _time_divisor(t: Tensor) -> Tensor:
     """t as the velocity's divisor [B, 1], clamped away from 0."""
     return t.float().reshape(-1, 1).clamp_min(1e-3)
@@ -880,12 +888,15 @@ class SRTransformer(nn.Module):
         fused_norm: bool = False,
         fused_head: bool = False,
         fused_mlp: bool = False,
+        euler_steps: int | None = None,
     ) -> Tensor:
         """:meth:`forward_attend` from the window's :meth:`base_features` (the same numbers to
         rounding): only the state's share of the embedding and what depends on the state and
         time is run; ``modulation``: :meth:`modulation` of the same ``t``, made beforehand;
         ``fused_norm``, ``fused_head``, ``fused_mlp``: see :func:`residual_norm`,
-        :meth:`ConvHead.pixel_term`, :func:`mlp`. Inference only."""
+        :meth:`ConvHead.pixel_term`, :func:`mlp`. With ``euler_steps`` N: the state after one
+        Euler step of an N-step flow instead (``euler_update`` of the velocity; with the
+        head's passes fused, in the velocity's own pass). Inference only."""
         cfg = self.config
         w = self.embed.weight
         x = torch.addmm(  # embedded base + (state / noise_std) @ the state columns, one kernel
@@ -919,6 +930,7 @@ class SRTransformer(nn.Module):
                     channels=cfg.channels,
                     patch=cfg.patch,
                     cell=cfg.head_cell,
+                    euler_steps=euler_steps,
                 )
             out = self.final.in_patch_order(out)
         velocity = torch.empty(state.shape, dtype=torch.float32, device=state.device)
@@ -928,7 +940,10 @@ class SRTransformer(nn.Module):
             alpha=-cfg.noise_std,
             out=velocity.view(out.shape),
         )
-        return velocity.div_(_time_divisor(t))
+        velocity.div_(_time_divisor(t))
+        if euler_steps is None:
+            return velocity
+        return euler_update(state, velocity, steps=euler_steps)
 
     def _decode_modulated(
         self,
