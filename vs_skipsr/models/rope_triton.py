@@ -20,9 +20,12 @@ from ..triton_launch import on_device_of
 
 __all__ = ["rotate_qk"]
 
-# values of q or k a program holds at once: 8 tokens of the shipped model's 6 heads of 32 (in
-# a block of 256), one token of the SeedVR2-3B shape's 20 heads of 128 (a block of 4096)
-TILE = 2048
+# values of q or k a program holds at once: 4 tokens of the shipped model's 6 heads of 32 (in
+# a block of 256), one token of the SeedVR2-3B shape's 20 heads of 128 (a block of 4096). For
+# the shipped model 4 tokens on 2 warps took 80 us a call where 8 on 4 took 128 (the same
+# bytes; 16 or 32 tokens on 2-8 warps 217-489 us): H200, q and k of a dense 20-frame 1920x816
+# window, scratch sweep of the twenty-third session (reports/bench_gpu_s23.log, call 5)
+TILE = 1024
 
 
 @triton.jit
@@ -124,6 +127,6 @@ def rotate_qk(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor
                 D=dim,
                 BLOCK_E=block_e,
                 ROWS=rows,
-                num_warps=4 if block_e * rows <= 2048 else 8,
+                num_warps=2 if block_e * rows <= 1024 else 8,
             )
     return out[:, 0], out[:, 1]
