@@ -326,6 +326,12 @@ def test_info_names_the_attention_and_norm_kernels() -> None:
     norms = next(x for x in done.stdout.splitlines() if x.startswith("residual norms there"))
     head = next(x for x in done.stdout.splitlines() if x.startswith("conv head's passes"))
     gelu = next(x for x in done.stdout.splitlines() if x.startswith("MLP's GELU there"))
+    gather = next(x for x in done.stdout.splitlines() if x.startswith("kept tokens' gather"))
+    if torch.cuda.is_available():  # whatever the backend: the pipeline gathers
+        triton_gather = "kept tokens' gather there: triton (one kernel, in the net's dtype)"
+        assert gather in (triton_gather, "kept tokens' gather there: torch's"), gather
+    else:
+        assert gather == "kept tokens' gather there: torch's", gather
     if "TensorRTBackend" in done.stdout:  # a GPU that TensorRT(-RTX) runs on
         assert "the exported net's" in line, line
         assert "the exported net's" in norms, norms

@@ -194,7 +194,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _kernel_report(chosen: object) -> list[str]:
     """Which window attention, residual norms, conv-head passes and MLP GELU the chosen
-    backend runs the shipped SR net with. For torch the runner is built as skipsr() builds
+    backend runs the shipped SR net with, and which gather reads the kept tokens. For torch the runner is built as skipsr() builds
     it, so on a GPU this is the kernels' own checks (compile and compare, a second or two),
     not a guess."""
     from .backends.torch_backend import TorchBackend
@@ -202,11 +202,14 @@ def _kernel_report(chosen: object) -> list[str]:
 
     if not isinstance(chosen, TorchBackend):
         exported = "the exported net's"
+        index = getattr(chosen, "device_index", None)  # TensorRT's; onnxruntime's is a device
+        device = torch.device(f"cuda:{index}" if index is not None else chosen.device)
         return [
             f"window attention there, shipped model: {exported} (windows padded, a key mask)",
             f"residual norms there: {exported} (its runtime fuses what it can)",
             f"conv head's passes there: {exported}",
             f"MLP's GELU there: {exported}",
+            _gather_line(device),
         ]
     runner = chosen.load(sr=load_sr(DEFAULT_SR_WEIGHTS), mask=None)
     norms = "triton (one kernel a residual update and norm)" if runner.fused_norm else "torch's"
@@ -219,7 +222,18 @@ def _kernel_report(chosen: object) -> list[str]:
         f"residual norms there: {norms}",
         f"conv head's passes there: {head}",
         f"MLP's GELU there: {gelu}",
+        _gather_line(runner.device),
     ]
+
+
+def _gather_line(device: torch.device) -> str:
+    """The kept tokens' gather, which the pipeline runs whatever the backend: decided on a
+    CUDA device by its check at first use, made here."""
+    from .tokens import triton_gather_works
+
+    if triton_gather_works(device):
+        return "kept tokens' gather there: triton (one kernel, in the net's dtype)"
+    return "kept tokens' gather there: torch's"
 
 
 def _attention_form(runner: TorchRunner, chosen: TorchBackend) -> str:
