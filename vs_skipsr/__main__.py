@@ -194,9 +194,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _kernel_report(chosen: object) -> list[str]:
     """Which window attention, residual norms, conv-head passes and MLP GELU the chosen
-    backend runs the shipped SR net with, and which gather reads the kept tokens. For torch the runner is built as skipsr() builds
-    it, so on a GPU this is the kernels' own checks (compile and compare, a second or two),
-    not a guess."""
+    backend runs the shipped SR net with, and which gather reads the kept tokens. For torch
+    the runner is built as skipsr() builds it, so on a GPU this is the kernels' own checks
+    (compile and compare, a second or two), not a guess."""
     from .backends.torch_backend import TorchBackend
     from .models.weights import DEFAULT_SR_WEIGHTS, load_sr
 
