@@ -819,6 +819,15 @@ def test_cpu_upsample_through_opencv_equals_torch_bicubic(scale):
     assert (got - want).abs().max() < 5e-6
 
 
+def test_a_triton_module_that_cannot_be_imported_is_named():
+    """Where a Triton kernel module is run without its check (asked for by name), a missing
+    module is a RuntimeError naming it, not a None met later."""
+    from vs_skipsr.optional import triton_module
+
+    with pytest.raises(RuntimeError, match=r"vs_skipsr\.no_such_kernels needs Triton"):
+        triton_module("vs_skipsr.no_such_kernels")
+
+
 @pytest.mark.parametrize(
     ("kw", "needle"),
     [

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import cache
 from types import ModuleType
 
-__all__ = ["optional_module", "works_here"]
+__all__ = ["optional_module", "triton_module", "works_here"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,16 @@ def optional_module(name: str) -> ModuleType | None:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+def triton_module(name: str) -> ModuleType:
+    """``import name`` for one of this package's Triton kernel modules, or a RuntimeError
+    naming it: for the places that run them only where a check said they work (or where the
+    caller asked for them by name), so a missing Triton there is an error, not a fallback."""
+    module = optional_module(name)
+    if module is None:
+        raise RuntimeError(f"{name} needs Triton, which is not installed")
+    return module
 
 
 def works_here(check: Callable[[], None], *, what: str) -> bool:

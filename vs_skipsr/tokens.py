@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .optional import optional_module, works_here
+from .optional import optional_module, triton_module, works_here
 
 __all__ = [
     "BUCKET_GROWTH",
@@ -110,7 +109,7 @@ def gather_patches(
     if k == 0:
         return frames.new_empty(0, c * side * side, dtype=dtype)
     if frames.device.type == "cuda" and triton_gather_works(frames.device):
-        gather = _triton_module().gather_patches
+        gather = triton_module("vs_skipsr.tokens_triton").gather_patches
         return gather(frames, coords, patch=patch, halo=halo, dtype=dtype)
     if halo == 0:
         patches = token_view(frames, patch=patch)[tuple(coords.unbind(1))]
@@ -119,12 +118,6 @@ def gather_patches(
     else:
         patches = _gather_flat(frames, coords, patch=patch, halo=halo)
     return patches.reshape(k, c * side * side).to(dtype)
-
-
-def _triton_module() -> ModuleType:
-    module = optional_module("vs_skipsr.tokens_triton")
-    assert module is not None  # only asked for where triton_gather_works said so
-    return module
 
 
 @cache
@@ -143,7 +136,8 @@ def triton_gather_works(device: torch.device) -> bool:
         coords = coords.to(device)
         want = _gather_flat(frames, coords, patch=16, halo=8).reshape(7, -1)
         for dt in (torch.float32, torch.float16, torch.bfloat16):
-            got = _triton_module().gather_patches(frames, coords, patch=16, halo=8, dtype=dt)
+            gather = triton_module("vs_skipsr.tokens_triton").gather_patches
+            got = gather(frames, coords, patch=16, halo=8, dtype=dt)
             if not torch.equal(got, want.to(dt)):
                 raise RuntimeError(f"{dt} patches differ from torch's")
 

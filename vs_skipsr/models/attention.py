@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..optional import optional_module, works_here
+from ..optional import optional_module, triton_module, works_here
 from ..tokens import Partition
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -212,12 +212,9 @@ def tiled_window_attention(
     :func:`varlen_window_attention` to rounding, without its gathers or its full tiles for
     sparse windows; with ``rope`` (cos, sin tables) q and k come unrotated and one more
     kernel rotates them first (``rope_triton.py``)."""
-    module = optional_module("vs_skipsr.models.attention_triton")
-    rotary = optional_module("vs_skipsr.models.rope_triton")
-    if module is None or rotary is None:
-        raise RuntimeError("tiled_window_attention needs the triton package")
     if rope is not None:
-        q, k = rotary.rotate_qk(q, k, rope)
+        q, k = triton_module("vs_skipsr.models.rope_triton").rotate_qk(q, k, rope)
+    module = triton_module("vs_skipsr.models.attention_triton")
     return module.tiled_window_attention(q, k, v, partition)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..optional import optional_module, works_here
+from ..optional import optional_module, triton_module, works_here
 from .attention import Attend, RotatingAttend, padded_window_attention
 
 __all__ = [
@@ -475,10 +475,7 @@ def _strided_like(t: Tensor, like: Tensor) -> Tensor:
 def _triton_module(name: str) -> ModuleType:
     """``vs_skipsr.models.<name>``, one of the net's Triton kernel modules (imported on first
     use: Triton is optional, and a runner takes them only where its check passed)."""
-    module = optional_module(f"vs_skipsr.models.{name}")
-    if module is None:
-        raise RuntimeError(f"vs_skipsr.models.{name} needs Triton, which is not installed")
-    return module
+    return triton_module(f"vs_skipsr.models.{name}")
 
 
 def _bias_gelu_(x: Tensor, bias: Tensor, *, add: Tensor | None = None) -> Tensor:
