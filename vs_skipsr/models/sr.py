@@ -602,7 +602,7 @@ def fused_mlp_works(device: torch.device, dtype: torch.dtype, *, channels: int) 
     the float32 MLP as torch's own ``dtype`` MLP is (their roundings differ, so not the same
     bits: one rounding of the GELU's input fewer); once a process, a runner asks at load,
     before any capture."""
-    if device.type != "cuda" or dtype == torch.float32:
+    if not _half_on_cuda_with(device, dtype):
         return False
 
     def check() -> None:
@@ -638,10 +638,12 @@ def fused_mlp_works(device: torch.device, dtype: torch.dtype, *, channels: int) 
     return works_here(check, what="cuBLASLt GELU epilogue in the MLP")
 
 
-def _half_on_cuda_with(device: torch.device, dtype: torch.dtype, module: str) -> bool:
-    """Where the net's Triton kernels may run at all: CUDA, half precision, and their
-    ``module`` importable (Triton installed)."""
-    return device.type == "cuda" and dtype != torch.float32 and optional_module(module) is not None
+def _half_on_cuda_with(device: torch.device, dtype: torch.dtype, module: str | None = None) -> bool:
+    """Where the net's fused kernels may run at all: CUDA, half precision, and their Triton
+    ``module`` importable (Triton installed) where they have one."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return False
+    return module is None or optional_module(module) is not None
 
 
 @cache
