@@ -50,6 +50,12 @@ def run_interpreted(code: str, *args: str, timeout: float) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def interpreter_bf16(v: torch.Tensor) -> torch.Tensor:
+    """float32 to bfloat16 as Triton's interpreter casts it (3.6, 3.8): truncated, its
+    rounding mode ignored; what :func:`run_interpreted`'s kernels give where torch rounds."""
+    return (v.float().view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
 # --- weights ---------------------------------------------------------------------------------
 
 

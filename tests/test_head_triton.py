@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_interpreted
+from conftest import interpreter_bf16, run_interpreted
 
 from vs_skipsr.models.sr import ConvHead
 from vs_skipsr.optional import optional_module
@@ -75,12 +75,6 @@ def _reference(inp: dict[str, torch.Tensor | None], *, approximate: str = "tanh"
     return F.gelu(v + inp["bias"][:, None, None], approximate=approximate)  # type: ignore[index]
 
 
-def _truncated(v: torch.Tensor) -> torch.Tensor:
-    """float32 to bfloat16 as Triton's interpreter casts it (3.6, 3.8): truncated, its
-    rounding mode ignored."""
-    return (v.float().view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
-
-
 def _interpreted_reference(inp: dict[str, torch.Tensor | None]) -> torch.Tensor:
     """:func:`_reference` with each rounding to bfloat16 a truncation, as the interpreter
     makes it: in the GELU's tail an input an ulp off moves the output by many ulps, so the
@@ -89,9 +83,9 @@ def _interpreted_reference(inp: dict[str, torch.Tensor | None]) -> torch.Tensor:
     assert x is not None
     v = x.float()
     if inp["add"] is not None:
-        v = _truncated(v + inp["add"].float()).float()
-    v = _truncated(v + inp["bias"].float()[:, None, None]).float()  # type: ignore[union-attr]
-    return _truncated(F.gelu(v, approximate="tanh"))
+        v = interpreter_bf16(v + inp["add"].float()).float()
+    v = interpreter_bf16(v + inp["bias"].float()[:, None, None]).float()  # type: ignore[union-attr]
+    return interpreter_bf16(F.gelu(v, approximate="tanh"))
 
 
 def ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -268,7 +262,7 @@ def test_interpreted_cells_are_torchs(interpreted) -> None:
             want = _head(c, p, cell).cells(base)
             assert got.shape == want.shape == (k, c * p * p) and got.dtype == want.dtype
             if dtype == "bfloat16":  # the float32 difference, truncated
-                want = _truncated(_head(c, p, cell).cells(base.float()))
+                want = interpreter_bf16(_head(c, p, cell).cells(base.float()))
             assert torch.equal(got, want), (case, dtype)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_interpreted
+from conftest import interpreter_bf16, run_interpreted
 
 from vs_skipsr import tokens
 from vs_skipsr.optional import optional_module
@@ -83,11 +83,6 @@ def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Ten
     return torch.load(path)
 
 
-def _truncated(v: torch.Tensor) -> torch.Tensor:
-    """float32 to bfloat16 as Triton's interpreter casts it (3.6, 3.8): truncated."""
-    return (v.float().view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
-
-
 @needs_triton
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=[_name(*c) for c in CASES])
@@ -97,7 +92,7 @@ def test_interpreted_gather_is_torchs(interpreted, case, dtype) -> None:
     plain = tokens._gather_flat(frames, coords, patch=patch, halo=halo).reshape(len(coords), -1)
     got = interpreted[_name(*case, dtype)]
     assert got.dtype == DTYPES[dtype] and got.shape == plain.shape
-    want = _truncated(plain) if dtype == "bfloat16" else plain.to(DTYPES[dtype])
+    want = interpreter_bf16(plain) if dtype == "bfloat16" else plain.to(DTYPES[dtype])
     assert torch.equal(got, want)
     # and the CPU's own way (rows of a padded copy) agrees: one layout, whatever reads it
     assert torch.equal(
