@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from conftest import vspipe_exe
 
@@ -364,3 +365,64 @@ def test_profile_sr_groups_every_triton_kernel_of_the_net() -> None:
     groups = {name: profile_sr.group_of(name) for name in names}
     assert "other" not in groups.values(), groups
     assert groups["_cells_kernel"] == "conv head (Triton)"
+
+
+# --- scripts/bench_frame_handoff.py ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def handoff():
+    path = ROOT / "scripts" / "bench_frame_handoff.py"
+    spec = importlib.util.spec_from_file_location("bench_frame_handoff", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("mode", ["frameeval", "modifyframe", "tickets", "shards"])
+def test_frame_handoff_modes_write_each_frame_from_its_window_position(
+    handoff, mode: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way of handing frames over writes frame n from window position n % T, whatever
+    the clip's tail (14 frames: T = 4 and 3 threads divide neither), so the rates it prints
+    compare the same frames."""
+    import vapoursynth as vs
+
+    monkeypatch.setattr(vs.core, "num_threads", threads)
+    fmt = vs.core.get_video_format(vs.YUV420P10)
+    planes = handoff.source_window(fmt, width=32, height=16, window=4)
+    assert [p.shape for p in planes] == [(4, 16, 32), (4, 8, 16), (4, 8, 16)]
+    node = handoff.build(mode, width=32, height=16, fmt=fmt, window=4, frames=14, planes=planes)
+    assert node.num_frames == 14
+    handoff.check(node, planes, window=4)
+
+
+def test_frame_handoff_check_names_a_frame_from_another_position(handoff) -> None:
+    import vapoursynth as vs
+
+    fmt = vs.core.get_video_format(vs.YUV420P8)
+    planes = handoff.source_window(fmt, width=32, height=16, window=4)
+    node = handoff.build(
+        "modifyframe", width=32, height=16, fmt=fmt, window=4, frames=6, planes=planes
+    )
+    shifted = [np.roll(p, 1, axis=0) for p in planes]
+    with pytest.raises(AssertionError, match="frame 0, plane 0: not window position 0"):
+        handoff.check(node, shifted, window=4)
+
+
+def test_frame_handoff_prints_vspipes_rate_for_every_mode(
+    tmp_path: Path, vs_env: dict[str, str]
+) -> None:
+    out = tmp_path / "handoff.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_frame_handoff.py"), "--size", "64x32"]
+    cmd += ["--window", "5", "--frames", "120", "--repeats", "1", "--spin-share", "0,0.5"]
+    run = subprocess.run([*cmd, "--json", str(out)], env=vs_env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["spin_share"]) for r in rows] == [
+        (m, s) for s in (0.0, 0.5) for m in ("frameeval", "modifyframe", "tickets", "shards")
+    ]
+    assert all(len(r["fps"]) == 1 and r["fps"][0] > 0 for r in rows)
+    assert run.stdout.count("\n") == 2 + len(rows)

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""How fast this host hands frames written in Python to vspipe, with no model at all: the
+ceiling under the filter's per-frame work (its floor, no token kept, is the model's cost plus
+this). Each mode writes the same frames, a window of T source frames cycled, with the eight
+props the filter sets, into fresh VapourSynth frames with numpy; they differ only in the nodes
+that carry the callback:
+
+    frameeval    a FrameEval per frame returning one ModifyFrame (the filter's way for frames
+                 of cached windows)
+    modifyframe  one ModifyFrame, nothing in front
+    tickets      one FrameEval per window over a clip of one tiny frame a window, Interleaved
+                 T times in front of one ModifyFrame a frame (a window settled once)
+    shards       one ModifyFrame per VapourSynth thread, frame n written by node n % threads
+                 (VapourSynth runs one ModifyFrame's callbacks one at a time)
+
+    python scripts/bench_frame_handoff.py                       # 1920x816 YUV420P8, T = 20
+    python scripts/bench_frame_handoff.py --spin-share 0,0.55 --threads 0,8
+
+Every mode's frames are checked against the window they come from before it is timed. vspipe
+runs each (mode, threads, spin) once per repeat to a null sink; the table shows vspipe's own
+rate, the median of the repeats. --spin-share adds a thread that spins in Python for that share
+of its time (bursts between sleeps of 0.1 ms), the way the filter's window threads hold the
+GIL. The twenty-fourth session's figures are in reports/bench_gpu_s24.log (an H200's 16-core
+host: frameeval 1094-1310 fps, modifyframe 1524-1719 without spinning; 754-991 and 1092-1544
+beside a thread spinning 0.12 ms between its sleeps, about --spin-share 0.55).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import vapoursynth as vs
+
+MODES = ("frameeval", "modifyframe", "tickets", "shards")
+_RATE = re.compile(r"Output (\d+) frames in ([\d.]+) seconds \(([\d.]+) fps\)")
+
+
+def source_window(fmt: vs.VideoFormat, *, width: int, height: int, window: int) -> list[np.ndarray]:
+    """T frames of random samples per plane, [T, h, w] each, in the format's sample type."""
+    rng = np.random.default_rng(0)
+    dtype = np.uint8 if fmt.bytes_per_sample == 1 else np.uint16
+    top = (1 << fmt.bits_per_sample) - 1
+    planes = []
+    for p in range(fmt.num_planes):
+        h = height >> (fmt.subsampling_h if p else 0)
+        w = width >> (fmt.subsampling_w if p else 0)
+        planes.append(rng.integers(0, top, (window, h, w), dtype=dtype, endpoint=True))
+    return planes
+
+
+def build(
+    mode: str,
+    *,
+    width: int,
+    height: int,
+    fmt: vs.VideoFormat,
+    window: int,
+    frames: int,
+    planes: list[np.ndarray],
+) -> vs.VideoNode:
+    """The output node of ``mode``: frame n holds ``planes[p][n % window]``."""
+    core = vs.core
+    blank = core.std.BlankClip(width=width, height=height, format=fmt.id, length=frames, keep=True)
+
+    def write(n: int, like: vs.VideoFrame) -> vs.VideoFrame:
+        out = core.create_video_frame(like.format, like.width, like.height)
+        for p in range(fmt.num_planes):
+            np.copyto(np.asarray(out[p]), planes[p][n % window])
+        props = out.props
+        props["_Matrix"], props["_Range"], props["_ChromaLocation"] = 1, 0, 0
+        props["SkipSRKeptRatio"], props["SkipSRWindow"] = 0.17, n // window
+        props["SkipSRWindowMs"], props["SkipSRBackend"] = 1.0, "bench"
+        return out
+
+    if mode == "frameeval":
+        node = core.std.ModifyFrame(blank, [blank], lambda n, f: write(n, f))
+        return core.std.FrameEval(blank, lambda n: node)
+    if mode == "modifyframe":
+        return core.std.ModifyFrame(blank, [blank], lambda n, f: write(n, f))
+    if mode == "tickets":
+        windows = -(-frames // window)
+        tiny = core.std.BlankClip(width=1, height=1, format=vs.GRAY8, length=windows, keep=True)
+        settled = core.std.ModifyFrame(tiny, [tiny], lambda n, f: f)
+        tickets = core.std.FrameEval(tiny, lambda n: settled)
+        per_frame = core.std.Interleave([tickets] * window, modify_duration=False)[:frames]
+        return core.std.ModifyFrame(blank, [blank, per_frame], lambda n, f: write(n, f[0]))
+    if mode == "shards":
+        k = core.num_threads
+        if k == 1:
+            return core.std.ModifyFrame(blank, [blank], lambda n, f: write(n, f))
+        shards = []
+        for shard in range(k):
+            part = core.std.SelectEvery(blank, cycle=k, offsets=[shard], modify_duration=False)
+            shards.append(
+                core.std.ModifyFrame(
+                    part, [part], lambda n, f, shard=shard: write(n * k + shard, f)
+                )
+            )
+        return core.std.Interleave(shards, extend=True, modify_duration=False)[:frames]
+    raise ValueError(f"mode={mode!r}: accepted {', '.join(MODES)}")
+
+
+def check(node: vs.VideoNode, planes: list[np.ndarray], *, window: int) -> None:
+    """Every frame of ``node`` holds its window position's planes, or raise naming it."""
+    for n in range(node.num_frames):
+        frame = node.get_frame(n)
+        for p, src in enumerate(planes):
+            if not np.array_equal(np.asarray(frame[p]), src[n % window]):
+                raise AssertionError(f"frame {n}, plane {p}: not window position {n % window}")
+        if frame.props["SkipSRWindow"] != n // window:
+            raise AssertionError(f"frame {n}: SkipSRWindow {frame.props['SkipSRWindow']}")
+
+
+def _spin(share: float, clock=time.perf_counter, sleep=time.sleep) -> None:
+    """Spin in Python ``share`` of the time, in bursts between sleeps of 0.1 ms, forever (a
+    daemon thread; the clock and sleep are bound here, as vspipe clears this module's globals
+    while the thread still runs)."""
+    burst = 0.0001 * share / (1.0 - share)
+    while True:
+        end = clock() + burst
+        while clock() < end:
+            pass
+        sleep(0.0001)
+
+
+def _script_args() -> dict[str, Any]:
+    """Arguments vspipe passed (-a name=value): globals of this module when it runs there."""
+    g = globals()
+    width, height = (int(v) for v in str(g["size"]).split("x"))
+    return {
+        "mode": str(g["mode"]),
+        "width": width,
+        "height": height,
+        "fmt": vs.core.get_video_format(getattr(vs, str(g["format"]))),
+        "window": int(g["window"]),
+        "frames": int(g["frames"]),
+        "threads": int(g.get("threads", 0)),
+        "spin_share": float(g.get("spin_share", 0)),
+    }
+
+
+def _vspipe() -> str:
+    here = Path(sys.executable).parent / "vspipe"
+    found = str(here) if here.exists() else shutil.which("vspipe")
+    if found is None:
+        raise SystemExit("vspipe not found next to this Python or on PATH (scripts/setup.sh)")
+    return found
+
+
+def run_vspipe(args: argparse.Namespace, *, mode: str, threads: int, spin_share: float) -> float:
+    """vspipe's own rate for one mode, to a null sink."""
+    cmd = [_vspipe(), str(Path(__file__).resolve()), "--"]
+    values = {
+        "mode": mode,
+        "size": args.size,
+        "format": args.format,
+        "window": args.window,
+        "frames": args.frames,
+        "threads": threads,
+        "spin_share": spin_share,
+    }
+    for key, value in values.items():
+        cmd[2:2] = ["-a", f"{key}={value}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    found = _RATE.search(run.stderr)
+    if run.returncode != 0 or found is None:
+        raise SystemExit(f"{' '.join(cmd)} failed (rc {run.returncode}):\n{run.stderr[-2000:]}")
+    return float(found.group(3))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="1920x816", help="W x H of the frames")
+    ap.add_argument("--format", default="YUV420P8", help="a VapourSynth preset: YUV420P8, ...")
+    ap.add_argument("--window", type=int, default=20, help="T: frames a window")
+    ap.add_argument("--frames", type=int, default=3000)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", default="0", help="VapourSynth threads to try (0: its default)")
+    ap.add_argument(
+        "--spin-share", default="0", help="shares of time a thread spins in Python, to try"
+    )
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in MODES:
+            raise SystemExit(f"--modes: {mode!r}: accepted {', '.join(MODES)}")
+    width, height = (int(v) for v in args.size.split("x"))
+    fmt = vs.core.get_video_format(getattr(vs, args.format))
+    planes = source_window(fmt, width=width, height=height, window=args.window)
+    frames = min(args.frames, 3 * args.window + 1)  # the checks: a few windows and a tail
+    for mode in modes:
+        node = build(
+            mode, width=width, height=height, fmt=fmt, window=args.window, frames=frames,
+            planes=planes,
+        )  # fmt: skip
+        check(node, planes, window=args.window)
+
+    threads = [int(t) for t in args.threads.split(",")]
+    spins = [float(s) for s in args.spin_share.split(",")]
+    for spin in spins:
+        if not 0 <= spin < 1:
+            raise SystemExit(f"--spin-share {spin}: accepted 0 <= share < 1")
+    rows = []
+    print(f"{args.size} {args.format}, T = {args.window}, {args.frames} frames through vspipe")
+    print(f"{'mode':>12} {'threads':>7} {'spin':>5} {'fps':>9} {'ms/frame':>8}  runs")
+    for spin in spins:
+        for th in threads:
+            for mode in modes:
+                rates = [
+                    run_vspipe(args, mode=mode, threads=th, spin_share=spin)
+                    for _ in range(args.repeats)
+                ]
+                fps = statistics.median(rates)
+                label = th or vs.core.num_threads
+                runs = ", ".join(f"{r:.1f}" for r in rates)
+                print(f"{mode:>12} {label:>7} {spin:>5g} {fps:>9.1f} {1000 / fps:>8.3f}  {runs}")
+                rows.append({"mode": mode, "threads": label, "spin_share": spin, "fps": rates})
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows})
+        )
+
+
+if __name__ == "__vapoursynth__":
+    _a = _script_args()
+    if _a["threads"]:
+        vs.core.num_threads = _a["threads"]
+    if _a["spin_share"]:
+        threading.Thread(target=_spin, args=(_a["spin_share"],), daemon=True).start()
+    _planes = source_window(_a["fmt"], width=_a["width"], height=_a["height"], window=_a["window"])
+    build(
+        _a["mode"], width=_a["width"], height=_a["height"], fmt=_a["fmt"], window=_a["window"],
+        frames=_a["frames"], planes=_planes,
+    ).set_output()  # fmt: skip
+elif __name__ == "__main__":
+    main()
