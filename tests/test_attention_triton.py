@@ -332,6 +332,12 @@ def test_info_names_the_attention_and_norm_kernels() -> None:
         assert gather in (triton_gather, "kept tokens' gather there: torch's"), gather
     else:
         assert gather == "kept tokens' gather there: torch's", gather
+    colour = next(x for x in done.stdout.splitlines() if x.startswith("device colour conversion"))
+    triton_colour = "device colour conversion there: triton (three kernels)"
+    torch_colour = "device colour conversion there: torch ops"
+    assert colour in (
+        (triton_colour, torch_colour) if torch.cuda.is_available() else (torch_colour,)
+    )
     if "TensorRTBackend" in done.stdout:  # a GPU that TensorRT(-RTX) runs on
         assert "the exported net's" in line, line
         assert "the exported net's" in norms, norms

@@ -100,8 +100,39 @@ def test_cuda_triton_kernels_give_the_same_codes_as_torch_ops(
             assert torch.equal(g, w), int((g != w).sum())
 
 
+_CHECKED = """
+import types, torch
+from vs_skipsr import color, color_triton
+cpu = torch.device("cpu")
+color.kernels_agree(color_triton, cpu)  # the real kernels, interpreted
+off = types.SimpleNamespace(
+    rgb_to_yuv_triton=lambda *a, **k: tuple(
+        p + (i == 2) for i, p in enumerate(color_triton.rgb_to_yuv_triton(*a, **k))
+    )
+)
+try:
+    color.kernels_agree(off, cpu)  # one code off in V
+except RuntimeError as e:
+    assert "8-bit V plane differs" in str(e), e
+else:
+    raise AssertionError("a kernel one code off passed the check")
+"""
+
+
+@needs_triton
+def test_colour_check_passes_the_kernels_and_names_a_plane_one_code_off() -> None:
+    """The check that decides the kernels on a GPU (:func:`color.kernels_agree`), run on the
+    CPU under Triton's interpreter: the shipped kernels give the torch ops' codes on its
+    window, and a kernel whose V plane is one code off is refused, the plane named."""
+    run_interpreted(_CHECKED, timeout=300)
+
+
+def test_colour_check_is_only_for_cuda() -> None:
+    assert not color.triton_color_works(torch.device("cpu"))
+
+
 @needs_cuda
-def test_cuda_colour_falls_back_to_torch_ops_when_triton_fails(
+def test_cuda_colour_takes_torch_ops_where_the_kernels_fail_their_check(
     frames_rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken:
@@ -110,14 +141,19 @@ def test_cuda_colour_falls_back_to_torch_ops_when_triton_fails(
             raise RuntimeError("no C compiler")
 
     monkeypatch.setattr(color, "_triton_kernels", lambda: Broken)
-    monkeypatch.setattr(color, "_triton_failed", [])
-    lay = yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
-    rgb = _window(frames_rgb).cuda()
-    want = rgb_to_yuv(rgb, lay, size=SIZE, kernels="torch")
-    with caplog.at_level(logging.WARNING, logger="vs_skipsr.color"):
-        for _ in range(2):
-            got = rgb_to_yuv(rgb, lay, size=SIZE)
-            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
-    assert caplog.text.count("Triton failed") == 1  # said once, then torch ops without trying
-    with pytest.raises(RuntimeError, match="no C compiler"):
-        rgb_to_yuv(rgb, lay, size=SIZE, kernels="triton")
+    color._triton_color_works_on.cache_clear()
+    try:
+        lay = yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
+        rgb = _window(frames_rgb).cuda()
+        want = rgb_to_yuv(rgb, lay, size=SIZE, kernels="torch")
+        with caplog.at_level(logging.WARNING, logger="vs_skipsr.optional"):
+            for _ in range(2):
+                got = rgb_to_yuv(rgb, lay, size=SIZE)
+                assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+        assert not color.triton_color_works(rgb.device)
+        # said once (the check runs once a card), then torch ops without trying
+        assert caplog.text.count("Triton colour conversion unavailable here") == 1
+        with pytest.raises(RuntimeError, match="no C compiler"):
+            rgb_to_yuv(rgb, lay, size=SIZE, kernels="triton")
+    finally:
+        color._triton_color_works_on.cache_clear()

@@ -194,7 +194,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _kernel_report(chosen: object) -> list[str]:
     """Which window attention, residual norms, conv-head passes and MLP GELU the chosen
-    backend runs the shipped SR net with, and which gather reads the kept tokens. For torch
+    backend runs the shipped SR net with, which gather reads the kept tokens and which
+    kernels convert the colour on the device. For torch
     the runner is built as skipsr() builds it, so on a GPU this is the kernels' own checks
     (compile and compare, a second or two), not a guess."""
     from .backends.torch_backend import TorchBackend
@@ -210,6 +211,7 @@ def _kernel_report(chosen: object) -> list[str]:
             f"conv head's passes there: {exported}",
             f"MLP's GELU there: {exported}",
             _gather_line(device),
+            _colour_line(device),
         ]
     runner = chosen.load(sr=load_sr(DEFAULT_SR_WEIGHTS), mask=None)
     norms = "triton (one kernel a residual update and norm)" if runner.fused_norm else "torch's"
@@ -223,6 +225,7 @@ def _kernel_report(chosen: object) -> list[str]:
         f"conv head's passes there: {head}",
         f"MLP's GELU there: {gelu}",
         _gather_line(runner.device),
+        _colour_line(runner.device),
     ]
 
 
@@ -234,6 +237,16 @@ def _gather_line(device: torch.device) -> str:
     if triton_gather_works(device):
         return "kept tokens' gather there: triton (one kernel, in the net's dtype)"
     return "kept tokens' gather there: torch's"
+
+
+def _colour_line(device: torch.device) -> str:
+    """The device colour conversion (device_color), whatever the backend: decided on a CUDA
+    device by its check, made here."""
+    from .color import triton_color_works
+
+    if triton_color_works(device):
+        return "device colour conversion there: triton (three kernels)"
+    return "device colour conversion there: torch ops"
 
 
 def _attention_form(runner: TorchRunner, chosen: TorchBackend) -> str:

@@ -15,9 +15,8 @@ tests compare both paths code by code.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from types import ModuleType
 from typing import Literal
 
@@ -25,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .optional import optional_module
+from .optional import optional_module, works_here
 
-__all__ = ["YuvLayout", "rgb_to_yuv", "yuv_layout"]
+__all__ = ["YuvLayout", "kernels_agree", "rgb_to_yuv", "triton_color_works", "yuv_layout"]
 
-log = logging.getLogger(__name__)
 
 # _Matrix values (ITU-T H.273) with constant (Kr, Kb) luma weights
 _KR_KB: dict[int, tuple[float, float]] = {
@@ -147,7 +145,43 @@ def _triton_kernels() -> ModuleType | None:
     return optional_module("vs_skipsr.color_triton")
 
 
-_triton_failed: list[str] = []  # the first error of the Triton kernels in this process
+def triton_color_works(device: torch.device) -> bool:
+    """Whether :mod:`vs_skipsr.color_triton`'s kernels run on ``device`` (CUDA, Triton
+    installed) and give the torch ops' codes on a small cropped window (4:2:0 8-bit limited
+    BT.709, 4:4:4 10-bit full BT.601); once a process and card. The filter asks before its
+    graphs are captured, so the check never runs inside one."""
+    if device.type != "cuda":
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _triton_color_works_on(index)
+
+
+@cache
+def _triton_color_works_on(index: int) -> bool:
+    module = _triton_kernels()
+    if module is None:
+        return False
+    device = torch.device("cuda", index)
+    return works_here(lambda: kernels_agree(module, device), what="Triton colour conversion")
+
+
+def kernels_agree(module: ModuleType, device: torch.device) -> None:
+    """Raise unless ``module``'s ``rgb_to_yuv_triton`` gives the torch ops' codes on
+    ``device`` for a small window converted with a crop (the check of
+    :func:`triton_color_works`; a module is passed so a test can hand it a broken one)."""
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.rand(2, 3, 24, 32, generator=gen).to(device)
+    size = (21, 29)  # odd: chroma rounds up, the crop leaves rows and columns out
+    for bits, ss, matrix, full in ((8, 1, 1, False), (10, 0, 6, True)):
+        layout = yuv_layout(
+            bits=bits, ss_w=ss, ss_h=ss, matrix=matrix, full_range=full, chromaloc=0
+        )
+        assert layout is not None
+        got = _convert_triton(module, rgb, layout, size=size)
+        want = _convert_torch(rgb[..., : size[0], : size[1]], layout)
+        for name, g, w in zip("YUV", got, want, strict=True):
+            if g.shape != w.shape or not torch.equal(g, w):
+                raise RuntimeError(f"{bits}-bit {name} plane differs from the torch ops' codes")
 
 
 def rgb_to_yuv(
@@ -163,25 +197,18 @@ def rgb_to_yuv(
     cropped inside it.
 
     ``kernels``: "auto" runs the Triton kernels of :mod:`vs_skipsr.color_triton` (three passes
-    instead of ~40, the same codes) on a GPU where Triton is installed and works, else torch
-    ops; a Triton failure (no C compiler for its launcher, say) is logged once and torch ops
-    take over."""
+    instead of ~40, the same codes) on a GPU where :func:`triton_color_works` found them to
+    give the torch ops' codes (a kernel that cannot build there, no C compiler for Triton's
+    launcher say, costs a log line once), else torch ops."""
     if kernels not in ("auto", "torch", "triton"):
         raise ValueError(f"kernels must be 'auto', 'torch' or 'triton', not {kernels!r}")
     height, width = rgb.shape[-2:] if size is None else size
-    triton_ok = rgb.device.type == "cuda" and not _triton_failed
-    if kernels == "triton" or (kernels == "auto" and triton_ok):
+    auto = kernels == "auto" and rgb.device.type == "cuda" and triton_color_works(rgb.device)
+    if kernels == "triton" or auto:
         module = _triton_kernels()
-        if module is None and kernels == "triton":
+        if module is None:
             raise RuntimeError("rgb_to_yuv: kernels='triton' needs the triton package")
-        if module is not None:
-            try:
-                return _convert_triton(module, rgb, layout, size=(height, width))
-            except Exception as e:  # any failure: torch ops do the same job
-                if kernels == "triton":
-                    raise
-                _triton_failed.append(repr(e))
-                log.warning("colour conversion: Triton failed (%r); using torch ops", e)
+        return _convert_triton(module, rgb, layout, size=(height, width))
     return _convert_torch(rgb[..., :height, :width], layout)
 
 

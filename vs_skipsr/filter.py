@@ -60,7 +60,7 @@ from .backends.cuda_graphs import StaticGraph
 from .backends.select import BACKEND_NAMES, Backend, resolve_backend
 from .backends.tensorrt_backend import TensorRTBackend
 from .backends.torch_backend import TorchBackend
-from .color import YuvLayout, rgb_to_yuv, yuv_layout
+from .color import YuvLayout, rgb_to_yuv, triton_color_works, yuv_layout
 from .models.sr import PRESETS as SR_PRESETS
 from .models.sr import SRConfig, SRTransformer
 from .models.weights import (
@@ -1025,9 +1025,11 @@ class _SkipSRNode:
             if self._prepared:
                 return
             try:
+                s = self.settings
+                if s.device_color:  # the colour kernels' check, before any graph is captured
+                    triton_color_works(self.runner.device)
                 patch = self.runner.sr_config.patch
                 grid = token_grid(self.plan.size, self.out_h, self.out_w, patch=patch)
-                s = self.settings
                 self.runner.prepare(
                     grid=grid, dense=s.threshold is None and s.skip_ratio is None, steps=s.steps
                 )
