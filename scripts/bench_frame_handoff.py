@@ -150,6 +150,28 @@ def _script_args() -> dict[str, Any]:
     }
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``W x H`` from --size, or an exit naming it."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size {text!r}: give WIDTHxHEIGHT, e.g. 1920x816") from None
+    if width < 1 or height < 1:
+        raise SystemExit(f"--size {text!r}: both sides must be 1 or more")
+    return width, height
+
+
+def _format(name: str) -> vs.VideoFormat:
+    """The VapourSynth preset named by --format: integer YUV or GRAY (numpy writes it)."""
+    preset = getattr(vs, name, None)
+    if not isinstance(preset, vs.PresetVideoFormat):
+        raise SystemExit(f"--format {name!r}: not a VapourSynth format preset (YUV420P8, ...)")
+    fmt = vs.core.get_video_format(preset)
+    if fmt.sample_type != vs.INTEGER:
+        raise SystemExit(f"--format {name!r}: accepted integer formats only")
+    return fmt
+
+
 def _vspipe() -> str:
     here = Path(sys.executable).parent / "vspipe"
     found = str(here) if here.exists() else shutil.which("vspipe")
@@ -197,8 +219,13 @@ def main() -> None:
     for mode in modes:
         if mode not in MODES:
             raise SystemExit(f"--modes: {mode!r}: accepted {', '.join(MODES)}")
-    width, height = (int(v) for v in args.size.split("x"))
-    fmt = vs.core.get_video_format(getattr(vs, args.format))
+    width, height = _size(args.size)
+    fmt = _format(args.format)
+    if args.window < 1 or args.frames < 1 or args.repeats < 1:
+        raise SystemExit(
+            f"--window {args.window}, --frames {args.frames}, --repeats {args.repeats}: "
+            "accepted 1 or more each"
+        )
     planes = source_window(fmt, width=width, height=height, window=args.window)
     frames = min(args.frames, 3 * args.window + 1)  # the checks: a few windows and a tail
     for mode in modes:

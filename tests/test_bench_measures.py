@@ -426,3 +426,18 @@ def test_frame_handoff_prints_vspipes_rate_for_every_mode(
     ]
     assert all(len(r["fps"]) == 1 and r["fps"][0] > 0 for r in rows)
     assert run.stdout.count("\n") == 2 + len(rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "12"], "--size '12': give WIDTHxHEIGHT"),
+        (["--format", "RGBS"], "--format 'RGBS': accepted integer formats only"),
+        (["--modes", "tickets,fast"], "--modes: 'fast': accepted frameeval"),
+        (["--spin-share", "1"], "--spin-share 1.0: accepted 0 <= share < 1"),
+    ],
+)
+def test_frame_handoff_names_a_bad_argument(args: list[str], message: str) -> None:
+    script = str(ROOT / "scripts" / "bench_frame_handoff.py")
+    run = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    assert run.returncode != 0 and message in run.stderr, run.stderr[-500:]
