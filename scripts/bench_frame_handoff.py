@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,20 @@ def _format(name: str) -> vs.VideoFormat:
     return fmt
 
 
+def _numbers(text: str, flag: str, kind: type, ok: Callable[[Any], bool], accepted: str) -> list:
+    """A comma-separated list of ``kind`` from ``flag``, or an exit naming the bad value."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = kind(item)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise SystemExit(f"{flag} {item!r}: accepted {accepted}")
+        values.append(value)
+    return values
+
+
 def _vspipe() -> str:
     here = Path(sys.executable).parent / "vspipe"
     found = str(here) if here.exists() else shutil.which("vspipe")
@@ -226,6 +241,8 @@ def main() -> None:
             f"--window {args.window}, --frames {args.frames}, --repeats {args.repeats}: "
             "accepted 1 or more each"
         )
+    threads = _numbers(args.threads, "--threads", int, lambda v: v >= 0, "0 or more")
+    spins = _numbers(args.spin_share, "--spin-share", float, lambda v: 0 <= v < 1, "0 <= share < 1")
     planes = source_window(fmt, width=width, height=height, window=args.window)
     frames = min(args.frames, 3 * args.window + 1)  # the checks: a few windows and a tail
     for mode in modes:
@@ -235,11 +252,6 @@ def main() -> None:
         )  # fmt: skip
         check(node, planes, window=args.window)
 
-    threads = [int(t) for t in args.threads.split(",")]
-    spins = [float(s) for s in args.spin_share.split(",")]
-    for spin in spins:
-        if not 0 <= spin < 1:
-            raise SystemExit(f"--spin-share {spin}: accepted 0 <= share < 1")
     rows = []
     print(f"{args.size} {args.format}, T = {args.window}, {args.frames} frames through vspipe")
     print(f"{'mode':>12} {'threads':>7} {'spin':>5} {'fps':>9} {'ms/frame':>8}  runs")

@@ -434,7 +434,9 @@ def test_frame_handoff_prints_vspipes_rate_for_every_mode(
         (["--size", "12"], "--size '12': give WIDTHxHEIGHT"),
         (["--format", "RGBS"], "--format 'RGBS': accepted integer formats only"),
         (["--modes", "tickets,fast"], "--modes: 'fast': accepted frameeval"),
-        (["--spin-share", "1"], "--spin-share 1.0: accepted 0 <= share < 1"),
+        (["--spin-share", "1"], "--spin-share '1': accepted 0 <= share < 1"),
+        (["--spin-share", "0,half"], "--spin-share 'half': accepted 0 <= share < 1"),
+        (["--threads", "0,-2"], "--threads '-2': accepted 0 or more"),
     ],
 )
 def test_frame_handoff_names_a_bad_argument(args: list[str], message: str) -> None:
