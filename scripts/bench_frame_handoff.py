@@ -14,7 +14,12 @@ that carry the callback:
                  (VapourSynth runs one ModifyFrame's callbacks one at a time)
 
     python scripts/bench_frame_handoff.py                       # 1920x816 YUV420P8, T = 20
-    python scripts/bench_frame_handoff.py --spin-share 0,0.55 --threads 0,8
+    python scripts/bench_frame_handoff.py --spin-share 0,0.55 --threads 0,8 --copy numpy,held
+
+Two ways to write a plane (--copy): ``numpy``, numpy.copyto as the filter does, which lets go of
+the GIL for the copy and takes it back after; ``held``, one memmove of the whole plane with the
+GIL kept (where the frame's stride is the row's length; else numpy's), one hand-off fewer per
+plane but the copy serialised with every other thread's Python.
 
 Every mode's frames are checked against the window they come from before it is timed. vspipe
 runs each (mode, threads, spin) once per repeat to a null sink; the table shows vspipe's own
@@ -28,6 +33,7 @@ beside a thread spinning 0.12 ms between its sleeps, about --spin-share 0.55).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import re
 import shutil
@@ -44,6 +50,11 @@ import numpy as np
 import vapoursynth as vs
 
 MODES = ("frameeval", "modifyframe", "tickets", "shards")
+COPIES = ("numpy", "held")
+# memmove called the way a PyDLL function is: ctypes keeps the GIL for the call
+_memmove_holding_gil = ctypes.PYFUNCTYPE(
+    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)(ctypes._memmove_addr)
 _RATE = re.compile(r"Output (\d+) frames in ([\d.]+) seconds \(([\d.]+) fps\)")
 
 
@@ -60,6 +71,14 @@ def source_window(fmt: vs.VideoFormat, *, width: int, height: int, window: int) 
     return planes
 
 
+def write_plane(frame: vs.VideoFrame, plane: int, src: np.ndarray, *, copy: str) -> None:
+    """``src`` (C-contiguous) into ``frame``'s plane, by ``copy`` (module docstring)."""
+    if copy == "held" and frame.get_stride(plane) == src.strides[0]:
+        _memmove_holding_gil(frame.get_write_ptr(plane).value, src.ctypes.data, src.nbytes)
+    else:
+        np.copyto(np.asarray(frame[plane]), src)
+
+
 def build(
     mode: str,
     *,
@@ -69,15 +88,19 @@ def build(
     window: int,
     frames: int,
     planes: list[np.ndarray],
+    copy: str = "numpy",
 ) -> vs.VideoNode:
-    """The output node of ``mode``: frame n holds ``planes[p][n % window]``."""
+    """The output node of ``mode``: frame n holds ``planes[p][n % window]``, written by
+    ``copy``."""
+    if copy not in COPIES:
+        raise ValueError(f"copy={copy!r}: accepted {', '.join(COPIES)}")
     core = vs.core
     blank = core.std.BlankClip(width=width, height=height, format=fmt.id, length=frames, keep=True)
 
     def write(n: int, like: vs.VideoFrame) -> vs.VideoFrame:
         out = core.create_video_frame(like.format, like.width, like.height)
         for p in range(fmt.num_planes):
-            np.copyto(np.asarray(out[p]), planes[p][n % window])
+            write_plane(out, p, planes[p][n % window], copy=copy)
         props = out.props
         props["_Matrix"], props["_Range"], props["_ChromaLocation"] = 1, 0, 0
         props["SkipSRKeptRatio"], props["SkipSRWindow"] = 0.17, n // window
@@ -148,6 +171,7 @@ def _script_args() -> dict[str, Any]:
         "frames": int(g["frames"]),
         "threads": int(g.get("threads", 0)),
         "spin_share": float(g.get("spin_share", 0)),
+        "copy": str(g.get("copy", "numpy")),
     }
 
 
@@ -195,7 +219,9 @@ def _vspipe() -> str:
     return found
 
 
-def run_vspipe(args: argparse.Namespace, *, mode: str, threads: int, spin_share: float) -> float:
+def run_vspipe(
+    args: argparse.Namespace, *, mode: str, threads: int, spin_share: float, copy: str
+) -> float:
     """vspipe's own rate for one mode, to a null sink."""
     cmd = [_vspipe(), str(Path(__file__).resolve()), "--"]
     values = {
@@ -206,6 +232,7 @@ def run_vspipe(args: argparse.Namespace, *, mode: str, threads: int, spin_share:
         "frames": args.frames,
         "threads": threads,
         "spin_share": spin_share,
+        "copy": copy,
     }
     for key, value in values.items():
         cmd[2:2] = ["-a", f"{key}={value}"]
@@ -227,6 +254,7 @@ def main() -> None:
     ap.add_argument(
         "--spin-share", default="0", help="shares of time a thread spins in Python, to try"
     )
+    ap.add_argument("--copy", default="numpy", help="ways to write a plane: numpy, held")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -243,30 +271,42 @@ def main() -> None:
         )
     threads = _numbers(args.threads, "--threads", int, lambda v: v >= 0, "0 or more")
     spins = _numbers(args.spin_share, "--spin-share", float, lambda v: 0 <= v < 1, "0 <= share < 1")
+    copies = args.copy.split(",")
+    for copy in copies:
+        if copy not in COPIES:
+            raise SystemExit(f"--copy {copy!r}: accepted {', '.join(COPIES)}")
     planes = source_window(fmt, width=width, height=height, window=args.window)
     frames = min(args.frames, 3 * args.window + 1)  # the checks: a few windows and a tail
     for mode in modes:
-        node = build(
-            mode, width=width, height=height, fmt=fmt, window=args.window, frames=frames,
-            planes=planes,
-        )  # fmt: skip
-        check(node, planes, window=args.window)
+        for copy in copies:
+            node = build(
+                mode, width=width, height=height, fmt=fmt, window=args.window, frames=frames,
+                planes=planes, copy=copy,
+            )  # fmt: skip
+            check(node, planes, window=args.window)
 
     rows = []
     print(f"{args.size} {args.format}, T = {args.window}, {args.frames} frames through vspipe")
-    print(f"{'mode':>12} {'threads':>7} {'spin':>5} {'fps':>9} {'ms/frame':>8}  runs")
+    print(f"{'mode':>12} {'copy':>6} {'threads':>7} {'spin':>5} {'fps':>9} {'ms/frame':>8}  runs")
     for spin in spins:
         for th in threads:
             for mode in modes:
-                rates = [
-                    run_vspipe(args, mode=mode, threads=th, spin_share=spin)
-                    for _ in range(args.repeats)
-                ]
-                fps = statistics.median(rates)
-                label = th or vs.core.num_threads
-                runs = ", ".join(f"{r:.1f}" for r in rates)
-                print(f"{mode:>12} {label:>7} {spin:>5g} {fps:>9.1f} {1000 / fps:>8.3f}  {runs}")
-                rows.append({"mode": mode, "threads": label, "spin_share": spin, "fps": rates})
+                for copy in copies:
+                    rates = [
+                        run_vspipe(args, mode=mode, threads=th, spin_share=spin, copy=copy)
+                        for _ in range(args.repeats)
+                    ]
+                    fps = statistics.median(rates)
+                    label = th or vs.core.num_threads
+                    runs = ", ".join(f"{r:.1f}" for r in rates)
+                    print(
+                        f"{mode:>12} {copy:>6} {label:>7} {spin:>5g} {fps:>9.1f} "
+                        f"{1000 / fps:>8.3f}  {runs}"
+                    )
+                    rows.append(
+                        {"mode": mode, "copy": copy, "threads": label, "spin_share": spin,
+                         "fps": rates}
+                    )  # fmt: skip
     if args.json is not None:
         args.json.write_text(
             json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows})
@@ -282,7 +322,7 @@ if __name__ == "__vapoursynth__":
     _planes = source_window(_a["fmt"], width=_a["width"], height=_a["height"], window=_a["window"])
     build(
         _a["mode"], width=_a["width"], height=_a["height"], fmt=_a["fmt"], window=_a["window"],
-        frames=_a["frames"], planes=_planes,
+        frames=_a["frames"], planes=_planes, copy=_a["copy"],
     ).set_output()  # fmt: skip
 elif __name__ == "__main__":
     main()

@@ -380,22 +380,30 @@ def handoff():
     return module
 
 
+@pytest.mark.parametrize(("copy", "width"), [("numpy", 32), ("held", 32), ("held", 128)])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("mode", ["frameeval", "modifyframe", "tickets", "shards"])
 def test_frame_handoff_modes_write_each_frame_from_its_window_position(
-    handoff, mode: str, threads: int, monkeypatch: pytest.MonkeyPatch
+    handoff, mode: str, threads: int, copy: str, width: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each way of handing frames over writes frame n from window position n % T, whatever
     the clip's tail (14 frames: T = 4 and 3 threads divide neither), so the rates it prints
-    compare the same frames."""
+    compare the same frames; so does each way of copying (held: at width 128 every plane's
+    stride is its row, one memmove a plane; at 32 the chroma rows are padded, numpy's copy)."""
     import vapoursynth as vs
 
     monkeypatch.setattr(vs.core, "num_threads", threads)
     fmt = vs.core.get_video_format(vs.YUV420P10)
-    planes = handoff.source_window(fmt, width=32, height=16, window=4)
-    assert [p.shape for p in planes] == [(4, 16, 32), (4, 8, 16), (4, 8, 16)]
-    node = handoff.build(mode, width=32, height=16, fmt=fmt, window=4, frames=14, planes=planes)
+    planes = handoff.source_window(fmt, width=width, height=16, window=4)
+    assert [p.shape for p in planes] == [(4, 16, width), (4, 8, width // 2), (4, 8, width // 2)]
+    node = handoff.build(
+        mode, width=width, height=16, fmt=fmt, window=4, frames=14, planes=planes, copy=copy
+    )
     assert node.num_frames == 14
+    if copy == "held":
+        frame = node.get_frame(0)
+        padded = [frame.get_stride(p) != planes[p].strides[1] for p in range(3)]
+        assert padded == ([False, True, True] if width == 32 else [False] * 3)
     handoff.check(node, planes, window=4)
 
 
@@ -418,11 +426,15 @@ def test_frame_handoff_prints_vspipes_rate_for_every_mode(
     out = tmp_path / "handoff.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_frame_handoff.py"), "--size", "64x32"]
     cmd += ["--window", "5", "--frames", "120", "--repeats", "1", "--spin-share", "0,0.5"]
+    cmd += ["--copy", "numpy,held"]
     run = subprocess.run([*cmd, "--json", str(out)], env=vs_env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["mode"], r["spin_share"]) for r in rows] == [
-        (m, s) for s in (0.0, 0.5) for m in ("frameeval", "modifyframe", "tickets", "shards")
+    assert [(r["mode"], r["copy"], r["spin_share"]) for r in rows] == [
+        (m, c, s)
+        for s in (0.0, 0.5)
+        for m in ("frameeval", "modifyframe", "tickets", "shards")
+        for c in ("numpy", "held")
     ]
     assert all(len(r["fps"]) == 1 and r["fps"][0] > 0 for r in rows)
     assert run.stdout.count("\n") == 2 + len(rows)
@@ -437,6 +449,7 @@ def test_frame_handoff_prints_vspipes_rate_for_every_mode(
         (["--spin-share", "1"], "--spin-share '1': accepted 0 <= share < 1"),
         (["--spin-share", "0,half"], "--spin-share 'half': accepted 0 <= share < 1"),
         (["--threads", "0,-2"], "--threads '-2': accepted 0 or more"),
+        (["--copy", "numpy,fast"], "--copy 'fast': accepted numpy, held"),
     ],
 )
 def test_frame_handoff_names_a_bad_argument(args: list[str], message: str) -> None:

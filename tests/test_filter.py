@@ -1290,13 +1290,20 @@ def test_cuda_device_color_by_triton_gives_the_torch_ops_bytes(
 ) -> None:
     """The filter's colour graph with the Triton kernels (the default on a GPU) and with
     torch ops: the same bytes, frame by frame (4:2:0 10-bit, a height short of whole tokens,
-    so the crop inside the graph is on the path)."""
+    so the crop inside the graph is on the path). Without Triton the check at first use
+    says no, and the filter converts with torch ops (the check's answer is cached per card,
+    so it is asked again with the module gone, and forgotten after)."""
     clip = vs.core.std.Crop(make_clip(vs.YUV420P10), bottom=2)
     kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5}
     by_triton = [_bytes(f) for f in sr(clip, **kw).frames()]
     assert color.triton_color_works(torch.device("cuda"))
     monkeypatch.setattr(color, "_triton_kernels", lambda: None)
-    by_torch = [_bytes(f) for f in sr(clip, **kw).frames()]
+    color._triton_color_works_on.cache_clear()
+    try:
+        assert not color.triton_color_works(torch.device("cuda"))
+        by_torch = [_bytes(f) for f in sr(clip, **kw).frames()]
+    finally:
+        color._triton_color_works_on.cache_clear()
     assert len(by_triton) == len(by_torch) == N_FRAMES
     assert by_triton == by_torch
 
