@@ -5,13 +5,16 @@ this). Each mode writes the same frames, a window of T source frames cycled, wit
 props the filter sets, into fresh VapourSynth frames with numpy; they differ only in the nodes
 that carry the callback:
 
-    frameeval    a FrameEval per frame returning one ModifyFrame (the filter's way for frames
-                 of cached windows)
+    frameeval    a FrameEval per frame returning one ModifyFrame (the filter's way with
+                 overlap)
     modifyframe  one ModifyFrame, nothing in front
     tickets      one FrameEval per window over a clip of one tiny frame a window, Interleaved
                  T times in front of one ModifyFrame a frame (a window settled once)
     shards       one ModifyFrame per VapourSynth thread, frame n written by node n % threads
                  (VapourSynth runs one ModifyFrame's callbacks one at a time)
+    windows      four tickets a window, each writing every fourth of its frames and attaching
+                 them as props, taken out in native code (PropToClip, Interleave): the
+                 filter's way without overlap, no Python callback per frame
 
     python scripts/bench_frame_handoff.py                       # 1920x816 YUV420P8, T = 20
     python scripts/bench_frame_handoff.py --spin-share 0,0.55 --threads 0,8 --copy numpy,held
@@ -25,10 +28,11 @@ Every mode's frames are checked against the window they come from before it is t
 runs each (mode, threads, spin) once per repeat to a null sink; the table shows vspipe's own
 rate, the median of the repeats. --spin-share adds a thread that spins in Python for that share
 of its time (bursts between sleeps of 0.1 ms), the way the filter's window threads hold the
-GIL. The twenty-fourth session's figures are in reports/bench_gpu_s24.log (an H200's 16-core
-host: frameeval 1094-1310 fps, modifyframe 1524-1719 without spinning; 754-991 and 1092-1544
-beside a thread spinning 0.12 ms between its sleeps, about --spin-share 0.55).
-"""
+GIL. Figures from an H200's 16-core host are in reports/bench_gpu_s24.log (frameeval
+1094-1310 fps, modifyframe 1524-1719 without spinning; 754-991 and 1092-1544 beside a thread
+spinning 0.12 ms between its sleeps, about --spin-share 0.55) and reports/bench_gpu_s25.log
+(another host: frameeval 1847, modifyframe 1832, shards 2754; the windows mode was added
+after that call)."""
 
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ from typing import Any
 import numpy as np
 import vapoursynth as vs
 
-MODES = ("frameeval", "modifyframe", "tickets", "shards")
+MODES = ("frameeval", "modifyframe", "tickets", "shards", "windows")
+PARTS = 4  # tickets a window in the windows mode, as vs_skipsr.filter._WINDOW_PARTS
 COPIES = ("numpy", "held")
 # memmove called the way a PyDLL function is: ctypes keeps the GIL for the call
 _memmove_holding_gil = ctypes.PYFUNCTYPE(
@@ -132,6 +137,28 @@ def build(
                 )
             )
         return core.std.Interleave(shards, extend=True, modify_duration=False)[:frames]
+    if mode == "windows":
+        windows = -(-frames // window)
+        tiny = core.std.BlankClip(width=1, height=1, format=vs.GRAY8, length=windows, keep=True)
+        parts = min(window, PARTS)
+
+        def attach(k: int, f: vs.VideoFrame, part: int) -> vs.VideoFrame:
+            ticket = f.copy()
+            for pos in range(part, min(window, frames - k * window), parts):
+                ticket.props[f"f{pos}"] = write(k * window + pos, blank_frame)
+            return ticket
+
+        blank_frame = blank.get_frame(0)
+        tickets = [
+            core.std.ModifyFrame(tiny, [tiny], lambda n, f, part=part: attach(n, f, part))
+            for part in range(parts)
+        ]
+        by_position = []
+        for pos in range(window):  # a first frame carrying a blank: PropToClip reads frame 0
+            probe = core.std.ClipToProp(tiny[0], mclip=blank[0], prop=f"f{pos}")
+            clip = core.std.PropToClip(probe + tickets[pos % parts], prop=f"f{pos}")[1:]
+            by_position.append(clip)
+        return core.std.Interleave(by_position, modify_duration=False)[:frames]
     raise ValueError(f"mode={mode!r}: accepted {', '.join(MODES)}")
 
 

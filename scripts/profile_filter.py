@@ -54,7 +54,8 @@ class Spans:
         self._lock = threading.Lock()
         self.total: dict[str, float] = defaultdict(float)
         self.count: dict[str, int] = defaultdict(int)
-        self.threads: dict[str, set[str]] = defaultdict(set)
+        # by ident, not name: threads of one name (the filter's read-ahead workers) are several
+        self.threads: dict[str, set[int]] = defaultdict(set)
         self.order: list[str] = []  # names in the order they were wrapped
 
     def add(self, name: str, seconds: float) -> None:
@@ -63,7 +64,7 @@ class Spans:
         with self._lock:
             self.total[name] += seconds
             self.count[name] += 1
-            self.threads[name].add(threading.current_thread().name)
+            self.threads[name].add(threading.get_ident())
 
     def reset(self) -> None:
         with self._lock:
@@ -110,9 +111,13 @@ class Spans:
 def instrument(spans: Spans) -> None:
     """The filter's steps, by the names a reader of filter.py finds them under."""
     node = filt._SkipSRNode
-    spans.wrap(node, "_select", "_select (per frame: picks the node)")
-    spans.wrap(node, "_produce_cached", "_produce_cached (per frame: windows were cached)")
-    spans.wrap(node, "_produce", "_produce (per frame: callback)")
+    spans.wrap(node, "_select_window", "_select_window (per window, no overlap: the node)")
+    spans.wrap(node, "_frames_cached", "_frames_cached (per window: it was cached)")
+    spans.wrap(node, "_frames_computed", "_frames_computed (per window: compute or wait)")
+    spans.wrap(node, "_select", "_select (per frame, overlap: picks the node)")
+    spans.wrap(node, "_produce_cached", "_produce_cached (per frame, overlap: windows cached)")
+    spans.wrap(node, "_produce", "_produce (per frame, overlap: callback)")
+    spans.wrap(node, "_write", "_write (per frame: writes it)")
     spans.wrap(node, "_new_frame", "  _new_frame")
     spans.wrap(node, "_set_props", "  _set_props")
     spans.wrap(node, "_compute", "_compute (per window)")

@@ -120,8 +120,8 @@ def test_profile_filter_times_each_frame_and_window_of_a_run(
     clip_file: Path, vs_env: dict[str, str], tmp_path: Path
 ) -> None:
     """scripts/profile_filter.py runs demo.vpy in-process the way vspipe does and times the
-    filter's calls: in its timed pass every frame is produced once (give or take the frames
-    requested ahead at its edges), the windows computed are a fifth of the frames, and the
+    filter's calls: in its timed pass every frame is written once (give or take the frames
+    requested ahead at its edges and the rest of their windows), the windows computed are a fifth of the frames, and the
     GIL's share, where py-spy is there, is a share."""
     out = tmp_path / "profile"
     requests, timed = 2, 45
@@ -133,8 +133,9 @@ def test_profile_filter_times_each_frame_and_window_of_a_run(
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     frames = timed - 20  # the first 20 frames of the pass estimate its length
-    produced = summary["host"]["_produce (per frame: callback)"]["calls"]
-    assert frames - requests <= produced <= frames + requests
+    written = summary["host"]["_write (per frame: writes it)"]["calls"]
+    # the windows' frames are written a window (5) at a time
+    assert frames - requests - 5 <= written <= frames + requests + 5
     windows = summary["host"]["_compute (per window)"]["calls"]
     assert frames // 5 - 1 <= windows <= frames // 5 + 2
     assert summary["timed_fps"] > 0 and summary["gpu"]["gpu_ms_per_frame"] == 0
@@ -367,6 +368,31 @@ def test_profile_sr_groups_every_triton_kernel_of_the_net() -> None:
     assert groups["_cells_kernel"] == "conv head (Triton)"
 
 
+def test_profile_spans_count_threads_of_one_name_apart() -> None:
+    """The filter's read-ahead workers share a name; counted by name, three of them read as one
+    thread (how the twenty-fourth session came to think one thread computed every window)."""
+    path = ROOT / "scripts" / "profile_filter.py"
+    spec = importlib.util.spec_from_file_location("profile_filter", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    spans = module.Spans()
+    spans.on = True
+    ready = threading.Barrier(3)
+
+    def work() -> None:
+        ready.wait()  # all three alive at once: no ident is reused
+        spans.add("window", 0.001)
+        ready.wait()
+
+    workers = [threading.Thread(target=work, name="skipsr-readahead") for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert spans.count["window"] == 3 and len(spans.threads["window"]) == 3
+
+
 # --- scripts/bench_frame_handoff.py ----------------------------------------------------------
 
 
@@ -382,7 +408,7 @@ def handoff():
 
 @pytest.mark.parametrize(("copy", "width"), [("numpy", 32), ("held", 32), ("held", 128)])
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("mode", ["frameeval", "modifyframe", "tickets", "shards"])
+@pytest.mark.parametrize("mode", ["frameeval", "modifyframe", "tickets", "shards", "windows"])
 def test_frame_handoff_modes_write_each_frame_from_its_window_position(
     handoff, mode: str, threads: int, copy: str, width: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -433,7 +459,7 @@ def test_frame_handoff_prints_vspipes_rate_for_every_mode(
     assert [(r["mode"], r["copy"], r["spin_share"]) for r in rows] == [
         (m, c, s)
         for s in (0.0, 0.5)
-        for m in ("frameeval", "modifyframe", "tickets", "shards")
+        for m in ("frameeval", "modifyframe", "tickets", "shards", "windows")
         for c in ("numpy", "held")
     ]
     assert all(len(r["fps"]) == 1 and r["fps"][0] > 0 for r in rows)

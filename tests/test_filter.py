@@ -130,29 +130,34 @@ def test_frame_props_are_carried_and_skipsr_props_added(make_clip: MakeClip, sr)
         assert props["SkipSRBackend"] == "torch:cpu"
 
 
+@pytest.mark.parametrize("overlap", [0, 1])
 def test_each_frame_gets_its_own_source_props_and_is_produced_once(
-    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, overlap: int
 ) -> None:
     """The source's props come on in native code after the callback (two CopyFrameProps over
-    one callback node): each frame still gets its own frame's props, and the callback runs
-    once a frame whatever the request order."""
+    the frames the callbacks write): each frame still gets its own frame's props, and is
+    written once whatever the request order, a window's frames at once (no overlap) or
+    frame by frame (overlap)."""
     base = make_clip(vs.YUV420P8)[:7]
     clip = vs.core.std.Splice([vs.core.std.SetFrameProps(base[i], Index=i) for i in range(7)])
-    produced: list[int] = []
-    real = skipsr_filter._SkipSRNode._produce
+    written: list[int] = []
+    real = skipsr_filter._SkipSRNode._write
 
-    def counted(self, n: int, f: list[vs.VideoFrame], **kw: object) -> vs.VideoFrame:
-        produced.append(n)
-        return real(self, n, f, **kw)
+    def counted(self, n: int, *args: object) -> vs.VideoFrame:
+        written.append(n)
+        return real(self, n, *args)
 
-    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce", counted)
-    out = sr(clip, window=3, skip_ratio=0.5, device_color=False)
+    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_write", counted)
+    out = sr(clip, window=3, overlap=overlap, skip_ratio=0.5, device_color=False)
     futures = [(n, out.get_frame_async(n)) for n in (6, 0, 3, 5, 1, 2, 4)]
     for n, fut in futures:
         props = fut.result().props
         assert props["Index"] == n
-        assert props["_Matrix"] == 1 and props["SkipSRWindow"] == n // 3
-    assert sorted(produced) == list(range(7)), "a frame was produced twice or not at all"
+        assert props["_Matrix"] == 1
+        # windows of 3 frames every 3 frames, or every 2 (a frame in two: either)
+        windows = {n // 3} if not overlap else {max(0, (n - 1) // 2), min(n // 2, 2)}
+        assert props["SkipSRWindow"] in windows
+    assert sorted(written) == list(range(7)), "a frame was written twice or not at all"
 
 
 def test_skip_ratio_sets_the_kept_ratio(make_clip: MakeClip, sr) -> None:
@@ -328,7 +333,7 @@ def test_prefetching_y4m_output_computes_each_window_once(make_clip: MakeClip, s
 
 
 def _readahead_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "skipsr-readahead"]
+    return [t for t in threading.enumerate() if t.name.startswith("skipsr-readahead-")]
 
 
 def _wait_for(condition: Callable[[], bool], what: str, *, seconds: float = 120.0) -> None:
@@ -505,10 +510,10 @@ def test_cpu_default_reads_nothing_ahead(make_clip: MakeClip, sr) -> None:
 def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
     make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a linear pass on the CPU (nothing read ahead) a window's first frame computes it
-    through a node made for that frame and its other frames come from the one node for
-    cached windows, each frame once, the same bytes as each frame asked for alone from a
-    fresh node, and no stash entry outlives its frame."""
+    """With overlap (a FrameEval a frame), in a linear pass on the CPU (nothing read ahead) a
+    window's first frame computes it through a node made for that frame and its other frames
+    come from the one node for cached windows, each frame once, the same bytes as each frame
+    asked for alone from a fresh node, and no stash entry outlives its frame."""
     seen: list[tuple[object, int]] = []
     real = skipsr_filter._SkipSRNode._produce_cached
 
@@ -517,10 +522,11 @@ def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
         return real(self, n, f)
 
     monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce_cached", produce_cached)
-    t = 3
-    node = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5)
+    kw = {"window": 3, "overlap": 1, "skip_ratio": 0.5}  # windows start every 2 frames
+    node = sr(make_clip(vs.YUV420P8), **kw)
     got = [_planes(node.get_frame(n)) for n in range(N_FRAMES)]
-    assert [n for _, n in seen] == [n for n in range(N_FRAMES) if n % t]
+    # an odd frame lies in one window, which its even predecessor computed
+    assert [n for _, n in seen] == [n for n in range(N_FRAMES) if n % 2]
     made = seen[0][0]
     assert made._stash == {}
     # a request with no entry (not expected) is made from the cache while it holds the windows
@@ -534,6 +540,71 @@ def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
     with pytest.raises(vs.Error, match=f"frame {last}: its windows left the cache"):
         made._produce_cached(last, inputs)
     for n in reversed(range(N_FRAMES)):  # fresh nodes: every frame through its own node
+        alone = sr(make_clip(vs.YUV420P8), **kw)
+        for a, b in zip(_planes(alone.get_frame(n)), got[n], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"frame {n}")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_without_overlap_each_window_is_written_once_through_its_tickets(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Without overlap a linear pass asks Python a few times a window, never once a frame:
+    each window's ticket of each part is made once, in order, the first part's by the node
+    that computes the window (nothing is read ahead on the CPU), the others' from the
+    cache, and writes its frames once; the frames are the bytes of each frame asked for
+    alone from a fresh node, the clip's tail window (14 frames, T = 4: two frames) included.
+    A ticket asked for again is rebuilt from the window cache, or says the window left it."""
+    monkeypatch.setattr(vs.core, "num_threads", threads)
+    made: list[tuple[str, int, int]] = []
+    node_of: list[skipsr_filter._SkipSRNode] = []
+    cls = skipsr_filter._SkipSRNode
+    real_computed, real_cached = cls._frames_computed, cls._frames_cached
+
+    def computed(self, n: int, f: list[vs.VideoFrame], *, part: int) -> vs.VideoFrame:
+        made.append(("computed", n, part))
+        node_of.append(self)
+        return real_computed(self, n, f, part=part)
+
+    def cached(self, n: int, f: list[vs.VideoFrame], *, part: int) -> vs.VideoFrame:
+        made.append(("cached", n, part))
+        return real_cached(self, n, f, part=part)
+
+    def no_frame_callback(self, n: int) -> vs.VideoNode:
+        raise AssertionError(f"frame {n}: a FrameEval a frame")
+
+    monkeypatch.setattr(cls, "_frames_computed", computed)
+    monkeypatch.setattr(cls, "_frames_cached", cached)
+    monkeypatch.setattr(cls, "_select", no_frame_callback)
+    t, stats, parts = 4, SkipSRStats(), skipsr_filter._WINDOW_PARTS
+    assert 0 < N_FRAMES % t < parts, "the clip must end in a window with parts left empty"
+    node = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5, stats=stats)
+    assert made == [], "a window was computed before any frame was asked for"
+    assert (node.num_frames, node.fps) == (N_FRAMES, make_clip(vs.YUV420P8).fps)
+    got = [_planes(node.get_frame(n)) for n in range(N_FRAMES)]
+    windows = -(-N_FRAMES // t)
+    want = [
+        ("computed" if part == 0 else "cached", k, part)
+        for k in range(windows)
+        for part in range(min(parts, N_FRAMES - k * t))
+    ]
+    assert made == want
+    assert dict(stats.computed) == {k: 1 for k in range(windows)}
+    this = node_of[0]
+    assert this._window_stash == {} and len(this.tickets) == parts
+    last = windows - 1
+    tiny = this.tickets[1].get_frame(last)  # still held by VapourSynth: no callback
+    assert made == want
+    this.tickets[0].get_frame(0)  # long dropped by VapourSynth: made again from the cache
+    assert made[-1] == ("cached", 0, 0) and dict(stats.computed) == {k: 1 for k in range(windows)}
+    again = this._frames_cached(last, tiny, part=1)  # not stashed: from the cache
+    frame = again.props[f"SkipSRFrame{N_FRAMES - 1 - last * t}"]
+    for a, b in zip(_planes(frame), _planes(this.sr.get_frame(N_FRAMES - 1)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    this.cache._entries.clear()
+    with pytest.raises(vs.Error, match=f"window {last} left the cache"):
+        this._frames_cached(last, tiny, part=1)
+    for n in (N_FRAMES - 1, N_FRAMES - 2, t, 1, 0):  # fresh nodes: each frame through its own
         alone = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5)
         for a, b in zip(_planes(alone.get_frame(n)), got[n], strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"frame {n}")
@@ -569,7 +640,11 @@ def test_default_keep_rule_is_the_gradient_threshold(make_clip: MakeClip, sr_wei
     np.testing.assert_allclose(_rgb(out.get_frame(2)), ref.frames[2].numpy(), atol=1e-6)
 
 
-def test_seek_back_after_eviction_gives_the_same_bytes(make_clip: MakeClip, sr) -> None:
+def test_seek_back_after_eviction_gives_the_same_bytes(
+    make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One thread: VapourSynth then keeps three windows' tickets, so frame 1's is gone too."""
+    monkeypatch.setattr(vs.core, "num_threads", 1)
     clip = make_clip(vs.RGB24)
     want = _bytes(sr(clip, window=2).get_frame(1))
     stats = SkipSRStats()
@@ -1205,13 +1280,13 @@ def test_device_color_of_frames_short_of_whole_tokens(
     the resize path starts from, so the padded rows reach no sample (the bottom rows included)."""
     monkeypatch.setattr(skipsr_filter, "_DEVICE_COLOR_DEVICES", frozenset({"cpu"}))
     nodes: list[skipsr_filter._SkipSRNode] = []
-    real = skipsr_filter._SkipSRNode._produce
+    real = skipsr_filter._SkipSRNode._write
 
-    def produce(self, n: int, f: list[vs.VideoFrame], **kw: object) -> vs.VideoFrame:
+    def write(self, n: int, *args: object) -> vs.VideoFrame:
         nodes.append(self)
-        return real(self, n, f, **kw)
+        return real(self, n, *args)
 
-    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_produce", produce)
+    monkeypatch.setattr(skipsr_filter._SkipSRNode, "_write", write)
     clip = vs.core.std.Crop(make_clip(vs.YUV420P8), bottom=2)
     clip = vs.core.std.SetFrameProps(clip, _Matrix=1, _Range=0, _ChromaLocation=0)
     kw = {"window": 4, "skip_ratio": 0.5}

@@ -10,13 +10,19 @@
     format directly, with no resize back)
 
 VapourSynth asks for frames one at a time, from several threads, in any order, while the
-network wants T frames at once. A :func:`~vapoursynth.core.std.FrameEval` looks at frame n,
-asks the cache which of its windows are missing and returns a ``ModifyFrame`` fed with just
-the source frames those windows need (or, when none is missing, one node built once for such
-frames); the callback computes them under one lock per window
-(so two threads asking frames of one window compute it once), blends and writes the frame.
-Callbacks of different frames run concurrently, which is what lets the plumbing keep up with a
-GPU (DESIGN.md). Nothing is written to stdout: vspipe owns it; messages go to ``logging``.
+network wants T frames at once. Without overlap (the default) each frame lies in one window,
+and Python is asked a few times a window, never per frame (``_by_window``): a clip of one
+tiny frame per window and part, the tickets, whose callback puts the window into the cache
+(computing it from its source frames unless the read ahead did), writes that part's frames
+and attaches them to the ticket as props; frame n is taken out of ticket n // T in native code
+(PropToClip, Interleave). With overlap a :func:`~vapoursynth.core.std.FrameEval` looks at
+frame n, asks the cache which of its windows are missing and returns a ``ModifyFrame`` fed
+with just the source frames those windows need (or, when none is missing, one node built once
+for such frames), whose callback blends and writes the frame. Either way a window is computed
+under its own lock (so two threads asking frames of one window compute it once), and
+callbacks of different windows or frames run concurrently, which is what lets the plumbing
+keep up with a GPU (DESIGN.md). Nothing is written to stdout: vspipe owns it; messages go to
+``logging``.
 
 The plumbing, not the network, limits a small model on a GPU, so the bytes per frame are kept
 down. On CUDA a window comes back as float16 (converted on the GPU: half the bytes over the
@@ -35,6 +41,7 @@ host's per-frame work is three plane copies.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -137,8 +144,9 @@ _GPU_WINDOW_MEMORY_SHARE = 0.5
 # (num_streams=None and readahead=None) where the card's memory share holds three windows.
 # Same H200, same run, 1080 frames, 8 steps, default threshold, two streams and two read
 # ahead against three and three: cockatoo 572.2/568.0 -> 608.5/610.5 fps, bikes 479.0/479.3
-# -> 493.6/521.0 (sixteenth session, call 5, reports/bench_gpu_s16.log; why is open: a
-# profile still shows one read-ahead thread computing every window). The memory estimate
+# -> 493.6/521.0 (sixteenth session, call 5, reports/bench_gpu_s16.log; why is open: the
+# profiles that seemed to show one read-ahead thread computing every window counted threads
+# by name, and the workers shared one until the twenty-fifth session). The memory estimate
 # scales by the windows in flight, 0.14 MiB a token being two of them: 34272 MiB for three
 # 20-frame 1080p windows, where the whole run peaked at 26292 MiB reserved (call 6).
 _LONG_WINDOW_STREAMS = 3
@@ -501,6 +509,9 @@ class _Slots:
             self._free.put(stream)
 
 
+_WINDOW_FRAME = "SkipSRFrame"  # a ticket's prop holding the frame at a position (_by_window)
+_WINDOW_PARTS = 4  # tickets a window, each writing every 4th of its frames (_by_window)
+
 OWN_PROPS = (
     "_Matrix",
     "_Range",
@@ -570,12 +581,17 @@ class _SkipSRNode:
         t = plan.size
         self.shifted = {d: _shifted(self.lr, d) for d in range(-(t - 1), t)}
         self.sr: vs.VideoNode | None = None  # the RGB float output, before the way back
+        # without overlap, a clip of one frame a window for each part of a window (_by_window)
+        self.tickets: list[vs.VideoNode] = []
+        # (window, part) found cached by _select_window, for _frames_cached: [result, requests]
+        self._window_stash: dict[tuple[int, int], list[Any]] = {}
         self._back: dict[_Color, vs.VideoNode] = {}
         self._back_lock = threading.Lock()
         self.readahead = readahead
         self._ahead: queue.SimpleQueue[tuple[int, _Fetch]] = queue.SimpleQueue()
         self._ahead_threads: set[threading.Thread] = set()
         self._ahead_workers = max(1, min(readahead, num_streams))
+        self._ahead_serial = itertools.count()
         self._ahead_lock = threading.Lock()
         self._ahead_next = 0  # windows below this one were read ahead or asked for already
         self._prepared = False
@@ -602,7 +618,10 @@ class _SkipSRNode:
         # threads; the own ones alone take 0.28 (H100 floor profiles, eighth and ninth
         # sessions). VapourSynth caches the callback's frame for its second consumer, so each
         # frame is still produced once (a test counts).
-        made = self.core.std.FrameEval(self.blank, self._select)
+        if self.plan.overlap == 0 and self._create_frame is not None:
+            made = self._by_window()
+        else:
+            made = self.core.std.FrameEval(self.blank, self._select)
         self.sr = self.core.std.CopyFrameProps(
             self.core.std.CopyFrameProps(made, self.clip), made, props=list(OWN_PROPS)
         )
@@ -613,6 +632,131 @@ class _SkipSRNode:
             self.clip, width=self.out_w, height=self.out_h, format=fmt.id, keep=True
         )
         return self.core.std.FrameEval(target, self._convert_back, prop_src=[self.clip])
+
+    def _by_window(self) -> vs.VideoNode:
+        """Without overlap every frame lies in one window, so Python is asked a few times a
+        window, not twice a frame: clips of one tiny frame a window, the tickets, whose
+        callbacks (:meth:`_frames_cached` or :meth:`_frames_computed`, picked by
+        :meth:`_select_window`) write the window's frames and attach them to the ticket as
+        props; frame n is then prop ``pos`` of ticket n // T, taken out in native code (a
+        PropToClip per position, interleaved). A FrameEval and a ModifyFrame a frame set the
+        host's floor: synthetic 1920x816 YUV420P8 frames written from numpy that way ran at
+        1848 fps through vspipe, 2754 with the writing spread over one ModifyFrame per
+        VapourSynth thread (an H200's 16-core host, twenty-fifth session), where the
+        profiles of the twenty-first and twenty-fourth sessions found nothing left to shave
+        off a frame's callbacks. End to end the floor (bikes, 1920x816, no token kept) went
+        from 1.14 to 0.76 ms a frame, alternating in one call (reports/bench_gpu_s25.log).
+
+        A window has ``_WINDOW_PARTS`` tickets, part s writing the positions s, s + parts,
+        ...: VapourSynth runs one ModifyFrame's callbacks one at a time, so one ticket a
+        window wrote 20 frames one after another while the other threads waited (H200,
+        twenty-fifth session: 20-26 ms a window through vspipe, 38 under the profiler). A
+        window's source frames reach Python only where it has to be computed (once, under
+        the cache's lock, whichever part asks first). VapourSynth keeps a few tickets of each
+        part (the windows the requests in flight span); one asked for again after that is
+        rebuilt from the window cache, or computed again if the window left it too (a seek
+        back)."""
+        plan, core, t = self.plan, self.core, self.plan.size
+        windows = plan.num_windows
+        tiny = core.std.BlankClip(
+            self.blank, width=1, height=1, format=vs.GRAY8, length=windows, keep=True
+        )
+        padded = self.lr  # the tail window's positions past the end repeat the last frame
+        if windows * t > plan.num_frames:
+            padded = padded + padded[-1] * (windows * t - plan.num_frames)
+        inputs = [
+            core.std.SelectEvery(padded, cycle=t, offsets=[j], modify_duration=False)
+            for j in range(t)
+        ]
+        if self.settings.device_color:  # each window's first source frame, for colour props
+            first = core.std.SelectEvery(self.clip, cycle=t, offsets=[0], modify_duration=False)
+            inputs.insert(0, first)
+        held = -(-core.num_threads // t) + 2
+        self.tickets = []
+        for part in range(min(t, _WINDOW_PARTS)):
+            computed = core.std.ModifyFrame(
+                tiny, [tiny, *inputs], partial(self._frames_computed, part=part)
+            )
+            cached = core.std.ModifyFrame(tiny, [tiny], partial(self._frames_cached, part=part))
+            for node in (computed, cached):  # each asked once a ticket, which is cached
+                core.std.SetVideoCache(node, mode=0)
+            select = partial(self._select_window, part=part, computed=computed, cached=cached)
+            tickets = core.std.FrameEval(tiny, select)
+            core.std.SetVideoCache(tickets, mode=1, fixedsize=1, maxsize=held)
+            self.tickets.append(tickets)
+        by_position = []
+        for pos in range(t):
+            # PropToClip reads its clip's frame 0 for the format when it is made: a first
+            # frame carrying a blank frame, so no window is computed before it is asked for
+            name = f"{_WINDOW_FRAME}{pos}"
+            probe = core.std.ClipToProp(tiny[0], mclip=self.blank[0], prop=name)
+            tickets = self.tickets[pos % len(self.tickets)]
+            by_position.append(core.std.PropToClip(probe + tickets, prop=name)[1:])
+        made = core.std.Interleave(by_position, modify_duration=False)[: plan.num_frames]
+        return core.std.AssumeFPS(made, src=self.blank)
+
+    def _select_window(
+        self, n: int, *, part: int, computed: vs.VideoNode, cached: vs.VideoNode
+    ) -> vs.VideoNode:
+        """Window n's ticket of ``part``: from the cache where the window is there (read
+        ahead, or another part computed it), else from the node fed its source frames."""
+        result = self.cache.peek(n)
+        if result is None:
+            return computed
+        with self._stash_lock:
+            entry = self._window_stash.get((n, part))
+            if entry is None:
+                self._window_stash[n, part] = [result, 1]
+            else:  # a second request before the first was made
+                entry[0], entry[1] = result, entry[1] + 1
+        return cached
+
+    def _frames_cached(
+        self, n: int, f: vs.VideoFrame | list[vs.VideoFrame], *, part: int
+    ) -> vs.VideoFrame:
+        """Window n's ticket of ``part`` from the result :meth:`_select_window` found
+        (``f``: the tiny frame)."""
+        with self._stash_lock:
+            entry = self._window_stash.get((n, part))
+            if entry is not None:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._window_stash[n, part]
+        result = entry[0] if entry is not None else self.cache.peek(n)
+        if result is None:  # not expected (one _select_window per request)
+            raise vs.Error(f"skipsr: window {n} left the cache before its frames were made")
+        tiny = f if isinstance(f, vs.VideoFrame) else f[0]
+        return self._window_frames(n, tiny, result, part=part, hits=True)
+
+    def _frames_computed(self, n: int, f: list[vs.VideoFrame], *, part: int) -> vs.VideoFrame:
+        """Window n's ticket of ``part``, the window computed (or waited for, where the read
+        ahead or another part computes it). ``f``: the tiny frame, with device colour the
+        window's first source frame, then its T LR frames."""
+        tiny, rest = f[0], list(f[1:])
+        layout = None
+        if self.settings.device_color:
+            layout = self._layout(self.plan.start(n), rest.pop(0).props)
+        by_index = dict(zip(self.plan.frames(n), rest, strict=True))
+        result = self.cache.get(n, partial(self._compute, n, by_index, layout))
+        return self._window_frames(n, tiny, result, part=part, hits=False)
+
+    def _window_frames(
+        self, window: int, tiny: vs.VideoFrame, result: _WindowResult, *, part: int, hits: bool
+    ) -> vs.VideoFrame:
+        """The ticket of ``part``: ``tiny`` with its positions' frames attached, one prop
+        each. ``hits``: count them as frames taken from the cache."""
+        ticket = tiny.copy()
+        props = ticket.props
+        start = self.plan.start(window)
+        positions = range(part, self.plan.real_length(window), len(self.tickets))
+        for pos in positions:
+            c = Contribution(window, pos, 1.0)
+            props[f"{_WINDOW_FRAME}{pos}"] = self._write(start + pos, None, (c,), [result])
+            self.cache.delivered(window, pos)
+        if hits:
+            self.stats._add(hits=len(positions))
+        self._read_ahead_after(window)
+        return ticket
 
     def _convert_back(self, n: int, f: vs.VideoFrame) -> vs.VideoNode:
         """The resize node for this frame's colour props (a handful per clip, built once)."""
@@ -713,7 +857,21 @@ class _SkipSRNode:
             else:
                 self.stats._add(hits=1)
             results.append(result)
+        out = self._write(n, blank, contributions, results)
+        for c in contributions:
+            self.cache.delivered(c.window, c.position)
+        self._read_ahead_after(contributions[-1].window)
+        return out
 
+    def _write(
+        self,
+        n: int,
+        blank: vs.VideoFrame | None,
+        contributions: tuple[Contribution, ...],
+        results: list[_WindowResult],
+    ) -> vs.VideoFrame:
+        """Frame n, a new frame (like ``blank``: needed where VapourSynth cannot make one
+        from a format) from its windows' results."""
         primary = max(range(len(contributions)), key=lambda i: contributions[i].weight)
         main, main_pos = results[primary], contributions[primary].position
         out = self._new_frame(blank)
@@ -735,9 +893,6 @@ class _SkipSRNode:
         self._set_props(
             out, main.layout, kept=float(kept), window=contributions[primary].window, ms=main.ms
         )
-        for c in contributions:
-            self.cache.delivered(c.window, c.position)
-        self._read_ahead_after(contributions[-1].window)
         return out
 
     # the read ahead ---------------------------------------------------------------------------
@@ -775,8 +930,10 @@ class _SkipSRNode:
                 if not self.cache.has(w):
                     self._ahead.put((w, self._fetch(w)))
             while len(self._ahead_threads) < self._ahead_workers:
-                thread = threading.Thread(
-                    target=self._ahead_loop, name="skipsr-readahead", daemon=True
+                thread = threading.Thread(  # numbered: a profile or py-spy tells them apart
+                    target=self._ahead_loop,
+                    name=f"skipsr-readahead-{next(self._ahead_serial)}",
+                    daemon=True,
                 )
                 self._ahead_threads.add(thread)
                 thread.start()
@@ -843,13 +1000,14 @@ class _SkipSRNode:
             )
         return layout
 
-    def _new_frame(self, blank: vs.VideoFrame) -> vs.VideoFrame:
+    def _new_frame(self, blank: vs.VideoFrame | None) -> vs.VideoFrame:
         """A fresh frame to write the picture into. Not ``blank.copy()``: that shares the blank
         frame's planes, and the first write to each would copy it (copy-on-write), ~25 MB of
         wasted memcpy per 1080p RGBS frame."""
-        if self._create_frame is None:  # an older VapourSynth
+        if self._create_frame is None:  # an older VapourSynth: only the per-frame path
+            assert blank is not None
             return blank.copy()
-        return self._create_frame(blank.format, blank.width, blank.height)
+        return self._create_frame(self.blank.format, self.out_w, self.out_h)
 
     @staticmethod
     def _blend(contributions: tuple[Contribution, ...], results: list[_WindowResult]) -> np.ndarray:
