@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 import vapoursynth as vs
 
+from vs_skipsr.tickets import hand_out
+
 MODES = ("frameeval", "modifyframe", "tickets", "shards", "windows")
 PARTS = 4  # tickets a window in the windows mode, as vs_skipsr.filter._WINDOW_PARTS
 COPIES = ("numpy", "held")
@@ -153,12 +155,7 @@ def build(
             core.std.ModifyFrame(tiny, [tiny], lambda n, f, part=part: attach(n, f, part))
             for part in range(parts)
         ]
-        by_position = []
-        for pos in range(window):  # a first frame carrying a blank: PropToClip reads frame 0
-            probe = core.std.ClipToProp(tiny[0], mclip=blank[0], prop=f"f{pos}")
-            clip = core.std.PropToClip(probe + tickets[pos % parts], prop=f"f{pos}")[1:]
-            by_position.append(clip)
-        return core.std.Interleave(by_position, modify_duration=False)[:frames]
+        return hand_out(tickets, like=blank, window=window, frames=frames, prop="f")
     raise ValueError(f"mode={mode!r}: accepted {', '.join(MODES)}")
 
 

@@ -528,7 +528,7 @@ def test_frames_of_cached_windows_come_from_one_node_and_leave_nothing_behind(
     # an odd frame lies in one window, which its even predecessor computed
     assert [n for _, n in seen] == [n for n in range(N_FRAMES) if n % 2]
     made = seen[0][0]
-    assert made._stash == {}
+    assert len(made._stash) == 0
     # a request with no entry (not expected) is made from the cache while it holds the windows
     last = N_FRAMES - 1
     inputs = [made.blank.get_frame(last), made.clip.get_frame(last)]
@@ -591,7 +591,7 @@ def test_without_overlap_each_window_is_written_once_through_its_tickets(
     assert made == want
     assert dict(stats.computed) == {k: 1 for k in range(windows)}
     this = node_of[0]
-    assert this._window_stash == {} and len(this.tickets) == parts
+    assert len(this._window_stash) == 0 and len(this.tickets) == parts
     last = windows - 1
     tiny = this.tickets[1].get_frame(last)  # still held by VapourSynth: no callback
     assert made == want
@@ -1360,6 +1360,7 @@ def test_cuda_device_color_under_concurrency_gives_the_same_bytes(make_clip: Mak
 
 @needs_cuda
 @pytest.mark.skipif(color._triton_kernels() is None, reason="needs triton")
+@pytest.mark.usefixtures("colour_check_forgotten")
 def test_cuda_device_color_by_triton_gives_the_torch_ops_bytes(
     make_clip: MakeClip, sr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1367,18 +1368,15 @@ def test_cuda_device_color_by_triton_gives_the_torch_ops_bytes(
     torch ops: the same bytes, frame by frame (4:2:0 10-bit, a height short of whole tokens,
     so the crop inside the graph is on the path). Without Triton the check at first use
     says no, and the filter converts with torch ops (the check's answer is cached per card,
-    so it is asked again with the module gone, and forgotten after)."""
+    so it is asked again with the module gone, and forgotten after by the fixture)."""
     clip = vs.core.std.Crop(make_clip(vs.YUV420P10), bottom=2)
     kw = {"backend": "cuda", "window": 4, "skip_ratio": 0.5}
     by_triton = [_bytes(f) for f in sr(clip, **kw).frames()]
     assert color.triton_color_works(torch.device("cuda"))
     monkeypatch.setattr(color, "_triton_kernels", lambda: None)
-    color._triton_color_works_on.cache_clear()
-    try:
-        assert not color.triton_color_works(torch.device("cuda"))
-        by_torch = [_bytes(f) for f in sr(clip, **kw).frames()]
-    finally:
-        color._triton_color_works_on.cache_clear()
+    color._triton_color_works_on.cache_clear()  # asked again, with the module gone
+    assert not color.triton_color_works(torch.device("cuda"))
+    by_torch = [_bytes(f) for f in sr(clip, **kw).frames()]
     assert len(by_triton) == len(by_torch) == N_FRAMES
     assert by_triton == by_torch
 

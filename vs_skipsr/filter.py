@@ -79,6 +79,7 @@ from .models.weights import (
 )
 from .pipeline import WindowOutput, upscale_window, window_inputs
 from .staging import HostPool
+from .tickets import hand_out
 from .tokens import token_grid
 from .torch_thread import on_torch_thread
 from .windows import Blend, Contribution, WindowPlan, longer_window
@@ -470,13 +471,44 @@ class _Settings:
     small_graphs: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Stashed:
     """Frame n's windows, all cached when _select ran, held for _produce_cached."""
 
     contributions: tuple[Contribution, ...]
     ready: dict[int, _WindowResult]
-    pending: int = 1  # requests for n routed to the cached-window node, not yet produced
+
+
+class _Stash[K, V]:
+    """What a FrameEval's callback found in the cache, held for the callback of the node it
+    picked (the cache may drop it in between): one ``put`` a request, one ``take`` a
+    callback; an entry goes once every request routed to it took it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[K, list[Any]] = {}  # key -> [value, requests not yet taken]
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._entries[key] = [value, 1]
+            else:  # a second request before the first was produced
+                entry[0], entry[1] = value, entry[1] + 1
+
+    def take(self, key: K) -> V | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            entry[1] -= 1
+            if not entry[1]:
+                del self._entries[key]
+            return entry[0]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -583,8 +615,8 @@ class _SkipSRNode:
         self.sr: vs.VideoNode | None = None  # the RGB float output, before the way back
         # without overlap, a clip of one frame a window for each part of a window (_by_window)
         self.tickets: list[vs.VideoNode] = []
-        # (window, part) found cached by _select_window, for _frames_cached: [result, requests]
-        self._window_stash: dict[tuple[int, int], list[Any]] = {}
+        # (window, part) found cached by _select_window, for _frames_cached
+        self._window_stash: _Stash[tuple[int, int], _WindowResult] = _Stash()
         self._back: dict[_Color, vs.VideoNode] = {}
         self._back_lock = threading.Lock()
         self.readahead = readahead
@@ -597,8 +629,7 @@ class _SkipSRNode:
         self._prepared = False
         self._prepare_lock = threading.Lock()
         # frame n's cached windows, from _select to _produce_cached
-        self._stash: dict[int, _Stashed] = {}
-        self._stash_lock = threading.Lock()
+        self._stash: _Stash[int, _Stashed] = _Stash()
         # one node for every frame whose windows are all cached (with read ahead, nearly all
         # of them), instead of a ModifyFrame made per frame; uncached, so each request reaches
         # the callback and takes its frame's entry out of the stash. Fed the blank frame
@@ -684,16 +715,9 @@ class _SkipSRNode:
             tickets = core.std.FrameEval(tiny, select)
             core.std.SetVideoCache(tickets, mode=1, fixedsize=1, maxsize=held)
             self.tickets.append(tickets)
-        by_position = []
-        for pos in range(t):
-            # PropToClip reads its clip's frame 0 for the format when it is made: a first
-            # frame carrying a blank frame, so no window is computed before it is asked for
-            name = f"{_WINDOW_FRAME}{pos}"
-            probe = core.std.ClipToProp(tiny[0], mclip=self.blank[0], prop=name)
-            tickets = self.tickets[pos % len(self.tickets)]
-            by_position.append(core.std.PropToClip(probe + tickets, prop=name)[1:])
-        made = core.std.Interleave(by_position, modify_duration=False)[: plan.num_frames]
-        return core.std.AssumeFPS(made, src=self.blank)
+        return hand_out(
+            self.tickets, like=self.blank, window=t, frames=plan.num_frames, prop=_WINDOW_FRAME
+        )
 
     def _select_window(
         self, n: int, *, part: int, computed: vs.VideoNode, cached: vs.VideoNode
@@ -703,12 +727,7 @@ class _SkipSRNode:
         result = self.cache.peek(n)
         if result is None:
             return computed
-        with self._stash_lock:
-            entry = self._window_stash.get((n, part))
-            if entry is None:
-                self._window_stash[n, part] = [result, 1]
-            else:  # a second request before the first was made
-                entry[0], entry[1] = result, entry[1] + 1
+        self._window_stash.put((n, part), result)
         return cached
 
     def _frames_cached(
@@ -716,13 +735,9 @@ class _SkipSRNode:
     ) -> vs.VideoFrame:
         """Window n's ticket of ``part`` from the result :meth:`_select_window` found
         (``f``: the tiny frame)."""
-        with self._stash_lock:
-            entry = self._window_stash.get((n, part))
-            if entry is not None:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._window_stash[n, part]
-        result = entry[0] if entry is not None else self.cache.peek(n)
+        result = self._window_stash.take((n, part))
+        if result is None:
+            result = self.cache.peek(n)
         if result is None:  # not expected (one _select_window per request)
             raise vs.Error(f"skipsr: window {n} left the cache before its frames were made")
         tiny = f if isinstance(f, vs.VideoFrame) else f[0]
@@ -794,12 +809,7 @@ class _SkipSRNode:
             else:
                 ready[c.window] = result
         if not needed:
-            with self._stash_lock:
-                entry = self._stash.get(n)
-                if entry is None:
-                    self._stash[n] = _Stashed(contributions, ready)
-                else:  # a second request for n before the first was produced
-                    entry.ready, entry.pending = ready, entry.pending + 1
+            self._stash.put(n, _Stashed(contributions, ready))
             return self._from_cache
         offsets = sorted(i - n for i in needed)
         clips = [self.blank, self.clip] + [self.shifted[d] for d in offsets]
@@ -812,12 +822,7 @@ class _SkipSRNode:
         """Frame n from windows that were all cached when _select ran; the stash holds them,
         so an eviction since then does not matter. ``f``: the blank frame (ModifyFrame hands
         a node of one clip its frame, not a list)."""
-        with self._stash_lock:
-            entry = self._stash.get(n)
-            if entry is not None:
-                entry.pending -= 1
-                if not entry.pending:
-                    del self._stash[n]
+        entry = self._stash.take(n)
         if entry is None:  # not expected (one _select per request); the cache, if it still can
             contributions = self.plan.contributions(n)
             ready = {c.window: self.cache.peek(c.window) for c in contributions}
