@@ -56,6 +56,17 @@ def interpreter_bf16(v: torch.Tensor) -> torch.Tensor:
     return (v.float().view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
+@pytest.fixture()
+def colour_check_forgotten() -> object:
+    """The device colour check's answer, cached per card, forgotten before and after the test:
+    for tests that change what the check finds (its Triton module swapped or taken away)."""
+    from vs_skipsr import color
+
+    color._triton_color_works_on.cache_clear()
+    yield
+    color._triton_color_works_on.cache_clear()
+
+
 # --- weights ---------------------------------------------------------------------------------
 
 

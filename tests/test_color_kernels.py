@@ -132,6 +132,7 @@ def test_colour_check_is_only_for_cuda() -> None:
 
 
 @needs_cuda
+@pytest.mark.usefixtures("colour_check_forgotten")
 def test_cuda_colour_takes_torch_ops_where_the_kernels_fail_their_check(
     frames_rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -141,19 +142,15 @@ def test_cuda_colour_takes_torch_ops_where_the_kernels_fail_their_check(
             raise RuntimeError("no C compiler")
 
     monkeypatch.setattr(color, "_triton_kernels", lambda: Broken)
-    color._triton_color_works_on.cache_clear()
-    try:
-        lay = yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
-        rgb = _window(frames_rgb).cuda()
-        want = rgb_to_yuv(rgb, lay, size=SIZE, kernels="torch")
-        with caplog.at_level(logging.WARNING, logger="vs_skipsr.optional"):
-            for _ in range(2):
-                got = rgb_to_yuv(rgb, lay, size=SIZE)
-                assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
-        assert not color.triton_color_works(rgb.device)
-        # said once (the check runs once a card), then torch ops without trying
-        assert caplog.text.count("Triton colour conversion unavailable here") == 1
-        with pytest.raises(RuntimeError, match="no C compiler"):
-            rgb_to_yuv(rgb, lay, size=SIZE, kernels="triton")
-    finally:
-        color._triton_color_works_on.cache_clear()
+    lay = yuv_layout(bits=8, ss_w=1, ss_h=1, matrix=1, full_range=False, chromaloc=0)
+    rgb = _window(frames_rgb).cuda()
+    want = rgb_to_yuv(rgb, lay, size=SIZE, kernels="torch")
+    with caplog.at_level(logging.WARNING, logger="vs_skipsr.optional"):
+        for _ in range(2):
+            got = rgb_to_yuv(rgb, lay, size=SIZE)
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert not color.triton_color_works(rgb.device)
+    # said once (the check runs once a card), then torch ops without trying
+    assert caplog.text.count("Triton colour conversion unavailable here") == 1
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        rgb_to_yuv(rgb, lay, size=SIZE, kernels="triton")

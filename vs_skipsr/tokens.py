@@ -135,8 +135,8 @@ def triton_gather_works(device: torch.device) -> bool:
         coords = token_coords(torch.tensor([0, 3, 5, 8, 11, 12, 23]), grid=(2, 3, 4))
         coords = coords.to(device)
         want = _gather_flat(frames, coords, patch=16, halo=8).reshape(7, -1)
+        gather = triton_module("vs_skipsr.tokens_triton").gather_patches
         for dt in (torch.float32, torch.float16, torch.bfloat16):
-            gather = triton_module("vs_skipsr.tokens_triton").gather_patches
             got = gather(frames, coords, patch=16, halo=8, dtype=dt)
             if not torch.equal(got, want.to(dt)):
                 raise RuntimeError(f"{dt} patches differ from torch's")
