@@ -43,32 +43,41 @@ import vapoursynth as vs  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import vs_skipsr.filter as filt  # noqa: E402
+import vs_skipsr.pipeline as pipeline  # noqa: E402
+from vs_skipsr.backends.cuda_graphs import GraphCache  # noqa: E402
 
 
 class Spans:
     """Wall time spent inside named calls, per thread, while ``on``: summed, not a
-    timeline, so it stays cheap at thousands of calls a second."""
+    timeline, so it stays cheap at thousands of calls a second. The calling thread's CPU time
+    is summed beside it: a call that only launches work (no sync) but takes far more wall
+    than CPU time waited for something else, on a busy host mostly the GIL (each torch op
+    hands it back and takes it again). A CUDA sync may spin, so there CPU time is no sign of
+    work."""
 
     def __init__(self) -> None:
         self.on = False
         self._lock = threading.Lock()
         self.total: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self.count: dict[str, int] = defaultdict(int)
         # by ident, not name: threads of one name (the filter's read-ahead workers) are several
         self.threads: dict[str, set[int]] = defaultdict(set)
         self.order: list[str] = []  # names in the order they were wrapped
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, cpu_seconds: float) -> None:
         if not self.on:
             return
         with self._lock:
             self.total[name] += seconds
+            self.cpu[name] += cpu_seconds
             self.count[name] += 1
             self.threads[name].add(threading.get_ident())
 
     def reset(self) -> None:
         with self._lock:
             self.total.clear()
+            self.cpu.clear()
             self.count.clear()
             self.threads.clear()
 
@@ -78,11 +87,11 @@ class Spans:
         self.order.append(name)
 
         def timed(*a: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return fn(*a, **kw)
             finally:
-                self.add(name, time.perf_counter() - t0)
+                self.add(name, time.perf_counter() - t0, time.thread_time() - c0)
 
         static = isinstance(inspect.getattr_static(owner, attr), staticmethod)
         setattr(owner, attr, staticmethod(timed) if static else timed)
@@ -94,16 +103,18 @@ class Spans:
 
         @contextmanager
         def timed(*a: Any, **kw: Any) -> Iterator[None]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             with fn(*a, **kw):
-                t1 = time.perf_counter()
-                self.add(f"{name} wait", t1 - t0)
+                t1, c1 = time.perf_counter(), time.thread_time()
+                self.add(f"{name} wait", t1 - t0, c1 - c0)
                 try:
                     yield
                 finally:
-                    t2 = time.perf_counter()
-            self.add(f"{name} held", t2 - t1)
-            self.add(f"{name} exit (stream sync)", time.perf_counter() - t2)
+                    t2, c2 = time.perf_counter(), time.thread_time()
+            self.add(f"{name} held", t2 - t1, c2 - c1)
+            self.add(
+                f"{name} exit (stream sync)", time.perf_counter() - t2, time.thread_time() - c2
+            )
 
         setattr(owner, attr, timed)
 
@@ -125,6 +136,13 @@ def instrument(spans: Spans) -> None:
     spans.wrap(node, "_read_ahead_after", "_read_ahead_after (queue + fetch)")
     spans.wrap(filt, "_fill", "  _fill (LR into staging)")
     spans.wrap(filt, "upscale_window", "  upscale_window (launch + keep-count sync)")
+    # inside upscale_window, in its order: the one sync, then launches only
+    spans.wrap(torch, "nonzero", "    torch.nonzero (the keep-count sync)")
+    spans.wrap(pipeline, "padded_tokens", "    padded_tokens (index, coords, partitions)")
+    spans.wrap(pipeline, "gather_patches", "    gather_patches")
+    spans.wrap(pipeline, "token_noise", "    token_noise")
+    spans.wrap(GraphCache, "flow", "    GraphCache.flow (inputs in + one replay)")
+    spans.wrap(pipeline, "add_to_tokens", "    add_to_tokens (the scatter)")
     spans.wrap(filt.StaticGraph, "__call__", "  StaticGraph (copy in + replay)")
     spans.wrap(filt, "_copy_plane", "  _copy_plane (planes into the frame)")
     spans.wrap_context(filt._Slots, "take", "  slot")
@@ -318,6 +336,7 @@ def main() -> None:
     host = {
         k: {
             "ms_per_frame": 1e3 * v / (args.timed - 20),
+            "cpu_ms_per_frame": 1e3 * spans.cpu[k] / (args.timed - 20),
             "calls": spans.count[k],
             "threads": len(spans.threads[k]),
         }
@@ -380,11 +399,14 @@ def report(s: dict[str, Any]) -> str:
         f"timed pass: {s['timed_fps']:.1f} fps = {s['timed_ms_per_frame']:.3f} ms per frame "
         f"(under torch.profiler: {s['profiled_fps']:.1f} fps)",
         "host, wall time inside each call summed over threads (ms per output frame; a sum "
-        "over threads can exceed the frame's time when they overlap):",
+        "over threads can exceed the frame's time when they overlap), and the calling "
+        "threads' CPU time in it:",
+        f"  {'':<52} {'wall':>8}  {'cpu':>7}",
     ]
     for name, v in s["host"].items():
         lines.append(
-            f"  {name:<52} {v['ms_per_frame']:8.3f}  calls {v['calls']:6d}  threads {v['threads']}"
+            f"  {name:<52} {v['ms_per_frame']:8.3f}  {v.get('cpu_ms_per_frame', 0.0):7.3f}  "
+            f"calls {v['calls']:6d}  threads {v['threads']}"
         )
     g = s["gil"]
     if g:

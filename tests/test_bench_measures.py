@@ -139,6 +139,10 @@ def test_profile_filter_times_each_frame_and_window_of_a_run(
     windows = summary["host"]["_compute (per window)"]["calls"]
     assert frames // 5 - 1 <= windows <= frames // 5 + 2
     assert summary["timed_fps"] > 0 and summary["gpu"]["gpu_ms_per_frame"] == 0
+    # a thread's CPU time inside a call is never more than the call's wall time
+    for name, v in summary["host"].items():
+        assert v["cpu_ms_per_frame"] <= v["ms_per_frame"] * 1.01 + 1e-3, name
+    assert summary["host"]["    padded_tokens (index, coords, partitions)"]["calls"] >= windows
     if summary["gil"]:
         assert 0 < summary["gil"]["gil_held_pct"] <= 100
     assert "timed pass:" in run.stdout
@@ -382,7 +386,7 @@ def test_profile_spans_count_threads_of_one_name_apart() -> None:
 
     def work() -> None:
         ready.wait()  # all three alive at once: no ident is reused
-        spans.add("window", 0.001)
+        spans.add("window", 0.001, 0.0005)
         ready.wait()
 
     workers = [threading.Thread(target=work, name="skipsr-readahead") for _ in range(3)]
@@ -391,6 +395,34 @@ def test_profile_spans_count_threads_of_one_name_apart() -> None:
     for w in workers:
         w.join()
     assert spans.count["window"] == 3 and len(spans.threads["window"]) == 3
+
+
+def test_profile_spans_tell_waiting_from_working() -> None:
+    """A wrapped call's wall time and its thread's CPU time are summed apart: a call that
+    sleeps (as one waiting for the GIL does) shows wall without CPU, one that computes both."""
+    path = ROOT / "scripts" / "profile_filter.py"
+    spec = importlib.util.spec_from_file_location("profile_filter", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Work:
+        def sleep(self) -> None:
+            time.sleep(0.05)
+
+        def spin(self) -> None:
+            end = time.perf_counter() + 0.05
+            while time.perf_counter() < end:
+                pass
+
+    spans = module.Spans()
+    spans.wrap(Work, "sleep", "sleep")
+    spans.wrap(Work, "spin", "spin")
+    spans.on = True
+    Work().sleep()
+    Work().spin()
+    assert spans.total["sleep"] >= 0.05 and spans.cpu["sleep"] < 0.02
+    assert spans.total["spin"] >= 0.05 and spans.cpu["spin"] > 0.03
 
 
 # --- scripts/bench_frame_handoff.py ----------------------------------------------------------
