@@ -53,10 +53,9 @@ from typing import Any
 import numpy as np
 import vapoursynth as vs
 
-from vs_skipsr.tickets import hand_out
+from vs_skipsr.tickets import PARTS, hand_out
 
 MODES = ("frameeval", "modifyframe", "tickets", "shards", "windows")
-PARTS = 4  # tickets a window in the windows mode, as vs_skipsr.filter._WINDOW_PARTS
 COPIES = ("numpy", "held")
 # memmove called the way a PyDLL function is: ctypes keeps the GIL for the call
 _memmove_holding_gil = ctypes.PYFUNCTYPE(

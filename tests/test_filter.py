@@ -19,7 +19,7 @@ import vapoursynth as vs
 from conftest import N_FRAMES, read_index
 
 import vs_skipsr.filter as skipsr_filter
-from vs_skipsr import SkipSRStats, color, skipsr
+from vs_skipsr import SkipSRStats, color, skipsr, tickets
 from vs_skipsr.backends.torch_backend import TorchBackend
 from vs_skipsr.color import rgb_to_yuv, yuv_layout
 from vs_skipsr.models.weights import DEFAULT_MASK_WEIGHTS, DEFAULT_SR_WEIGHTS, load_mask, load_sr
@@ -576,7 +576,7 @@ def test_without_overlap_each_window_is_written_once_through_its_tickets(
     monkeypatch.setattr(cls, "_frames_computed", computed)
     monkeypatch.setattr(cls, "_frames_cached", cached)
     monkeypatch.setattr(cls, "_select", no_frame_callback)
-    t, stats, parts = 4, SkipSRStats(), skipsr_filter._WINDOW_PARTS
+    t, stats, parts = 4, SkipSRStats(), tickets.PARTS
     assert 0 < N_FRAMES % t < parts, "the clip must end in a window with parts left empty"
     node = sr(make_clip(vs.YUV420P8), window=t, skip_ratio=0.5, stats=stats)
     assert made == [], "a window was computed before any frame was asked for"

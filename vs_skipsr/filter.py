@@ -79,7 +79,7 @@ from .models.weights import (
 )
 from .pipeline import WindowOutput, upscale_window, window_inputs
 from .staging import HostPool
-from .tickets import hand_out
+from .tickets import PARTS, hand_out
 from .tokens import token_grid
 from .torch_thread import on_torch_thread
 from .windows import Blend, Contribution, WindowPlan, longer_window
@@ -542,7 +542,6 @@ class _Slots:
 
 
 _WINDOW_FRAME = "SkipSRFrame"  # a ticket's prop holding the frame at a position (_by_window)
-_WINDOW_PARTS = 4  # tickets a window, each writing every 4th of its frames (_by_window)
 
 OWN_PROPS = (
     "_Matrix",
@@ -678,11 +677,11 @@ class _SkipSRNode:
         off a frame's callbacks. End to end the floor (bikes, 1920x816, no token kept) went
         from 1.14 to 0.76 ms a frame, alternating in one call (reports/bench_gpu_s25.log).
 
-        A window has ``_WINDOW_PARTS`` tickets, part s writing the positions s, s + parts,
-        ...: VapourSynth runs one ModifyFrame's callbacks one at a time, so one ticket a
-        window wrote 20 frames one after another while the other threads waited (H200,
-        twenty-fifth session: 20-26 ms a window through vspipe, 38 under the profiler). A
-        window's source frames reach Python only where it has to be computed (once, under
+        A window has :data:`~vs_skipsr.tickets.PARTS` tickets, part s writing the positions
+        s, s + PARTS, ...: VapourSynth runs one ModifyFrame's callbacks one at a time, so one
+        ticket a window wrote 20 frames one after another while the other threads waited
+        (H200, twenty-fifth session: 20-26 ms a window through vspipe, 38 under the
+        profiler). A window's source frames reach Python only where it has to be computed (once, under
         the cache's lock, whichever part asks first). VapourSynth keeps a few tickets of each
         part (the windows the requests in flight span); one asked for again after that is
         rebuilt from the window cache, or computed again if the window left it too (a seek
@@ -704,7 +703,7 @@ class _SkipSRNode:
             inputs.insert(0, first)
         held = -(-core.num_threads // t) + 2
         self.tickets = []
-        for part in range(min(t, _WINDOW_PARTS)):
+        for part in range(min(t, PARTS)):
             computed = core.std.ModifyFrame(
                 tiny, [tiny, *inputs], partial(self._frames_computed, part=part)
             )

@@ -13,7 +13,12 @@ from collections.abc import Sequence
 
 import vapoursynth as vs
 
-__all__ = ["hand_out"]
+__all__ = ["PARTS", "hand_out"]
+
+PARTS = 4
+"""Tickets a window, part s writing the window's positions s, s + PARTS, ...: VapourSynth runs
+one ModifyFrame's callbacks one at a time, so one ticket a window wrote its 20 frames one
+after another (H200, twenty-fifth session); the filter and bench_frame_handoff.py use it."""
 
 
 def hand_out(
