@@ -138,6 +138,7 @@ def instrument(spans: Spans) -> None:
     spans.wrap(filt, "upscale_window", "  upscale_window (launch + keep-count sync)")
     # inside upscale_window, in its order: the one sync, then launches only
     spans.wrap(torch, "nonzero", "    torch.nonzero (the keep-count sync, any caller)")
+    spans.wrap(torch, "count_nonzero", "    torch.count_nonzero (the sync, graphs)")
     spans.wrap(pipeline, "padded_tokens", "    padded_tokens (index, coords, partitions)")
     spans.wrap(pipeline, "gather_patches", "    gather_patches")
     spans.wrap(pipeline, "token_noise", "    token_noise")

@@ -3,6 +3,7 @@ model restricted to kept tokens everywhere else."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -595,6 +596,87 @@ def test_pad_partition_keeps_real_windows_and_covers_every_row():
         pad_partition(p, tokens=k, windows=1, window_volume=32)
 
 
+@pytest.mark.parametrize(
+    ("grid", "frac", "extra"),
+    [((3, 7, 9), 0.3, 0), ((3, 7, 9), 0.3, 70), ((5, 11, 6), 0.8, 5), ((2, 4, 4), 1.0, 0)],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bucket_tokens_are_padded_tokens_padded_for_the_graphs(grid, frac, extra, seed):
+    """The graph-friendly tokens (the keep set in, static shapes, the kept count never on the
+    host) are the same values as the indices' path: padded_tokens, then each partition padded
+    as GraphCache pads it; padding them again changes nothing (no launches either)."""
+    from vs_skipsr.tokens import bucket_partitions, bucket_tokens, padded_windows
+
+    window, shift, multiple = (2, 4, 4), (1, 2, 2), 8
+    keep = _random_keep(grid, frac, seed=seed).reshape(grid)
+    index = torch.nonzero(keep.reshape(-1)).squeeze(1)
+    k = index.numel()
+    bucket = k + extra
+    padded, coords, parts = padded_tokens(
+        index, bucket=bucket, grid=grid, window=window, shift=shift
+    )
+    flat = bucket_tokens(
+        keep, bucket=bucket, grid=grid, window=window, shift=shift, window_multiple=multiple
+    )
+    assert torch.equal(flat[0], padded) and torch.equal(flat[1], coords)
+    made = bucket_partitions(flat, grid=grid, window=window, shift=shift)
+    for p, q in zip(parts, made, strict=True):
+        windows = padded_windows(p.windows, tokens=bucket, window_volume=32, multiple=multiple)
+        want = p.padded_to(tokens=bucket, windows=windows, window_volume=32, with_part=False)
+        assert q.windows == p.windows  # the grid's, not the padded segments'
+        assert torch.equal(q.order, want.order)
+        assert torch.equal(q.cu_seqlens, want.cu_seqlens) and q.max_len == want.max_len == 32
+        assert q.padded_to(tokens=bucket, windows=windows, window_volume=32, with_part=False) is q
+
+
+@pytest.mark.parametrize("grid", [(3, 7, 9), (5, 11, 6)])
+def test_kept_tokens_packed_for_one_graph_output_unpack_to_the_same(grid):
+    """The CUDA graphs' cache keeps one output a graph, so the kept tokens travel as one
+    int64 tensor: unpacked, they are bucket_tokens's tensors (the ends int32 again), and the
+    two partitions' lengths are told apart where their grids of windows differ."""
+    from vs_skipsr.backends.cuda_graphs import _packed_tokens, _unpacked_tokens
+    from vs_skipsr.tokens import bucket_tokens
+
+    keep = _random_keep(grid, 0.4, seed=3)
+    kw = dict(bucket=int(keep.sum()) + 9, grid=grid, window=(2, 4, 4), shift=(1, 2, 2))
+    want = bucket_tokens(keep, window_multiple=4, **kw)
+    index, coords, parts = _unpacked_tokens(
+        _packed_tokens(keep, window_multiple=4, **kw), window_multiple=4, **kw
+    )
+    got = (index, coords, parts[0].order, parts[0].cu_seqlens, parts[1].order, parts[1].cu_seqlens)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+    if grid == (5, 11, 6):  # the case the split must tell apart
+        assert want[3].shape != want[5].shape
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.6])
+def test_a_runner_that_makes_its_tokens_gives_the_same_window(ratio):
+    """upscale_window with a runner's own tokens (what the CUDA graphs' runner does, here the
+    same function run eagerly on the CPU): it reads only the kept count and gives the frames
+    the indices' path gives, bucket padding and all."""
+    from vs_skipsr.tokens import bucket_partitions, bucket_tokens
+
+    lr = _lr(seed=5)
+    plain = TorchBackend(device="cpu").load(sr=_random_sr(seed=6), mask=None)
+    own = TorchBackend(device="cpu").load(sr=_random_sr(seed=6), mask=None)
+    cfg, made = own.sr_config, []
+
+    def static_tokens(keep, *, bucket, grid):
+        made.append(bucket)
+        kw = dict(grid=grid, window=cfg.window, shift=cfg.shift)
+        flat = bucket_tokens(keep, bucket=bucket, window_multiple=8, **kw)
+        return flat[0], flat[1], bucket_partitions(flat, **kw)
+
+    own.static_tokens = static_tokens
+    a = upscale_window(lr, scale=2, runner=plain, skip_ratio=ratio, buckets=True, steps=2)
+    b = upscale_window(lr, scale=2, runner=own, skip_ratio=ratio, buckets=True, steps=2)
+    assert made == [a.stats.bucket] and b.stats.kept == a.stats.kept
+    if ratio:
+        assert a.stats.bucket > a.stats.kept  # padded: the padding's own segments in play
+    torch.testing.assert_close(b.frames, a.frames, rtol=0, atol=1e-6)
+
+
 def test_padded_to_reuses_the_padding_for_the_same_arguments_only():
     p, k = _kept_partition(0.4, seed=2, shift=(0, 0, 0))
     kw = dict(windows=p.part.shape[0] + 8, window_volume=32, with_part=False)
@@ -631,6 +713,71 @@ def test_cuda_graphs_equal_eager_and_are_reused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_runner_makes_its_tokens_by_one_graph_a_bucket_for_every_stream():
+    """The graphs' runner makes a window's kept tokens by replaying one graph per bucket,
+    from the default stream and a side one alike (as the filter's slots run windows): the
+    frames are those of the same runner making them eagerly (padded_tokens), bit for bit."""
+
+    def graphed():
+        return TorchBackend(device="cuda", dtype="bf16", cuda_graphs=True).load(
+            sr=_random_sr(seed=4), mask=None
+        )
+
+    own, plain = graphed(), graphed()
+    assert own.static_tokens is not None
+    plain.static_tokens = None  # the indices' path, into the same SR graphs
+    lr = _lr(t=2, h=80, w=112, seed=22).cuda()  # 280 tokens; 30% kept -> bucket 128
+    grid = _grid(lr, 2, 16)
+    side = torch.cuda.Stream()
+    for seed in (1, 2, 3):
+        keep = _random_keep(grid, 0.3, seed).cuda()
+        a = upscale_window(lr, scale=2, runner=plain, keep=keep, buckets=(128, 256))
+        b = upscale_window(lr, scale=2, runner=own, keep=keep, buckets=(128, 256))
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            c = upscale_window(lr, scale=2, runner=own, keep=keep, buckets=(128, 256))
+        side.synchronize()
+        assert a.stats.bucket == b.stats.bucket == c.stats.bucket == 128
+        assert torch.equal(a.frames, b.frames) and torch.equal(a.frames, c.frames)
+    assert len(own.graphs._token_graphs) == 1  # one bucket: one graph for both streams
+    assert own.graphs.captures == plain.graphs.captures == 1  # and one SR graph each
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tokens_graph_that_cannot_be_captured_makes_them_eagerly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """A kept tokens' graph whose capture fails (a torch or driver that refuses one of its
+    ops) is said once and its tokens are made eagerly, with the same frames."""
+    import vs_skipsr.backends.cuda_graphs as cuda_graphs
+
+    def graphed():
+        return TorchBackend(device="cuda", dtype="bf16", cuda_graphs=True).load(
+            sr=_random_sr(seed=4), mask=None
+        )
+
+    plain, own = graphed(), graphed()
+    plain.static_tokens = None
+    real_graph = cuda_graphs._Graph
+
+    def refusing(fn, inputs, **kw):
+        if isinstance(fn, functools.partial) and fn.func is cuda_graphs._packed_tokens:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real_graph(fn, inputs, **kw)
+
+    monkeypatch.setattr(cuda_graphs, "_Graph", refusing)
+    lr = _lr(t=2, h=80, w=112, seed=22).cuda()
+    grid = _grid(lr, 2, 16)
+    for seed in (1, 2):
+        keep = _random_keep(grid, 0.3, seed).cuda()
+        a = upscale_window(lr, scale=2, runner=plain, keep=keep, buckets=(128, 256))
+        b = upscale_window(lr, scale=2, runner=own, keep=keep, buckets=(128, 256))
+        assert torch.equal(a.frames, b.frames)
+    said = [r for r in caplog.records if "could not capture the kept tokens' graph" in r.message]
+    assert len(said) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
     """prepare() captures each bucket of the grid once, largest first, and keeps them all
     even past the cache's size; windows of any keep set then replay those graphs (no capture
@@ -648,12 +795,14 @@ def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
     graphed.prepare(grid=grid, steps=1)  # what upscale_window runs: one-step flows
     assert graphed.graphs.captures == len(buckets) > 2
     assert [k[0] for k in graphed.graphs.graphs] == buckets[::-1]
+    assert len(graphed.graphs._token_graphs) == len(buckets)  # the kept tokens' graphs too
     graphed.prepare(grid=grid, steps=1)
     for ratio in (0.9, 0.5, 0.1, 0.0):
         a = upscale_window(lr, scale=2, runner=eager, skip_ratio=ratio, buckets=True)
         b = upscale_window(lr, scale=2, runner=graphed, skip_ratio=ratio, buckets=True)
         assert (a.frames - b.frames).abs().max() < 2e-2, ratio
     assert graphed.graphs.captures == len(buckets)
+    assert len(graphed.graphs._token_graphs) == len(buckets)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -237,7 +237,8 @@ def upscale_window(
     CUDA) so captured graphs and per-shape kernel plans are reused; padding never changes the
     result.
 
-    On CUDA the window costs one device-to-host sync (the kept count), none when dense.
+    On CUDA the window costs one device-to-host sync (the kept count), none when dense; a
+    runner whose ``static_tokens`` makes the kept tokens (CUDA graphs) needs only that count.
     """
     device = lr.device
     cfg = runner.sr_config
@@ -273,24 +274,33 @@ def upscale_window(
     if buckets is None:
         buckets = runner.wants_buckets
     with timer.stage("gather"):
+        make = runner.static_tokens
+        index = None
         if dense:
-            index = torch.arange(total, device=device)  # no nonzero: nothing to wait for
+            n_keep = total  # nothing to wait for
+        elif make is not None:  # it makes the tokens from the keep set: the count is enough
+            n_keep = int(torch.count_nonzero(keep))  # the one sync
         else:
             index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [K]: the one sync
-        n_keep = int(index.numel())
+            n_keep = int(index.numel())
         n_bucket = n_keep
         if isinstance(buckets, tuple) and n_keep:
             n_bucket = min(bucket_size(n_keep, buckets=buckets), total)
         elif buckets:
             n_bucket = kept_bucket(n_keep, total=total)
-        padded, coords, parts = padded_tokens(  # [Kb], [Kb, 3]
-            index,
-            bucket=n_bucket,
-            grid=grid,
-            window=cfg.window,
-            shift=cfg.shift,
-            static_len=device.type == "cuda",
-        )
+        if make is not None and n_keep:  # [Kb], [Kb, 3], partitions padded for its graphs
+            padded, coords, parts = make(keep, bucket=n_bucket, grid=grid)
+        else:
+            if index is None:  # dense (no nonzero), or nothing kept
+                index = torch.arange(n_keep, device=device)
+            padded, coords, parts = padded_tokens(  # [Kb], [Kb, 3]
+                index,
+                bucket=n_bucket,
+                grid=grid,
+                window=cfg.window,
+                shift=cfg.shift,
+                static_len=device.type == "cuda",
+            )
         base_tok = gather_patches(  # [Kb, 3(p+2h)²]
             base, coords, patch=patch, halo=cfg.halo, dtype=runner.base_dtype
         )

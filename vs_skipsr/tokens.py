@@ -23,13 +23,16 @@ __all__ = [
     "BUCKET_GROWTH",
     "Partition",
     "add_to_tokens",
+    "bucket_partitions",
     "bucket_size",
+    "bucket_tokens",
     "build_partition",
     "gather_patches",
     "kept_bucket",
     "kept_buckets",
     "pad_to_grid",
     "padded_tokens",
+    "padded_windows",
     "patchify",
     "token_coords",
     "token_grid",
@@ -297,6 +300,16 @@ class Partition:
     cu_seqlens: Tensor  # [nW+1] int32
     max_len: int
     padded: Tensor | None = None  # [nW', L] int64, -1 = padding (see ``part``)
+    # the grid's attention windows, where cu_seqlens holds bucket padding's segments after
+    # theirs (a partition made padded: bucket_tokens); None: one segment per window
+    grid_windows: int | None = None
+
+    @property
+    def windows(self) -> int:
+        """Attention windows of the grid (segments of real tokens)."""
+        if self.grid_windows is not None:
+            return self.grid_windows
+        return self.cu_seqlens.shape[0] - 1
 
     @property
     def part(self) -> Tensor:
@@ -441,6 +454,89 @@ def padded_tokens(
     return padded, coords, parts
 
 
+def padded_windows(grid_windows: int, *, tokens: int, window_volume: int, multiple: int) -> int:
+    """Segments of a partition padded for a CUDA graph: the grid's windows plus room for
+    ``tokens`` rows of bucket padding in window-volume chunks, rounded up to ``multiple``. An
+    upper bound that depends on the grid and the bucket, never on the keep set, so a graph
+    serves every keep set of its bucket."""
+    return bucket_size(grid_windows + -(-tokens // window_volume), multiple=multiple)
+
+
+def bucket_tokens(
+    keep: Tensor,
+    *,
+    bucket: int,
+    grid: tuple[int, int, int],
+    window: tuple[int, int, int],
+    shift: tuple[int, int, int],
+    window_multiple: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The kept tokens of ``keep`` [T, Hp, Wp] bool at ``bucket`` rows (at least as many as
+    are kept): the same padded index, coords and partition pair, padded as
+    :func:`pad_partition` pads them for ``window_multiple``, as :func:`padded_tokens` makes
+    from the kept indices, but from static shapes with no host sync (the kept count stays on
+    the device). So one CUDA graph per bucket makes them: made eagerly they were ~40 launches
+    a window, and each hands Python's GIL back and forth with VapourSynth's frame threads
+    (H200, 8 steps on bikes: 20.7 ms of wall and 3.0 ms of CPU a window, profile_filter.py).
+
+    Flat, for :class:`~vs_skipsr.backends.cuda_graphs.StaticGraph`: (index, coords, order,
+    cu_seqlens of the regular partition, order, cu_seqlens of the shifted one);
+    :func:`bucket_partitions` makes the pair of them."""
+    flat = keep.reshape(-1)
+    total = flat.shape[0]
+    dev = flat.device
+    ranks = torch.cumsum(flat, 0)  # [total]: kept tokens up to and with each
+    valid = ranks[-1]  # the kept count, on the device
+    # row r holds the (r+1)-th kept token; rows past the kept count point at token 0
+    index = torch.searchsorted(ranks, torch.arange(1, bucket + 1, device=dev))
+    index = torch.where(index < total, index, 0)
+    coords = token_coords(index, grid=grid)
+    out = [index, coords]
+    volume = math.prod(window)
+    rows = torch.arange(bucket, device=dev)
+    for s in ((0, 0, 0), shift):
+        per_axis = window_grid(grid, window=window, shift=s)
+        _, n_y, n_x = per_axis
+        n_w = math.prod(per_axis)
+        wt, wy, wx = ((coords[:, i] + s[i]) // window[i] for i in range(3))
+        win = torch.where(rows < valid, (wt * n_y + wy) * n_x + wx, n_w)  # padding: after all
+        order = torch.argsort(win, stable=True)  # padding rows last, in row order
+        counts = torch.zeros(n_w + 1, dtype=torch.long, device=dev)
+        counts.index_add_(0, win, torch.ones_like(win))
+        segments = padded_windows(
+            n_w, tokens=bucket, window_volume=volume, multiple=window_multiple
+        )
+        # zeros, not cu[0] = 0: a number set into a CUDA tensor is copied from the host,
+        # which a graph capture refuses
+        cu = torch.zeros(segments + 1, dtype=torch.int32, device=dev)
+        cu[1 : n_w + 1] = torch.cumsum(counts[:n_w], 0)
+        # the padding in window-volume chunks, then empty segments up to the bound
+        chunk = torch.arange(1, segments - n_w + 1, device=dev) * volume
+        cu[n_w + 1 :] = (valid + chunk).clamp_(max=bucket)
+        out += [order, cu]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def bucket_partitions(
+    flat: tuple[Tensor, ...],
+    *,
+    grid: tuple[int, int, int],
+    window: tuple[int, int, int],
+    shift: tuple[int, int, int],
+) -> tuple[Partition, Partition]:
+    """The partition pair of :func:`bucket_tokens`'s output (its last four tensors)."""
+    volume = math.prod(window)
+    return tuple(  # type: ignore[return-value]
+        Partition(
+            order=flat[i],
+            cu_seqlens=flat[i + 1],
+            max_len=volume,
+            grid_windows=math.prod(window_grid(grid, window=window, shift=s)),
+        )
+        for i, s in ((2, (0, 0, 0)), (4, shift))
+    )
+
+
 def pad_partition(
     p: Partition, *, tokens: int, windows: int, window_volume: int, with_part: bool = True
 ) -> Partition:
@@ -462,6 +558,8 @@ def pad_partition(
             f"partition of {n_w} windows (+{n_chunks} padding) x {p.max_len} does not fit "
             f"{windows} x {window_volume}"
         )
+    if not n_pad and n_w == windows and p.max_len == window_volume and not with_part:
+        return p  # padded already (bucket_tokens): padding it again gives the same values
     order = torch.cat((p.order, torch.arange(valid, tokens, device=dev)))
     # segment ends made on the device: a host list would be a pageable copy per call
     ends = valid + (torch.arange(1, n_chunks + 1, device=dev) * window_volume).clamp_(max=n_pad)

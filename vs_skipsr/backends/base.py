@@ -21,6 +21,11 @@ from ..tokens import Partition
 __all__ = ["EulerFlow", "Runner", "euler_flow", "euler_update", "step_time"]
 
 
+# a runner's own maker of a window's kept tokens: (keep, bucket=, grid=) -> (padded index,
+# coords, partition pair)
+StaticTokens = Callable[..., tuple[Tensor, Tensor, tuple[Partition, Partition]]]
+
+
 class Runner(Protocol):
     """A loaded backend, ready to run windows."""
 
@@ -34,6 +39,10 @@ class Runner(Protocol):
     # the dtype ``sr`` and ``flow`` read base patches in: the pipeline gathers them in it, so
     # they are written once as the net reads them instead of gathered and then cast
     base_dtype: torch.dtype
+    # where set, (keep, bucket=, grid=) -> the kept tokens at the bucket (padded index,
+    # coords, partition pair) made the runner's own way (a CUDA graph): the pipeline then
+    # reads only the kept count; None: it makes them with tokens.padded_tokens
+    static_tokens: StaticTokens | None
 
     def prepare(
         self, *, grid: tuple[int, int, int], dense: bool = False, steps: int | None = None
@@ -108,6 +117,8 @@ class EulerFlow:
     that have nothing cheaper (one engine call per step anyway)."""
 
     sr: _Velocity
+
+    static_tokens: StaticTokens | None = None  # an engine call a step: little to save there
 
     def flow(
         self,

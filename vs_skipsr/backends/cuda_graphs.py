@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..tokens import Partition, bucket_size
+from ..tokens import Partition, bucket_partitions, bucket_tokens, padded_windows, window_grid
 
 __all__ = ["GraphCache", "SRCall", "StaticGraph"]
 
@@ -158,6 +159,10 @@ class GraphCache:
         # blocks per stream, so a fresh stream per capture kept each warm-up's memory apart
         self._stream: torch.cuda.Stream | None = None
         self._staging = _Staging()
+        # the kept tokens' graphs (tokens()), one per bucket and grid, in the same order of
+        # replays as the SR graphs, with their own static buffers
+        self._token_graphs: dict[tuple, Any] = {}  # a _Graph, or _EAGER
+        self._token_staging = _Staging()
         # the filter calls from several threads (one CUDA stream each): the cache, a capture
         # and the order of replays of one graph are guarded by one lock (replays are launches
         # only, so holding it costs microseconds)
@@ -170,8 +175,12 @@ class GraphCache:
     def _windows(self, p: Partition, tokens: int) -> int:
         """Segments for the grid's windows plus room for any bucket padding of ``tokens``:
         an upper bound that depends on the grid and the bucket, not on the keep set."""
-        need = p.cu_seqlens.shape[0] - 1 + -(-tokens // self.window_volume)
-        return bucket_size(need, multiple=self.window_multiple)
+        return padded_windows(
+            p.windows,
+            tokens=tokens,
+            window_volume=self.window_volume,
+            multiple=self.window_multiple,
+        )
 
     def _inputs(self, call: SRCall, *, steps: int) -> tuple[tuple[int, ...], list[Tensor]]:
         """The graph's key and its flat static inputs for the arguments of one call (of a
@@ -195,15 +204,21 @@ class GraphCache:
                 inputs.append(p.part)
         return key, inputs
 
-    def _capture(self, key: tuple[int, ...], inputs: list[Tensor]) -> _Graph:
-        """Capture under the lock, after the last replay (it reads the shared buffers). The
-        key's last entry is the flow's step count, 0 for a single call."""
+    def _side_stream(self) -> torch.cuda.Stream:
+        """The one stream every capture runs on, after the caller's work and the last replay
+        (a capture's warm-up reads and writes the shared buffers)."""
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         if self._last is not None:
             stream.wait_event(self._last)
+        return stream
+
+    def _capture(self, key: tuple[int, ...], inputs: list[Tensor]) -> _Graph:
+        """Capture under the lock, after the last replay (it reads the shared buffers). The
+        key's last entry is the flow's step count, 0 for a single call."""
+        stream = self._side_stream()
         steps = key[-1]
         fn = functools.partial(self.flow_fn, steps=steps) if steps else self.fn
         with torch.cuda.device(self.device):
@@ -239,6 +254,83 @@ class GraphCache:
                     self._capture(key, inputs)
                     done += 1
         return done
+
+    def tokens(
+        self,
+        keep: Tensor,
+        *,
+        bucket: int,
+        grid: tuple[int, int, int],
+        window: tuple[int, int, int],
+        shift: tuple[int, int, int],
+    ) -> tuple[Tensor, Tensor, tuple[Partition, Partition]]:
+        """A window's kept tokens at ``bucket`` rows (padded index, coords, the partition pair
+        padded as the SR graphs want it) by one replay of :func:`bucket_tokens`'s graph for
+        the bucket: a handful of launches where made eagerly they were ~40, each handing
+        Python's GIL back and forth with VapourSynth's frame threads (H200, 8 steps on bikes:
+        20.7 ms of wall a window for 3.0 ms of CPU, profile_filter.py). One graph per bucket
+        for every stream, replayed in turn with the SR graphs (its output is copied out
+        before the next replay), so all of them are captured before the first window
+        (:meth:`prepare_tokens`): a graph per stream and bucket, captured when first met,
+        made the first windows of a run capture instead of compute."""
+        options = dict(bucket=bucket, grid=grid, window=window, shift=shift)
+        key = (bucket, grid, window, shift)
+        with self._lock:
+            graph = self._token_graphs.get(key) or self._capture_tokens(key, keep, options)
+        if graph is _EAGER:  # its capture failed: the same numbers, launched one by one
+            flat = _packed_tokens(keep, window_multiple=self.window_multiple, **options)
+            return _unpacked_tokens(flat, window_multiple=self.window_multiple, **options)
+        with self._lock:
+            stream = torch.cuda.current_stream(self.device)
+            if self._last is not None:
+                stream.wait_event(self._last)
+            with torch.cuda.device(self.device):
+                flat = graph([keep])
+            self._last = torch.cuda.Event()
+            self._last.record(stream)
+        return _unpacked_tokens(flat, window_multiple=self.window_multiple, **options)
+
+    def prepare_tokens(
+        self,
+        *,
+        buckets: Iterable[int],
+        grid: tuple[int, int, int],
+        window: tuple[int, int, int],
+        shift: tuple[int, int, int],
+    ) -> int:
+        """Capture the kept tokens' graph of every bucket of ``grid`` not captured yet;
+        returns how many were captured."""
+        keep = torch.zeros(grid, dtype=torch.bool, device=self.device)  # any keep set will do
+        done = 0
+        for bucket in buckets:
+            options = dict(bucket=bucket, grid=grid, window=window, shift=shift)
+            key = (bucket, grid, window, shift)
+            with self._lock:
+                if key not in self._token_graphs:
+                    self._capture_tokens(key, keep, options)
+                    done += 1
+        return done
+
+    def _capture_tokens(self, key: tuple, keep: Tensor, options: dict) -> Any:
+        """Capture bucket_tokens for ``key`` under the lock, after the last replay; _EAGER
+        where the capture fails (said once a key), so a run goes on without the graph."""
+        stream = self._side_stream()
+        fn = functools.partial(_packed_tokens, window_multiple=self.window_multiple, **options)
+        graph: Any
+        try:
+            with torch.cuda.device(self.device):
+                graph = _Graph(
+                    fn, [keep], pool=self.pool, stream=stream, staging=self._token_staging
+                )
+        except RuntimeError as e:
+            log.warning(
+                "could not capture the kept tokens' graph for %s, making them eagerly: %s", key, e
+            )
+            graph = _EAGER
+        self._last = torch.cuda.Event()
+        self._last.record(stream)
+        self._token_graphs[key] = graph
+        return graph
 
     def __call__(
         self,
@@ -286,6 +378,36 @@ class GraphCache:
             self._last = torch.cuda.Event()
             self._last.record(stream)
             return out
+
+
+def _packed_tokens(keep: Tensor, **options: Any) -> Tensor:
+    """:func:`bucket_tokens` as one int64 tensor (a graph of the cache has one output)."""
+    flat = bucket_tokens(keep, **options)
+    return torch.cat([x.reshape(-1).long() for x in flat])
+
+
+def _unpacked_tokens(
+    flat: Tensor,
+    *,
+    bucket: int,
+    grid: tuple[int, int, int],
+    window: tuple[int, int, int],
+    shift: tuple[int, int, int],
+    window_multiple: int,
+) -> tuple[Tensor, Tensor, tuple[Partition, Partition]]:
+    """:func:`_packed_tokens`'s tensor as bucket_tokens gave it: views, and the segment ends
+    as the int32 the attention kernels read."""
+    volume = math.prod(window)
+    sizes = [bucket, 3 * bucket]
+    for s in ((0, 0, 0), shift):
+        grid_windows = math.prod(window_grid(grid, window=window, shift=s))
+        segments = padded_windows(
+            grid_windows, tokens=bucket, window_volume=volume, multiple=window_multiple
+        )
+        sizes += [bucket, segments + 1]
+    index, coords, order0, cu0, order1, cu1 = flat.split(sizes)
+    out = (index, coords.view(bucket, 3), order0, cu0.int(), order1, cu1.int())
+    return out[0], out[1], bucket_partitions(out, grid=grid, window=window, shift=shift)
 
 
 _EAGER: Any = object()  # StaticGraph's entry for a call that could not be captured

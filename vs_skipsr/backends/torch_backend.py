@@ -32,7 +32,7 @@ from ..models.sr import (
     fused_norm_works,
 )
 from ..tokens import Partition, kept_buckets, padded_tokens
-from .base import euler_flow, step_time
+from .base import StaticTokens, euler_flow, step_time
 from .cuda_graphs import GraphCache, SRCall
 
 __all__ = ["TorchBackend", "TorchRunner"]
@@ -125,6 +125,11 @@ class TorchRunner:
                 window_volume=window_volume,
                 with_part=not self.packed,
             )
+        # the kept tokens at a bucket by a graph too (packed partitions only: the padded
+        # [nW, L] form needs the counts on the host)
+        self.static_tokens: StaticTokens | None = None
+        if self.graphs is not None and self.packed:
+            self.static_tokens = self._static_tokens
         # CUDA wants few distinct shapes: a captured graph needs static ones, and eager cuDNN
         # convs (the head's) build a new plan for every new batch size, so a kept count that
         # changes every window cost more host time than the skipped work saved (py-spy on an
@@ -167,6 +172,10 @@ class TorchRunner:
 
         t0 = time.perf_counter()
         done = self.graphs.prepare(calls(), count=len(buckets), steps=steps)
+        if self.static_tokens is not None:
+            done += self.graphs.prepare_tokens(
+                buckets=buckets, grid=grid, window=cfg.window, shift=cfg.shift
+            )
         log.info(
             "prepared %d CUDA graphs (%s) for token grid %s (%d buckets) in %.2f s",
             done,
@@ -174,6 +183,16 @@ class TorchRunner:
             grid,
             len(buckets),
             time.perf_counter() - t0,
+        )
+
+    def _static_tokens(
+        self, keep: Tensor, *, bucket: int, grid: tuple[int, int, int]
+    ) -> tuple[Tensor, Tensor, tuple[Partition, Partition]]:
+        """The runner's ``static_tokens`` with CUDA graphs: GraphCache.tokens."""
+        cfg = self.sr_config
+        assert self.graphs is not None
+        return self.graphs.tokens(
+            keep, bucket=bucket, grid=grid, window=cfg.window, shift=cfg.shift
         )
 
     @torch.inference_mode()
