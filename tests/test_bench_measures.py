@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,13 +32,19 @@ core.std.Splice(clips).set_output()
 """
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    assert spec and spec.loader
+def _script(name: str) -> ModuleType:
+    """scripts/``name``.py imported by path (scripts/ is not a package), a fresh module each
+    call."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _script("bench")
 
 
 @pytest.fixture()
@@ -205,12 +211,7 @@ def test_profile_filter_ablations_make_each_step_a_no_op(monkeypatch: pytest.Mon
     for name in ("_copy_plane", "_fill"):
         monkeypatch.setattr(filt, name, getattr(filt, name))
     monkeypatch.setattr(filt._SkipSRNode, "_set_props", filt._SkipSRNode._set_props)
-    spec = importlib.util.spec_from_file_location(
-        "profile_filter", ROOT / "scripts/profile_filter.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("profile_filter")
     module.ablate(["copy", "props", "fill"])
 
     dst = np.zeros((4, 6), dtype=np.uint8)
@@ -357,10 +358,7 @@ def test_profile_sr_groups_every_triton_kernel_of_the_net() -> None:
     ones by their libraries' names): a kernel left to 'other' hides what its pass costs."""
     import re
 
-    spec = importlib.util.spec_from_file_location("profile_sr", ROOT / "scripts/profile_sr.py")
-    assert spec and spec.loader
-    profile_sr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile_sr)
+    profile_sr = _script("profile_sr")
     names = [
         name
         for path in (ROOT / "vs_skipsr" / "models").glob("*_triton.py")
@@ -375,11 +373,7 @@ def test_profile_sr_groups_every_triton_kernel_of_the_net() -> None:
 def test_profile_spans_count_threads_of_one_name_apart() -> None:
     """The filter's read-ahead workers share a name; counted by name, three of them read as one
     thread (how the twenty-fourth session came to think one thread computed every window)."""
-    path = ROOT / "scripts" / "profile_filter.py"
-    spec = importlib.util.spec_from_file_location("profile_filter", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("profile_filter")
     spans = module.Spans()
     spans.on = True
     ready = threading.Barrier(3)
@@ -400,11 +394,7 @@ def test_profile_spans_count_threads_of_one_name_apart() -> None:
 def test_profile_spans_tell_waiting_from_working() -> None:
     """A wrapped call's wall time and its thread's CPU time are summed apart: a call that
     sleeps (as one waiting for the GIL does) shows wall without CPU, one that computes both."""
-    path = ROOT / "scripts" / "profile_filter.py"
-    spec = importlib.util.spec_from_file_location("profile_filter", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("profile_filter")
 
     class Work:
         def sleep(self) -> None:
@@ -430,12 +420,7 @@ def test_profile_spans_tell_waiting_from_working() -> None:
 
 @pytest.fixture(scope="module")
 def handoff():
-    path = ROOT / "scripts" / "bench_frame_handoff.py"
-    spec = importlib.util.spec_from_file_location("bench_frame_handoff", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("bench_frame_handoff")
 
 
 @pytest.mark.parametrize(("copy", "width"), [("numpy", 32), ("held", 32), ("held", 128)])
