@@ -143,6 +143,7 @@ def instrument(spans: Spans) -> None:
     spans.wrap(pipeline, "gather_patches", "    gather_patches")
     spans.wrap(pipeline, "token_noise", "    token_noise")
     spans.wrap(GraphCache, "flow", "    GraphCache.flow (inputs in + one replay)")
+    spans.wrap(GraphCache, "run_window", "    GraphCache.run_window (feed, gather, flow, scatter)")
     spans.wrap(pipeline, "add_to_tokens", "    add_to_tokens (the scatter)")
     spans.wrap(filt.StaticGraph, "__call__", "  StaticGraph (copy in + replay)")
     spans.wrap(filt, "_copy_plane", "  _copy_plane (planes into the frame)")

@@ -630,51 +630,146 @@ def test_bucket_tokens_are_padded_tokens_padded_for_the_graphs(grid, frac, extra
 
 
 @pytest.mark.parametrize("grid", [(3, 7, 9), (5, 11, 6)])
-def test_kept_tokens_packed_for_one_graph_output_unpack_to_the_same(grid):
-    """The CUDA graphs' cache keeps one output a graph, so the kept tokens travel as one
-    int64 tensor: unpacked, they are bucket_tokens's tensors (the ends int32 again), and the
-    two partitions' lengths are told apart where their grids of windows differ."""
-    from vs_skipsr.backends.cuda_graphs import _packed_tokens, _unpacked_tokens
-    from vs_skipsr.tokens import bucket_tokens
+@pytest.mark.parametrize("seed", [0, 7])
+def test_window_feed_writes_the_indices_paths_tokens_and_noise(grid, seed):
+    """What one graph replay writes into the flow graph's static inputs before the gather:
+    coords, both partitions padded for the graph, and the noise at the padded index with
+    the seed as a device tensor, each the value the indices' path hands the flow (padded_tokens,
+    the partitions padded as GraphCache pads them, token_noise); the base patches and the
+    flow's time input are left alone."""
+    from vs_skipsr.backends.cuda_graphs import feed_window
+    from vs_skipsr.tokens import padded_windows
 
-    keep = _random_keep(grid, 0.4, seed=3)
-    kw = dict(bucket=int(keep.sum()) + 9, grid=grid, window=(2, 4, 4), shift=(1, 2, 2))
-    want = bucket_tokens(keep, window_multiple=4, **kw)
-    index, coords, parts = _unpacked_tokens(
-        _packed_tokens(keep, window_multiple=4, **kw), window_multiple=4, **kw
+    window, shift, multiple, volume, dim = (2, 4, 4), (1, 2, 2), 4, 32, 12
+    keep = _random_keep(grid, 0.4, seed=3).reshape(grid)
+    index = torch.nonzero(keep.reshape(-1)).squeeze(1)
+    bucket = index.numel() + 9
+    padded, coords, parts = padded_tokens(
+        index, bucket=bucket, grid=grid, window=window, shift=shift
     )
-    got = (index, coords, parts[0].order, parts[0].cu_seqlens, parts[1].order, parts[1].cu_seqlens)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and torch.equal(g, w)
-    if grid == (5, 11, 6):  # the case the split must tell apart
-        assert want[3].shape != want[5].shape
+    want = [
+        p.padded_to(
+            tokens=bucket,
+            windows=padded_windows(
+                p.windows, tokens=bucket, window_volume=volume, multiple=multiple
+            ),
+            window_volume=volume,
+            with_part=False,
+        )
+        for p in parts
+    ]
+    inputs = [
+        torch.full((bucket, 5), 7.0),  # the base patches: the gather's, not the feed's
+        torch.zeros(bucket, dim),
+        torch.zeros(bucket, 3, dtype=torch.long),
+        torch.full((1,), 3.0),  # the flow's time input, which it does not read
+        *(x for p in want for x in (torch.zeros_like(p.order), torch.zeros_like(p.cu_seqlens))),
+    ]
+
+    def noise(idx, s):
+        return token_noise(idx, dim=dim, seed=s) * 0.25
+
+    feed_window(
+        keep,
+        torch.tensor([seed]),
+        inputs=inputs,
+        bucket=bucket,
+        grid=grid,
+        window=window,
+        shift=shift,
+        window_multiple=multiple,
+        noise=noise,
+    )
+    assert torch.equal(inputs[2], coords)
+    assert torch.equal(inputs[1], token_noise(padded, dim=dim, seed=seed) * 0.25)
+    for got, p in zip((inputs[4:6], inputs[6:8]), want, strict=True):
+        assert torch.equal(got[0], p.order) and torch.equal(got[1], p.cu_seqlens)
+    assert bool((inputs[0] == 7.0).all()) and float(inputs[3]) == 3.0
+    if grid == (5, 11, 6):  # the two partitions' segment counts differ here
+        assert inputs[5].shape != inputs[7].shape
+
+
+@pytest.mark.parametrize("grid", [(3, 7, 9), (5, 11, 6), (2, 4, 4)])
+def test_window_feed_finds_the_flow_graph_prepare_captured(grid):
+    """run_window finds its bucket's flow graph by a key made from the shapes alone; it must
+    be the key prepare() captured that graph under (from padded_tokens' example inputs), or
+    every window would capture a graph of its own mid-run."""
+    from vs_skipsr.backends.cuda_graphs import GraphCache
+    from vs_skipsr.tokens import kept_buckets
+
+    window, shift = (2, 4, 4), (1, 2, 2)
+    cache = object.__new__(GraphCache)  # the key's arithmetic only: no CUDA needed
+    cache.window_volume, cache.window_multiple, cache.with_part = 32, 8, False
+    for bucket in kept_buckets(math.prod(grid)):
+        _, coords, parts = padded_tokens(
+            torch.arange(bucket), bucket=bucket, grid=grid, window=window, shift=shift
+        )
+        call = (torch.zeros(bucket, 4), torch.zeros(bucket, 4), coords, torch.ones(1), parts)
+        want, _ = cache._inputs(call, steps=8)
+        got = cache._flow_key(bucket, (grid, window, shift), steps=8)
+        assert got == want
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.6])
-def test_a_runner_that_makes_its_tokens_gives_the_same_window(ratio):
-    """upscale_window with a runner's own tokens (what the CUDA graphs' runner does, here the
-    same function run eagerly on the CPU): it reads only the kept count and gives the frames
-    the indices' path gives, bucket padding and all."""
+def test_a_runner_that_runs_its_windows_gives_the_same_window(ratio):
+    """upscale_window with a runner's own window after the sync (what the CUDA graphs'
+    runner does: GraphCache.run_window's feed, gather into the flow's inputs, flow and
+    scatter, here the same steps run eagerly on the CPU with the runner's WindowOps): it
+    reads only the kept count and gives the frames the indices' path gives, bucket padding
+    and all."""
+    from vs_skipsr.backends.cuda_graphs import feed_window
     from vs_skipsr.tokens import bucket_partitions, bucket_tokens
 
     lr = _lr(seed=5)
     plain = TorchBackend(device="cpu").load(sr=_random_sr(seed=6), mask=None)
     own = TorchBackend(device="cpu").load(sr=_random_sr(seed=6), mask=None)
-    cfg, made = own.sr_config, []
+    cfg, ops, made = own.sr_config, own._window_ops(), []
 
-    def static_tokens(keep, *, bucket, grid):
+    def static_window(keep, base, *, kept, bucket, grid, steps, seed):
         made.append(bucket)
         kw = dict(grid=grid, window=cfg.window, shift=cfg.shift)
-        flat = bucket_tokens(keep, bucket=bucket, window_multiple=8, **kw)
-        return flat[0], flat[1], bucket_partitions(flat, **kw)
+        flat = bucket_tokens(keep, bucket=bucket, window_multiple=8, **kw)  # shapes only
+        inputs = [
+            torch.empty(bucket, cfg.base_dim, dtype=own.base_dtype),
+            torch.empty(bucket, cfg.token_dim),
+            torch.empty_like(flat[1]),
+            torch.ones(1),
+            *(torch.empty_like(x) for x in flat[2:]),
+        ]
+        seed_t = torch.tensor([seed])
+        feed_window(
+            keep, seed_t, inputs=inputs, bucket=bucket, window_multiple=8, noise=ops.noise, **kw
+        )
+        ops.gather(base, inputs[2], inputs[0])
+        parts = bucket_partitions((None, None, *inputs[4:8]), **kw)
+        rows = own.flow(inputs[0], inputs[1], inputs[2], parts, steps=steps)
+        ops.scatter(base, rows[:kept], inputs[2][:kept])
 
-    own.static_tokens = static_tokens
-    a = upscale_window(lr, scale=2, runner=plain, skip_ratio=ratio, buckets=True, steps=2)
-    b = upscale_window(lr, scale=2, runner=own, skip_ratio=ratio, buckets=True, steps=2)
+    own.static_window = static_window
+    a = upscale_window(lr, scale=2, runner=plain, skip_ratio=ratio, buckets=True, steps=2, seed=3)
+    b = upscale_window(lr, scale=2, runner=own, skip_ratio=ratio, buckets=True, steps=2, seed=3)
     assert made == [a.stats.bucket] and b.stats.kept == a.stats.kept
     if ratio:
         assert a.stats.bucket > a.stats.kept  # padded: the padding's own segments in play
     torch.testing.assert_close(b.frames, a.frames, rtol=0, atol=1e-6)
+
+
+def test_gather_patches_into_a_given_buffer():
+    """gather_patches writes into ``out`` (a captured graph's static input) the patches it
+    returns without it, and names a buffer of the wrong shape or dtype."""
+    frames = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(4))
+    coords = token_coords(torch.tensor([0, 5, 9, 13]), grid=(2, 5, 7))
+    for halo in (0, 2):
+        want = gather_patches(frames, coords, patch=8, halo=halo, dtype=torch.bfloat16)
+        out = torch.empty_like(want)
+        assert (
+            gather_patches(frames, coords, patch=8, halo=halo, dtype=torch.bfloat16, out=out) is out
+        )
+        assert torch.equal(out, want)
+    with pytest.raises(ValueError, match=r"out is torch\.float32"):
+        gather_patches(
+            frames, coords, patch=8, halo=2, dtype=torch.bfloat16, out=torch.empty(4, 3 * 12 * 12)
+        )
 
 
 def test_padded_to_reuses_the_padding_for_the_same_arguments_only():
@@ -713,10 +808,11 @@ def test_cuda_graphs_equal_eager_and_are_reused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graphs_runner_makes_its_tokens_by_one_graph_a_bucket_for_every_stream():
-    """The graphs' runner makes a window's kept tokens by replaying one graph per bucket,
-    from the default stream and a side one alike (as the filter's slots run windows): the
-    frames are those of the same runner making them eagerly (padded_tokens), bit for bit."""
+def test_cuda_graphs_runner_runs_its_windows_by_one_feed_a_bucket_for_every_stream():
+    """The graphs' runner takes a window after its sync by replaying one feed graph per
+    bucket into the flow graph, from the default stream and a side one alike (as the
+    filter's slots run windows): the frames are those of the same runner through the
+    indices' path into the same flow graph, bit for bit."""
 
     def graphed():
         return TorchBackend(device="cuda", dtype="bf16", cuda_graphs=True).load(
@@ -724,8 +820,8 @@ def test_cuda_graphs_runner_makes_its_tokens_by_one_graph_a_bucket_for_every_str
         )
 
     own, plain = graphed(), graphed()
-    assert own.static_tokens is not None
-    plain.static_tokens = None  # the indices' path, into the same SR graphs
+    assert own.static_window is not None
+    plain.static_window = None  # the indices' path, into the same SR graphs
     lr = _lr(t=2, h=80, w=112, seed=22).cuda()  # 280 tokens; 30% kept -> bucket 128
     grid = _grid(lr, 2, 16)
     side = torch.cuda.Stream()
@@ -739,16 +835,17 @@ def test_cuda_graphs_runner_makes_its_tokens_by_one_graph_a_bucket_for_every_str
         side.synchronize()
         assert a.stats.bucket == b.stats.bucket == c.stats.bucket == 128
         assert torch.equal(a.frames, b.frames) and torch.equal(a.frames, c.frames)
-    assert len(own.graphs._token_graphs) == 1  # one bucket: one graph for both streams
-    assert own.graphs.captures == plain.graphs.captures == 1  # and one SR graph each
+    feeds = [f for g in own.graphs.graphs.values() for f in g.feeds.values()]
+    assert len(feeds) == 1  # one bucket: one feed for both streams
+    assert own.graphs.captures == plain.graphs.captures == 1  # and one flow graph each
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_tokens_graph_that_cannot_be_captured_makes_them_eagerly(
+def test_cuda_window_feed_that_cannot_be_captured_feeds_eagerly(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    """A kept tokens' graph whose capture fails (a torch or driver that refuses one of its
-    ops) is said once and its tokens are made eagerly, with the same frames."""
+    """A window feed whose capture fails (a torch or driver that refuses one of its ops) is
+    said once and the feed runs eagerly, with the same frames."""
     import vs_skipsr.backends.cuda_graphs as cuda_graphs
 
     def graphed():
@@ -757,11 +854,11 @@ def test_cuda_tokens_graph_that_cannot_be_captured_makes_them_eagerly(
         )
 
     plain, own = graphed(), graphed()
-    plain.static_tokens = None
+    plain.static_window = None
     real_graph = cuda_graphs._Graph
 
     def refusing(fn, inputs, **kw):
-        if isinstance(fn, functools.partial) and fn.func is cuda_graphs._packed_tokens:
+        if isinstance(fn, functools.partial) and fn.func is cuda_graphs.feed_window:
             raise RuntimeError("operation not permitted when stream is capturing")
         return real_graph(fn, inputs, **kw)
 
@@ -773,7 +870,7 @@ def test_cuda_tokens_graph_that_cannot_be_captured_makes_them_eagerly(
         a = upscale_window(lr, scale=2, runner=plain, keep=keep, buckets=(128, 256))
         b = upscale_window(lr, scale=2, runner=own, keep=keep, buckets=(128, 256))
         assert torch.equal(a.frames, b.frames)
-    said = [r for r in caplog.records if "could not capture the kept tokens' graph" in r.message]
+    said = [r for r in caplog.records if "could not capture the window feed's graph" in r.message]
     assert len(said) == 1
 
 
@@ -795,14 +892,15 @@ def test_cuda_graphs_prepared_for_a_grid_serve_every_keep_set():
     graphed.prepare(grid=grid, steps=1)  # what upscale_window runs: one-step flows
     assert graphed.graphs.captures == len(buckets) > 2
     assert [k[0] for k in graphed.graphs.graphs] == buckets[::-1]
-    assert len(graphed.graphs._token_graphs) == len(buckets)  # the kept tokens' graphs too
+    feeds = [f for g in graphed.graphs.graphs.values() for f in g.feeds.values()]
+    assert len(feeds) == len(buckets)  # a window feed into each flow graph too
     graphed.prepare(grid=grid, steps=1)
     for ratio in (0.9, 0.5, 0.1, 0.0):
         a = upscale_window(lr, scale=2, runner=eager, skip_ratio=ratio, buckets=True)
         b = upscale_window(lr, scale=2, runner=graphed, skip_ratio=ratio, buckets=True)
         assert (a.frames - b.frames).abs().max() < 2e-2, ratio
     assert graphed.graphs.captures == len(buckets)
-    assert len(graphed.graphs._token_graphs) == len(buckets)
+    assert sum(len(g.feeds) for g in graphed.graphs.graphs.values()) == len(buckets)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -424,7 +424,7 @@ def test_runner_is_prepared_once_for_the_grid_the_windows_use(
     prepared: list[tuple[tuple[int, int, int], bool, int | None]] = []
     used: set[tuple[int, int, int]] = set()
     real_prepare, real_padded = TorchRunner.prepare, pipeline.padded_tokens
-    real_static = TorchRunner._static_tokens
+    real_static = TorchRunner._static_window
 
     def prepare(self, *, grid, dense=False, steps=None):
         prepared.append((grid, dense, steps))
@@ -434,13 +434,13 @@ def test_runner_is_prepared_once_for_the_grid_the_windows_use(
         used.add(grid)
         return real_padded(index, grid=grid, **rest)
 
-    def static_tokens(self, keep, *, grid, **rest):  # the graphs' runner makes its own
+    def static_window(self, keep, base, *, grid, **rest):  # the graphs' runner's own way
         used.add(grid)
-        return real_static(self, keep, grid=grid, **rest)
+        return real_static(self, keep, base, grid=grid, **rest)
 
     monkeypatch.setattr(TorchRunner, "prepare", prepare)
     monkeypatch.setattr(pipeline, "padded_tokens", padded_tokens)
-    monkeypatch.setattr(TorchRunner, "_static_tokens", static_tokens)
+    monkeypatch.setattr(TorchRunner, "_static_window", static_window)
     node = sr(make_clip(vs.YUV420P8), window=3, num_streams=2, steps=2, **kw)
     for n in range(N_FRAMES):
         node.get_frame(n)

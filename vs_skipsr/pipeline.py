@@ -139,8 +139,9 @@ def _noise_table(dim: int, device: torch.device) -> Tensor:
     return torch.randn(NOISE_ROWS, dim, generator=g).to(device)
 
 
-def token_noise(index: Tensor, *, dim: int, seed: int) -> Tensor:
-    """Unit normal noise [K, dim] for flat token indices [K]."""
+def token_noise(index: Tensor, *, dim: int, seed: int | Tensor) -> Tensor:
+    """Unit normal noise [K, dim] for flat token indices [K]; ``seed`` an int or a [1] int64
+    tensor on their device (the same rows: what a captured graph reads)."""
     table = _noise_table(dim, index.device)
     return table[(index + 104729 * seed) % NOISE_ROWS]
 
@@ -238,7 +239,8 @@ def upscale_window(
     result.
 
     On CUDA the window costs one device-to-host sync (the kept count), none when dense; a
-    runner whose ``static_tokens`` makes the kept tokens (CUDA graphs) needs only that count.
+    runner with ``static_window`` (CUDA graphs) takes the window from there in two graph
+    replays and needs only that count.
     """
     device = lr.device
     cfg = runner.sr_config
@@ -274,11 +276,11 @@ def upscale_window(
     if buckets is None:
         buckets = runner.wants_buckets
     with timer.stage("gather"):
-        make = runner.static_tokens
+        own = runner.static_window
         index = None
         if dense:
             n_keep = total  # nothing to wait for
-        elif make is not None:  # it makes the tokens from the keep set: the count is enough
+        elif own is not None:  # it makes the tokens from the keep set: the count is enough
             n_keep = int(torch.count_nonzero(keep))  # the one sync
         else:
             index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [K]: the one sync
@@ -288,9 +290,12 @@ def upscale_window(
             n_bucket = min(bucket_size(n_keep, buckets=buckets), total)
         elif buckets:
             n_bucket = kept_bucket(n_keep, total=total)
-        if make is not None and n_keep:  # [Kb], [Kb, 3], partitions padded for its graphs
-            padded, coords, parts = make(keep, bucket=n_bucket, grid=grid)
-        else:
+
+    if own is not None and n_keep:  # tokens, noise, gather, flow and scatter: the runner's
+        with timer.stage("sr"):
+            own(keep, base, kept=n_keep, bucket=n_bucket, grid=grid, steps=steps, seed=seed)
+    else:
+        with timer.stage("gather"):
             if index is None:  # dense (no nonzero), or nothing kept
                 index = torch.arange(n_keep, device=device)
             padded, coords, parts = padded_tokens(  # [Kb], [Kb, 3]
@@ -301,19 +306,19 @@ def upscale_window(
                 shift=cfg.shift,
                 static_len=device.type == "cuda",
             )
-        base_tok = gather_patches(  # [Kb, 3(p+2h)²]
-            base, coords, patch=patch, halo=cfg.halo, dtype=runner.base_dtype
-        )
-        state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std  # [Kb, 3p²]
+            base_tok = gather_patches(  # [Kb, 3(p+2h)²]
+                base, coords, patch=patch, halo=cfg.halo, dtype=runner.base_dtype
+            )
+            state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std
 
-    with timer.stage("sr"):
-        if n_keep:
-            state = runner.flow(base_tok, state, coords, parts, steps=steps)  # [Kb, 3p²]
-        residual = state[:n_keep]  # [K, 3p²]
+        with timer.stage("sr"):
+            if n_keep:
+                state = runner.flow(base_tok, state, coords, parts, steps=steps)  # [Kb, 3p²]
+            residual = state[:n_keep]  # [K, 3p²]
 
-    with timer.stage("scatter"):
-        add_to_tokens(base, residual.float(), coords[:n_keep], patch=patch)
-        out = base[..., :out_h, :out_w]
+        with timer.stage("scatter"):
+            add_to_tokens(base, residual.float(), coords[:n_keep], patch=patch)
+    out = base[..., :out_h, :out_w]
 
     stats = WindowStats(kept=n_keep, total=total, bucket=n_bucket, times=timer.times)
     return WindowOutput(frames=out, keep=keep, stats=stats, grid_frames=base)

@@ -91,11 +91,14 @@ def gather_patches(
     patch: int,
     halo: int = 0,
     dtype: torch.dtype | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """The p x p patches of the tokens at ``coords`` [K, 3] ((t, y, x) on the token grid of
     ``frames`` [T, C, H, W]), each with ``halo`` pixels of its surroundings: [K, C*(p+2h)²],
     in ``dtype`` (the frames' if None): the SR net's own, so the patches are written once in
-    what it reads rather than gathered in float32 and cast.
+    what it reads rather than gathered in float32 and cast. With ``out`` ([K, C*(p+2h)²], of
+    ``dtype``) they are written there (on CUDA by the kernel itself: a captured graph's static
+    input, no copy) and ``out`` is returned.
 
     The frame border is replicated into the halo, as :func:`pad_to_grid` pads: rows and
     columns past the border are clamped to it. What reads the patches fastest differs by
@@ -109,18 +112,26 @@ def gather_patches(
     k, c = coords.shape[0], frames.shape[1]
     side = patch + 2 * halo
     dtype = frames.dtype if dtype is None else dtype
+    if out is not None and (tuple(out.shape) != (k, c * side * side) or out.dtype != dtype):
+        raise ValueError(
+            f"gather_patches: out is {out.dtype} {tuple(out.shape)}, not {dtype} "
+            f"{(k, c * side * side)}"
+        )
     if k == 0:
-        return frames.new_empty(0, c * side * side, dtype=dtype)
+        return frames.new_empty(0, c * side * side, dtype=dtype) if out is None else out
     if frames.device.type == "cuda" and triton_gather_works(frames.device):
         gather = triton_module("vs_skipsr.tokens_triton").gather_patches
-        return gather(frames, coords, patch=patch, halo=halo, dtype=dtype)
+        return gather(frames, coords, patch=patch, halo=halo, dtype=dtype, out=out)
     if halo == 0:
         patches = token_view(frames, patch=patch)[tuple(coords.unbind(1))]
     elif frames.device.type == "cpu":
         patches = _gather_rows(frames, coords, patch=patch, halo=halo)
     else:
         patches = _gather_flat(frames, coords, patch=patch, halo=halo)
-    return patches.reshape(k, c * side * side).to(dtype)
+    patches = patches.reshape(k, c * side * side)
+    if out is None:
+        return patches.to(dtype)
+    return out.copy_(patches)
 
 
 @cache

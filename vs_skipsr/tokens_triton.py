@@ -61,11 +61,18 @@ def _gather_kernel(
 
 
 def gather_patches(
-    frames: Tensor, coords: Tensor, *, patch: int, halo: int, dtype: torch.dtype
+    frames: Tensor,
+    coords: Tensor,
+    *,
+    patch: int,
+    halo: int,
+    dtype: torch.dtype,
+    out: Tensor | None = None,
 ) -> Tensor:
     """[K, C · (patch + 2 halo)²] in ``dtype``: each token at ``coords`` [K, 3] ((t, y, x),
     int64, on the token grid of ``frames`` [T, C, H, W], any strides) with ``halo`` pixels
-    of its surroundings, channel by channel, rows then columns."""
+    of its surroundings, channel by channel, rows then columns; written into ``out`` (of
+    that shape and dtype, contiguous) where given."""
     if frames.dim() != 4 or frames.dtype not in _DTYPES:
         raise ValueError(
             f"gather_patches: frames are {frames.dtype} {tuple(frames.shape)}, not float "
@@ -80,7 +87,13 @@ def gather_patches(
     _, c, h, w = frames.shape
     side = patch + 2 * halo
     k = coords.shape[0]
-    out = torch.empty(k, c * side * side, dtype=dtype, device=frames.device)
+    if out is None:
+        out = torch.empty(k, c * side * side, dtype=dtype, device=frames.device)
+    elif tuple(out.shape) != (k, c * side * side) or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(
+            f"gather_patches: out is {out.dtype} {tuple(out.shape)}, not a contiguous {dtype} "
+            f"{(k, c * side * side)}"
+        )
     if k == 0:
         return out
     with on_device_of(frames):

@@ -21,9 +21,9 @@ from ..tokens import Partition
 __all__ = ["EulerFlow", "Runner", "euler_flow", "euler_update", "step_time"]
 
 
-# a runner's own maker of a window's kept tokens: (keep, bucket=, grid=) -> (padded index,
-# coords, partition pair)
-StaticTokens = Callable[..., tuple[Tensor, Tensor, tuple[Partition, Partition]]]
+# a runner's own way with a window after its sync: (keep, base, kept=, bucket=, grid=, steps=,
+# seed=) adds the SR residual of the kept tokens into base in place
+StaticWindow = Callable[..., None]
 
 
 class Runner(Protocol):
@@ -39,10 +39,10 @@ class Runner(Protocol):
     # the dtype ``sr`` and ``flow`` read base patches in: the pipeline gathers them in it, so
     # they are written once as the net reads them instead of gathered and then cast
     base_dtype: torch.dtype
-    # where set, (keep, bucket=, grid=) -> the kept tokens at the bucket (padded index,
-    # coords, partition pair) made the runner's own way (a CUDA graph): the pipeline then
-    # reads only the kept count; None: it makes them with tokens.padded_tokens
-    static_tokens: StaticTokens | None
+    # where set, (keep, base, kept=, bucket=, grid=, steps=, seed=) makes the kept tokens,
+    # their noise, gather, flow and scatter into base the runner's own way (CUDA graphs): the
+    # pipeline then reads only the kept count; None: it runs them itself
+    static_window: StaticWindow | None
 
     def prepare(
         self, *, grid: tuple[int, int, int], dense: bool = False, steps: int | None = None
@@ -118,7 +118,7 @@ class EulerFlow:
 
     sr: _Velocity
 
-    static_tokens: StaticTokens | None = None  # an engine call a step: little to save there
+    static_window: StaticWindow | None = None  # an engine call a step: little to save there
 
     def flow(
         self,

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from ..tokens import Partition, bucket_partitions, bucket_tokens, padded_windows, window_grid
 
-__all__ = ["GraphCache", "SRCall", "StaticGraph"]
+__all__ = ["GraphCache", "SRCall", "StaticGraph", "WindowOps", "feed_window"]
 
 # the arguments of one SR call: base, state, coords, t, partitions
 SRCall = tuple[Tensor, Tensor, Tensor, Tensor, tuple[Partition, ...]]
@@ -84,6 +85,7 @@ class _Graph:
         staging: _Staging,
     ) -> None:
         self.inputs = [staging.view(i, x) for i, x in enumerate(inputs)]
+        self.feeds: dict[tuple, Any] = {}  # GraphCache.run_window's feeds into this graph
         t0 = time.perf_counter()
         with torch.cuda.stream(stream):
             for dst, src in zip(self.inputs, inputs, strict=True):
@@ -159,10 +161,9 @@ class GraphCache:
         # blocks per stream, so a fresh stream per capture kept each warm-up's memory apart
         self._stream: torch.cuda.Stream | None = None
         self._staging = _Staging()
-        # the kept tokens' graphs (tokens()), one per bucket and grid, in the same order of
-        # replays as the SR graphs, with their own static buffers
-        self._token_graphs: dict[tuple, Any] = {}  # a _Graph, or _EAGER
-        self._token_staging = _Staging()
+        # the window feeds' inputs (keep set, seed) and outputs; the feeds themselves live on
+        # their flow graph (_Graph.feeds), which they write into
+        self._feed_staging = _Staging()
         # the filter calls from several threads (one CUDA stream each): the cache, a capture
         # and the order of replays of one graph are guarded by one lock (replays are launches
         # only, so holding it costs microseconds)
@@ -255,81 +256,154 @@ class GraphCache:
                     done += 1
         return done
 
-    def tokens(
+    def run_window(
         self,
         keep: Tensor,
+        base: Tensor,
+        seed: Tensor,
         *,
+        kept: int,
         bucket: int,
         grid: tuple[int, int, int],
         window: tuple[int, int, int],
         shift: tuple[int, int, int],
-    ) -> tuple[Tensor, Tensor, tuple[Partition, Partition]]:
-        """A window's kept tokens at ``bucket`` rows (padded index, coords, the partition pair
-        padded as the SR graphs want it) by one replay of :func:`bucket_tokens`'s graph for
-        the bucket: a handful of launches where made eagerly they were ~40, each handing
-        Python's GIL back and forth with VapourSynth's frame threads (H200, 8 steps on bikes:
-        20.7 ms of wall a window for 3.0 ms of CPU, profile_filter.py). One graph per bucket
-        for every stream, replayed in turn with the SR graphs (its output is copied out
-        before the next replay), so all of them are captured before the first window
-        (:meth:`prepare_tokens`): a graph per stream and bucket, captured when first met,
-        made the first windows of a run capture instead of compute."""
-        options = dict(bucket=bucket, grid=grid, window=window, shift=shift)
-        key = (bucket, grid, window, shift)
+        steps: int,
+        ops: WindowOps,
+    ) -> None:
+        """Add a window's SR residual at its ``kept`` tokens (``keep`` [T, Hp, Wp] bool) into
+        ``base`` (the padded window, in place) in a handful of launches: one replay of the
+        bucket's feed (its kept tokens, partitions and noise made from the keep set and
+        written straight into the flow graph's static inputs, :func:`feed_window`), the gather
+        into the flow's base input, one replay of the flow, the scatter from its static
+        output. Made one op at a time they were ~30 launches after the window's sync, each
+        handing Python's GIL back and forth with VapourSynth's frame threads (H200, 8 steps on
+        bikes: upscale_window 0.70 ms of wall a frame for 0.24 of CPU, profile_filter.py).
+        The lock is held from the feed to the scatter: they share the flow's buffers, which
+        the next window's feed (any stream) overwrites. ``seed`` [1] int64 on the device."""
         with self._lock:
-            graph = self._token_graphs.get(key) or self._capture_tokens(key, keep, options)
-        if graph is _EAGER:  # its capture failed: the same numbers, launched one by one
-            flat = _packed_tokens(keep, window_multiple=self.window_multiple, **options)
-            return _unpacked_tokens(flat, window_multiple=self.window_multiple, **options)
-        with self._lock:
+            fkey = (grid, window, shift)
+            flow = self._flow_graph(bucket, fkey, steps=steps, ops=ops)
+            feed = flow.feeds.get(fkey)
+            if feed is None:
+                feed = self._capture_feed(flow, fkey, keep, seed, bucket=bucket, ops=ops)
             stream = torch.cuda.current_stream(self.device)
             if self._last is not None:
                 stream.wait_event(self._last)
             with torch.cuda.device(self.device):
-                flat = graph([keep])
+                if feed is _EAGER:  # its capture failed: the same writes, one op at a time
+                    self._feed_fn(flow, fkey, bucket=bucket, ops=ops)(keep, seed)
+                else:
+                    feed.load([keep, seed])
+                    feed.graph.replay()
+                ins = flow.inputs
+                ops.gather(base, ins[2], ins[0])  # coords -> the flow's base patches
+                flow.graph.replay()
+                ops.scatter(base, flow.output[:kept], ins[2][:kept])
             self._last = torch.cuda.Event()
             self._last.record(stream)
-        return _unpacked_tokens(flat, window_multiple=self.window_multiple, **options)
 
-    def prepare_tokens(
+    def prepare_windows(
         self,
         *,
         buckets: Iterable[int],
         grid: tuple[int, int, int],
         window: tuple[int, int, int],
         shift: tuple[int, int, int],
+        steps: int,
+        ops: WindowOps,
     ) -> int:
-        """Capture the kept tokens' graph of every bucket of ``grid`` not captured yet;
-        returns how many were captured."""
+        """Capture the feed (:meth:`run_window`) of every bucket of ``grid`` for its ``steps``-step
+        flow graph, capturing that too where missing; returns how many feeds were captured.
+        Before the first window: a capture mid-run made the first windows of a run wait
+        (the twenty-sixth session's per-stream tokens graphs)."""
         keep = torch.zeros(grid, dtype=torch.bool, device=self.device)  # any keep set will do
-        done = 0
+        seed = torch.zeros(1, dtype=torch.long, device=self.device)
+        fkey, done = (grid, window, shift), 0
         for bucket in buckets:
-            options = dict(bucket=bucket, grid=grid, window=window, shift=shift)
-            key = (bucket, grid, window, shift)
             with self._lock:
-                if key not in self._token_graphs:
-                    self._capture_tokens(key, keep, options)
+                flow = self._flow_graph(bucket, fkey, steps=steps, ops=ops)
+                if fkey not in flow.feeds:
+                    self._capture_feed(flow, fkey, keep, seed, bucket=bucket, ops=ops)
                     done += 1
         return done
 
-    def _capture_tokens(self, key: tuple, keep: Tensor, options: dict) -> Any:
-        """Capture bucket_tokens for ``key`` under the lock, after the last replay; _EAGER
-        where the capture fails (said once a key), so a run goes on without the graph."""
+    def _flow_graph(self, bucket: int, fkey: tuple, *, steps: int, ops: WindowOps) -> _Graph:
+        """The ``steps``-step flow graph of ``bucket`` rows on the grid of ``fkey`` (grid,
+        window, shift), under the lock, captured from example inputs where missing."""
+        key = self._flow_key(bucket, fkey, steps=steps)
+        graph = self.graphs.get(key)
+        if graph is None:  # not prepared: capture it from example inputs of the bucket
+            grid, window, shift = fkey
+            flat = bucket_tokens(
+                torch.zeros(grid, dtype=torch.bool, device=self.device),
+                bucket=bucket,
+                grid=grid,
+                window=window,
+                shift=shift,
+                window_multiple=self.window_multiple,
+            )
+            parts = bucket_partitions(flat, grid=grid, window=window, shift=shift)
+            base, state = ops.examples(bucket)
+            t = torch.ones(1, device=self.device)
+            _, inputs = self._inputs((base, state, flat[1], t, parts), steps=steps)
+            graph = self._capture(key, inputs)
+        self.graphs.move_to_end(key)
+        return graph
+
+    def _flow_key(self, bucket: int, fkey: tuple, *, steps: int) -> tuple[int, ...]:
+        """The key :meth:`_inputs` gives the flow of ``bucket`` rows on the grid of ``fkey``
+        (grid, window, shift), from the shapes alone (no launch): rows, each partition's
+        padded segment ends, steps."""
+        grid, window, shift = fkey
+        segments = (
+            padded_windows(
+                math.prod(window_grid(grid, window=window, shift=s)),
+                tokens=bucket,
+                window_volume=self.window_volume,
+                multiple=self.window_multiple,
+            )
+            for s in ((0, 0, 0), shift)
+        )
+        return (bucket, *(n + 1 for n in segments), steps)
+
+    def _feed_fn(
+        self, flow: _Graph, fkey: tuple, *, bucket: int, ops: WindowOps
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        grid, window, shift = fkey
+        return functools.partial(
+            feed_window,
+            inputs=flow.inputs,
+            bucket=bucket,
+            grid=grid,
+            window=window,
+            shift=shift,
+            window_multiple=self.window_multiple,
+            noise=ops.noise,
+        )
+
+    def _capture_feed(
+        self, flow: _Graph, fkey: tuple, keep: Tensor, seed: Tensor, *, bucket: int, ops: WindowOps
+    ) -> Any:
+        """Capture the feed of ``flow`` for ``fkey`` under the lock, after the last replay;
+        _EAGER where the capture fails (said once a key), so a run goes on without it."""
         stream = self._side_stream()
-        fn = functools.partial(_packed_tokens, window_multiple=self.window_multiple, **options)
+        fn = self._feed_fn(flow, fkey, bucket=bucket, ops=ops)
         graph: Any
         try:
             with torch.cuda.device(self.device):
                 graph = _Graph(
-                    fn, [keep], pool=self.pool, stream=stream, staging=self._token_staging
+                    fn, [keep, seed], pool=self.pool, stream=stream, staging=self._feed_staging
                 )
         except RuntimeError as e:
             log.warning(
-                "could not capture the kept tokens' graph for %s, making them eagerly: %s", key, e
+                "could not capture the window feed's graph for %s, feeding it eagerly: %s",
+                (bucket, *fkey),
+                e,
             )
             graph = _EAGER
         self._last = torch.cuda.Event()
         self._last.record(stream)
-        self._token_graphs[key] = graph
+        flow.feeds[fkey] = graph
         return graph
 
     def __call__(
@@ -380,34 +454,46 @@ class GraphCache:
             return out
 
 
-def _packed_tokens(keep: Tensor, **options: Any) -> Tensor:
-    """:func:`bucket_tokens` as one int64 tensor (a graph of the cache has one output)."""
-    flat = bucket_tokens(keep, **options)
-    return torch.cat([x.reshape(-1).long() for x in flat])
+@dataclass(frozen=True)
+class WindowOps:
+    """The model's share of :meth:`GraphCache.run_window`, from its runner: ``gather(frames,
+    coords, out)`` writes the kept tokens' base patches into ``out``; ``noise(index, seed)``
+    is their starting state ([K] padded index, [1] seed); ``scatter(frames, rows, coords)``
+    adds the SR residual ``rows`` into ``frames`` in place; ``examples(n)``: inputs to capture
+    a flow graph of n rows from."""
+
+    gather: Callable[[Tensor, Tensor, Tensor], None]
+    noise: Callable[[Tensor, Tensor], Tensor]
+    scatter: Callable[[Tensor, Tensor, Tensor], None]
+    examples: Callable[[int], tuple[Tensor, Tensor]]  # zero base patches and state, n rows
 
 
-def _unpacked_tokens(
-    flat: Tensor,
+def feed_window(
+    keep: Tensor,
+    seed: Tensor,
     *,
+    inputs: list[Tensor],
     bucket: int,
     grid: tuple[int, int, int],
     window: tuple[int, int, int],
     shift: tuple[int, int, int],
     window_multiple: int,
-) -> tuple[Tensor, Tensor, tuple[Partition, Partition]]:
-    """:func:`_packed_tokens`'s tensor as bucket_tokens gave it: views, and the segment ends
-    as the int32 the attention kernels read."""
-    volume = math.prod(window)
-    sizes = [bucket, 3 * bucket]
-    for s in ((0, 0, 0), shift):
-        grid_windows = math.prod(window_grid(grid, window=window, shift=s))
-        segments = padded_windows(
-            grid_windows, tokens=bucket, window_volume=volume, multiple=window_multiple
-        )
-        sizes += [bucket, segments + 1]
-    index, coords, order0, cu0, order1, cu1 = flat.split(sizes)
-    out = (index, coords.view(bucket, 3), order0, cu0.int(), order1, cu1.int())
-    return out[0], out[1], bucket_partitions(out, grid=grid, window=window, shift=shift)
+    noise: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """Write a window's kept tokens into a flow graph's static ``inputs`` (base, state,
+    coords, t, order, cu_seqlens of each partition): coords and the partitions padded for the
+    graph from :func:`bucket_tokens`, the state from ``noise`` at the padded index and
+    ``seed``; the base patches are the caller's (they read the window's frames). Static
+    shapes and no host sync, so one graph per bucket makes it. Returns the first partition's
+    segment ends (a graph of the cache has one output)."""
+    index, coords, order0, cu0, order1, cu1 = bucket_tokens(
+        keep, bucket=bucket, grid=grid, window=window, shift=shift, window_multiple=window_multiple
+    )
+    inputs[1].copy_(noise(index, seed))
+    inputs[2].copy_(coords)
+    for dst, src in zip(inputs[4:8], (order0, cu0, order1, cu1), strict=True):
+        dst.copy_(src)
+    return cu0
 
 
 _EAGER: Any = object()  # StaticGraph's entry for a call that could not be captured

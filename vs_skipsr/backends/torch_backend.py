@@ -31,9 +31,9 @@ from ..models.sr import (
     fused_mlp_works,
     fused_norm_works,
 )
-from ..tokens import Partition, kept_buckets, padded_tokens
-from .base import StaticTokens, euler_flow, step_time
-from .cuda_graphs import GraphCache, SRCall
+from ..tokens import Partition, add_to_tokens, gather_patches, kept_buckets, padded_tokens
+from .base import StaticWindow, euler_flow, step_time
+from .cuda_graphs import GraphCache, SRCall, WindowOps
 
 __all__ = ["TorchBackend", "TorchRunner"]
 
@@ -125,11 +125,11 @@ class TorchRunner:
                 window_volume=window_volume,
                 with_part=not self.packed,
             )
-        # the kept tokens at a bucket by a graph too (packed partitions only: the padded
-        # [nW, L] form needs the counts on the host)
-        self.static_tokens: StaticTokens | None = None
+        # a window's kept tokens, gather, flow and scatter by two graph replays after its sync
+        # (packed partitions only: the padded [nW, L] form needs the counts on the host)
+        self.static_window: StaticWindow | None = None
         if self.graphs is not None and self.packed:
-            self.static_tokens = self._static_tokens
+            self.static_window = self._static_window
         # CUDA wants few distinct shapes: a captured graph needs static ones, and eager cuDNN
         # convs (the head's) build a new plan for every new batch size, so a kept count that
         # changes every window cost more host time than the skipped work saved (py-spy on an
@@ -139,6 +139,7 @@ class TorchRunner:
         self.base_dtype = self.dtype  # gathered in it: no cast of the patches a window
         self._prepared: set[tuple[tuple[int, int, int], bool, int | None]] = set()
         self._schedules: dict[int, tuple[tuple[Tensor, Modulation], ...]] = {}
+        self._ops: WindowOps | None = None
 
     @torch.inference_mode()
     def prepare(
@@ -172,9 +173,14 @@ class TorchRunner:
 
         t0 = time.perf_counter()
         done = self.graphs.prepare(calls(), count=len(buckets), steps=steps)
-        if self.static_tokens is not None:
-            done += self.graphs.prepare_tokens(
-                buckets=buckets, grid=grid, window=cfg.window, shift=cfg.shift
+        if self.static_window is not None and steps:
+            done += self.graphs.prepare_windows(
+                buckets=buckets,
+                grid=grid,
+                window=cfg.window,
+                shift=cfg.shift,
+                steps=steps,
+                ops=self._window_ops(),
             )
         log.info(
             "prepared %d CUDA graphs (%s) for token grid %s (%d buckets) in %.2f s",
@@ -185,15 +191,60 @@ class TorchRunner:
             time.perf_counter() - t0,
         )
 
-    def _static_tokens(
-        self, keep: Tensor, *, bucket: int, grid: tuple[int, int, int]
-    ) -> tuple[Tensor, Tensor, tuple[Partition, Partition]]:
-        """The runner's ``static_tokens`` with CUDA graphs: GraphCache.tokens."""
+    @torch.inference_mode()
+    def _static_window(
+        self,
+        keep: Tensor,
+        base: Tensor,
+        *,
+        kept: int,
+        bucket: int,
+        grid: tuple[int, int, int],
+        steps: int,
+        seed: int,
+    ) -> None:
+        """The runner's ``static_window`` with CUDA graphs: GraphCache.run_window."""
         cfg = self.sr_config
         assert self.graphs is not None
-        return self.graphs.tokens(
-            keep, bucket=bucket, grid=grid, window=cfg.window, shift=cfg.shift
+        self._schedule(steps)  # outside any capture
+        self.graphs.run_window(
+            keep,
+            base,
+            torch.full((1,), seed, dtype=torch.long, device=self.device),  # no host copy
+            kept=kept,
+            bucket=bucket,
+            grid=grid,
+            window=cfg.window,
+            shift=cfg.shift,
+            steps=steps,
+            ops=self._window_ops(),
         )
+
+    def _window_ops(self) -> WindowOps:
+        """The model's share of GraphCache.run_window: the pipeline's gather, noise and scatter
+        for this net (made once; a graph captured with them keeps them)."""
+        if self._ops is None:
+            from ..pipeline import token_noise  # the pipeline imports the backends
+
+            cfg, dev = self.sr_config, self.device
+
+            def gather(frames: Tensor, coords: Tensor, out: Tensor) -> None:
+                gather_patches(
+                    frames, coords, patch=cfg.patch, halo=cfg.halo, dtype=out.dtype, out=out
+                )
+
+            def noise(index: Tensor, seed: Tensor) -> Tensor:
+                return token_noise(index, dim=cfg.token_dim, seed=seed) * cfg.noise_std
+
+            def scatter(frames: Tensor, rows: Tensor, coords: Tensor) -> None:
+                add_to_tokens(frames, rows, coords, patch=cfg.patch)
+
+            def examples(n: int) -> tuple[Tensor, Tensor]:
+                base = torch.zeros(n, cfg.base_dim, dtype=self.dtype, device=dev)
+                return base, torch.zeros(n, cfg.token_dim, device=dev)
+
+            self._ops = WindowOps(gather=gather, noise=noise, scatter=scatter, examples=examples)
+        return self._ops
 
     @torch.inference_mode()
     def mask(self, lr: Tensor) -> Tensor:
