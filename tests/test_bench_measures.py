@@ -105,6 +105,16 @@ def test_null_sink_progress_reader_ends_at_the_last_frame(
     assert f"Output {FRAMES} frames".encode() in text
 
 
+def test_the_run_standing_for_a_case_is_the_median_and_never_the_faster_of_a_pair(bench):
+    runs = [{"steady_fps": f, "tag": i} for i, f in enumerate((1434.5, 1125.5))]
+    assert bench.middle_run(runs)["steady_fps"] == 1125.5  # of two, the slower
+    three = [{"steady_fps": f} for f in (1263.3, 1302.1, 1278.9)]
+    assert bench.middle_run(three)["steady_fps"] == 1278.9
+    four = [{"steady_fps": f} for f in (4.0, 1.0, 3.0, 2.0)]
+    assert bench.middle_run(four)["steady_fps"] == 2.0
+    assert bench.middle_run(runs[:1]) is runs[0]
+
+
 def test_gpu_busy_averages_the_samples_of_a_window(bench) -> None:
     """Fed by a stand-in for nvidia-smi -lms (one percentage a line, 50 ms apart)."""
     sampler = bench.GpuBusy(
