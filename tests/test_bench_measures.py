@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -509,3 +510,113 @@ def test_frame_handoff_names_a_bad_argument(args: list[str], message: str) -> No
     script = str(ROOT / "scripts" / "bench_frame_handoff.py")
     run = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
     assert run.returncode != 0 and message in run.stderr, run.stderr[-500:]
+
+
+_STUB_BENCH = """
+import json, os, pathlib, sys, time
+args = sys.argv[1:]
+out = pathlib.Path(args[args.index("--out") + 1])
+case = args[args.index("--vspipe-cases") + 1]
+tree = pathlib.Path(__file__).resolve().parent.parent
+first_on_path = os.environ["PYTHONPATH"].split(os.pathsep)[0]
+with open(os.environ["AB_LOG"], "a") as f:
+    path = ",".join(pathlib.Path(p).name for p in os.environ["PYTHONPATH"].split(os.pathsep))
+    f.write(f"{tree.name} {case} {pathlib.Path(first_on_path).name} {pathlib.Path.cwd().name} "
+            f"{args[-1]} {path}\\n")
+time.sleep(float(os.environ.get("AB_SLEEP", "0")))
+if tree.name == "old" and case == "graphs:1:null":
+    sys.exit(1)  # this tree fails this case: no bench.json
+done = sum(p.is_dir() for p in out.parent.glob(f"*_{tree.name}_*")) if out.parent.exists() else 0
+base = {"new": 1000.0, "old": 900.0}[tree.name] + 10 * done
+out.mkdir(parents=True)
+rows = [{"skip_runs_fps": [base, base + 5], "dense_runs_fps": [400.0]}]
+(out / "bench.json").write_text(json.dumps({"vspipe": rows}))
+"""
+
+
+def _stub_trees(tmp_path: Path) -> tuple[Path, Path]:
+    trees = []
+    for name in ("new", "old"):
+        (tmp_path / name / "scripts").mkdir(parents=True)
+        (tmp_path / name / "scripts" / "bench.py").write_text(_STUB_BENCH)
+        trees.append(tmp_path / name)
+    return trees[0], trees[1]
+
+
+def test_ab_bench_alternates_the_trees_each_first_on_its_own_path(tmp_path, monkeypatch, capsys):
+    """Round 1 new then old, round 2 old then new, each case; each run the tree's own
+    bench.py, run in that tree with it first on PYTHONPATH (the other tree taken off), the
+    arguments after -- passed on; medians over every run of a tree, the failed case said."""
+    new, old = _stub_trees(tmp_path)
+    log = tmp_path / "log.txt"
+    monkeypatch.setenv("AB_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(new), "/tmp/site"]))
+    ab = _script("ab_bench")
+    out = tmp_path / "out"
+    argv = ["--new", str(new), "--old", str(old), "--out", str(out), "--rounds", "2"]
+    assert ab.main([*argv, "--cases", "graphs:8:null,graphs:1:null", "--", "--frames", "7"]) == 0
+    runs = [line.split() for line in log.read_text().splitlines()]
+    assert [(r[0], r[1]) for r in runs] == [
+        ("new", "graphs:8:null"), ("old", "graphs:8:null"),
+        ("new", "graphs:1:null"), ("old", "graphs:1:null"),
+        ("old", "graphs:8:null"), ("new", "graphs:8:null"),
+        ("old", "graphs:1:null"), ("new", "graphs:1:null"),
+    ]  # fmt: skip
+    assert all(r[0] == r[2] == r[3] and r[4] == "7" for r in runs)
+    other = {"new": "old", "old": "new"}
+    assert all(other[r[0]] not in r[5].split(",") and "site" in r[5] for r in runs)
+    saved = json.loads((out / "ab.json").read_text())
+    eight = saved["graphs:8:null"]
+    assert eight["new"]["skip"] == [1000.0, 1005.0, 1020.0, 1025.0]
+    assert eight["new"]["median"] == 1012.5  # the mean of the middle two
+    assert eight["old"]["skip"] == [900.0, 905.0, 910.0, 915.0]
+    assert eight["old"]["dense_median"] == 400.0
+    assert saved["graphs:1:null"]["old"]["skip"] == []
+    assert len(saved["graphs:1:null"]["old"]["failed"]) == 2
+    text = capsys.readouterr().out
+    assert "new against old: +11.6% by the medians; ranges do not overlap" in text
+    assert "2 failed" in text
+
+
+def test_ab_bench_starts_no_run_past_its_budget_and_refuses_a_tree_without_bench(
+    tmp_path, monkeypatch, capsys
+):
+    new, old = _stub_trees(tmp_path)
+    monkeypatch.setenv("AB_LOG", str(tmp_path / "log.txt"))
+    monkeypatch.setenv("AB_SLEEP", "0.6")
+    ab = _script("ab_bench")
+    argv = ["--new", str(new), "--old", str(old), "--out", str(tmp_path / "o"), "--budget", "1"]
+    assert ab.main([*argv, "--cases", "graphs:8:null"]) == 0
+    started = (tmp_path / "log.txt").read_text().splitlines()
+    assert 2 <= len(started) < 4, started  # two rounds of two: the budget ends it early
+    assert "not started" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ab.main(["--old", str(tmp_path), "--out", str(tmp_path / "x"), "--cases", "a:1:null"])
+    assert "no scripts/bench.py there" in capsys.readouterr().err
+
+
+def test_ab_bench_ends_a_run_with_the_processes_it_started(tmp_path):
+    """A run past its time is killed with its children (bench.py's vspipe would otherwise
+    keep the GPU busy under the next run)."""
+    ab = _script("ab_bench")
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)"
+    )
+    with (tmp_path / "log.txt").open("w") as log:
+        t0 = time.monotonic()
+        ab.run_bounded(
+            [sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ), log=log, timeout=2
+        )
+    assert time.monotonic() - t0 < 20
+    child = int(pid_file.read_text())
+    status = Path(f"/proc/{child}/status")
+    for _ in range(50):  # gone, or a zombie where no init reaps it
+        if not status.exists() or "State:\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the run's child {child} is still alive")
+    assert "stopped after 2 s" in (tmp_path / "log.txt").read_text()
