@@ -14,7 +14,7 @@ Prints, per case and tree, every skip run's rate in run order, their median (the
 even count is the mean of the two middle runs), the dense runs' median, the change's ratio
 of medians and whether the two trees' ranges overlap; writes ``OUT/ab.json``.
 
-    git archive HEAD~1 vs_skipsr scripts | tar -x -C .carry/old     # the tree before
+    mkdir -p .carry/old && git archive HEAD~1 vs_skipsr scripts | tar -x -C .carry/old  # before
     . scripts/gpu_env.sh && python3 scripts/ab_bench.py --old .carry/old --out $OUT/ab \\
         --cases graphs:8:null,graphs:1:null --rounds 2 --budget 480 -- \\
         --clip $PWD/data/val/clips/bikes.mp4 --frames 250 --threshold 0.004766 \\
