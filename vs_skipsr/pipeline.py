@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +41,13 @@ from .tokens import (
     token_grid,
 )
 
+if TYPE_CHECKING:
+    from .models.sr import SRConfig
+
 __all__ = [
     "WindowOutput",
     "WindowStats",
+    "flow_start",
     "padded_base",
     "select_tokens",
     "upsample",
@@ -144,6 +148,13 @@ def token_noise(index: Tensor, *, dim: int, seed: int | Tensor) -> Tensor:
     tensor on their device (the same rows: what a captured graph reads)."""
     table = _noise_table(dim, index.device)
     return table[(index + 104729 * seed) % NOISE_ROWS]
+
+
+def flow_start(index: Tensor, *, config: SRConfig, seed: int | Tensor) -> Tensor:
+    """The flow's state at t = 1 for the tokens of ``index`` [K] (padded rows too): their
+    noise at the net's ``noise_std``, [K, 3p²]. One formula for the pipeline's eager path and
+    a runner's captured feed (``seed`` a [1] tensor there), so both start from the same rows."""
+    return token_noise(index, dim=config.token_dim, seed=seed) * config.noise_std
 
 
 def select_tokens(
@@ -309,7 +320,7 @@ def upscale_window(
             base_tok = gather_patches(  # [Kb, 3(p+2h)²]
                 base, coords, patch=patch, halo=cfg.halo, dtype=runner.base_dtype
             )
-            state = token_noise(padded, dim=cfg.token_dim, seed=seed) * cfg.noise_std
+            state = flow_start(padded, config=cfg, seed=seed)
 
         with timer.stage("sr"):
             if n_keep:

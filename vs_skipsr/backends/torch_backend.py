@@ -224,7 +224,7 @@ class TorchRunner:
         """The model's share of GraphCache.run_window: the pipeline's gather, noise and scatter
         for this net (made once; a graph captured with them keeps them)."""
         if self._ops is None:
-            from ..pipeline import token_noise  # the pipeline imports the backends
+            from ..pipeline import flow_start  # the pipeline imports the backends
 
             cfg, dev = self.sr_config, self.device
 
@@ -234,7 +234,7 @@ class TorchRunner:
                 )
 
             def noise(index: Tensor, seed: Tensor) -> Tensor:
-                return token_noise(index, dim=cfg.token_dim, seed=seed) * cfg.noise_std
+                return flow_start(index, config=cfg, seed=seed)
 
             def scatter(frames: Tensor, rows: Tensor, coords: Tensor) -> None:
                 add_to_tokens(frames, rows, coords, patch=cfg.patch)
